@@ -1,0 +1,148 @@
+"""Settings: one ``Config`` object, built once and passed explicitly.
+
+Env names of the Mentorix backend are read as they are (``RUNTIME_DATA_DIR``,
+``MONGODB_URL`` ...), so the sidecar can share the API's env file; everything
+that is only ours is prefixed ``SIDECAR_``. CLI flags override env by being
+passed as keyword arguments to ``Config(...)``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_IGNORE = (
+    "reports/*",
+    "*.tmp",
+    "*.swp",
+    "*.swx",
+    "*~",
+    ".#*",
+    "*/.#*",
+    ".*.sw?",
+    "*/.*.sw?",
+    ".sidecar-*",
+    "*/.sidecar-*",
+    "export_from_mongo/*",
+)
+
+_URL_USERINFO = re.compile(r"(mongodb(?:\+srv)?://)([^/@\s]+)@", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Hide the user info of a MongoDB URL (``mongodb://***@host``)."""
+    return _URL_USERINFO.sub(r"\1***@", url)
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=None,
+        case_sensitive=False,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- names shared with Mentorix -------------------------------------
+    runtime_data_dir: Path = Path("data/system")
+    mongodb_url: SecretStr = SecretStr("mongodb://localhost:27017")
+    mongodb_db_name: str = "mentorix"
+    memory_store_backend: Literal["file", "mongo"] = "file"
+    memory_dual_write: bool = False
+    mongodb_snapshots_ttl_days: int = Field(default=0, ge=0)
+    mongodb_episodes_ttl_days: int = Field(default=0, ge=0)
+
+    # --- sidecar's own ---------------------------------------------------
+    sidecar_http_host: str = "127.0.0.1"
+    sidecar_http_port: int = Field(default=8787, ge=0, le=65535)
+    sidecar_socket: Path | None = None
+    sidecar_token: SecretStr | None = None
+    sidecar_ignore: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sidecar_redact_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sidecar_propagate_file_deletes: bool = False
+    # "majority" (a replica set's default durability) or a node count.
+    sidecar_write_concern: str = "majority"
+    sidecar_write_timeout_ms: int = Field(default=10_000, ge=0)
+    sidecar_server_selection_timeout_ms: int = Field(default=5_000, ge=100)
+    sidecar_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    sidecar_flush_interval_ms: int = Field(default=50, ge=1)
+    # memory_events keep hashes of before/after by default; "full" stores values.
+    sidecar_events_payload: Literal["hash", "full"] = "hash"
+    sidecar_files_collection: str = "memory_files"
+    sidecar_log_format: Literal["text", "json"] = "text"
+    sidecar_log_level: str = "INFO"
+
+    @field_validator("sidecar_ignore", "sidecar_redact_keys", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("sidecar_write_concern")
+    @classmethod
+    def _check_wc(cls, value: str) -> str:
+        if value != "majority" and not value.isdigit():
+            raise ValueError("must be 'majority' or a number of nodes")
+        return value
+
+    # --- derived -----------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.runtime_data_dir).expanduser().absolute()
+
+    @property
+    def url(self) -> str:
+        return self.mongodb_url.get_secret_value()
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+    @property
+    def ignore_globs(self) -> tuple[str, ...]:
+        return DEFAULT_IGNORE + tuple(self.sidecar_ignore)
+
+    @property
+    def write_concern_w(self) -> int | str:
+        wc = self.sidecar_write_concern
+        return int(wc) if wc.isdigit() else wc
+
+    @property
+    def token(self) -> str | None:
+        return self.sidecar_token.get_secret_value() if self.sidecar_token else None
+
+    @property
+    def socket_path(self) -> Path:
+        if self.sidecar_socket is not None:
+            return Path(self.sidecar_socket)
+        return self.data_dir.parent / ".memory-sidecar.sock"
+
+    def scrub(self, text: str) -> str:
+        """Remove the URL's credentials from any text meant for a log or a user."""
+        text = redact_url(text)
+        parts = urlsplit(self.url)
+        for secret in (parts.password, parts.username):
+            if secret and len(secret) >= 3:
+                text = text.replace(secret, "***")
+        return text
+
+
+def describe(config: Config) -> dict[str, object]:
+    """The settings as safe to print: no credentials, no token."""
+    out = {}
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if name == "mongodb_url":
+            value = config.safe_url
+        elif isinstance(value, SecretStr):
+            value = "***" if value.get_secret_value() else ""
+        elif isinstance(value, Path):
+            value = str(value)
+        out[name.upper()] = value
+    return out
+
