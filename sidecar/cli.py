@@ -1,0 +1,172 @@
+"""``memory-sidecar`` command line. The core never imports this module.
+
+Exit codes: 0 success / parity holds; 1 parity mismatch (or bad input seen);
+2 usage or configuration error (bad setting, missing data dir, restore target
+not empty); 3 MongoDB unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import Config
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_MONGO = 0, 1, 2, 3
+
+log = logging.getLogger("sidecar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="memory-sidecar",
+        description="Mirror Mentorix's JSON memory files into MongoDB.",
+        epilog="Settings come from the environment (RUNTIME_DATA_DIR, MONGODB_URL, MONGODB_DB_NAME, "
+        "SIDECAR_*); flags override them.",
+    )
+    p.add_argument("--data-dir", help="data dir (RUNTIME_DATA_DIR)")
+    p.add_argument("--mongodb-url", help="MongoDB URL (MONGODB_URL)")
+    p.add_argument("--db-name", help="database name (MONGODB_DB_NAME)")
+    p.add_argument("--backend", choices=["file", "mongo"], help="MEMORY_STORE_BACKEND")
+    p.add_argument("--log-level", help="SIDECAR_LOG_LEVEL (INFO, DEBUG, ...)")
+    p.add_argument("--log-format", choices=["text", "json"], help="SIDECAR_LOG_FORMAT")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="restore-if-empty, reconcile, watch and serve status")
+    run.add_argument("--host", help="SIDECAR_HTTP_HOST")
+    run.add_argument("--port", type=int, help="SIDECAR_HTTP_PORT")
+
+    s = sub.add_parser("sync", help="one-shot backfill and parity report (exit 1 on mismatch)")
+    s.add_argument("--dry-run", action="store_true", help="compute and report, write nothing")
+    s.add_argument("--report", type=Path, help="report path (default <data dir>/reports/...)")
+
+    r = sub.add_parser("restore", help="rebuild the files from MongoDB")
+    r.add_argument("--out", type=Path, help="target dir (default: the data dir)")
+    r.add_argument("--force", action="store_true", help="write into a non-empty target")
+    r.add_argument("--dry-run", action="store_true", help="list what would be written")
+    r.add_argument("--include-deleted", action="store_true",
+                   help="also restore files whose deletion was recorded")
+
+    sub.add_parser("parity", help="compare files and MongoDB, no writes (exit 1 on mismatch)")
+    sub.add_parser("indexes", help="ensure the indexes and list them")
+    sub.add_parser("config", help="print the effective settings (credentials hidden)")
+    return p
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    for flag, field in (
+        ("data_dir", "runtime_data_dir"),
+        ("mongodb_url", "mongodb_url"),
+        ("db_name", "mongodb_db_name"),
+        ("backend", "memory_store_backend"),
+        ("log_level", "sidecar_log_level"),
+        ("log_format", "sidecar_log_format"),
+        ("host", "sidecar_http_host"),
+        ("port", "sidecar_http_port"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[field] = value
+    return Config(**overrides)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _setup_logging(config: Config) -> None:
+    try:
+        from .logs import setup_logging
+    except ImportError:  # pragma: no cover - logs module is optional early on
+        logging.basicConfig(level=config.sidecar_log_level.upper(), stream=sys.stderr)
+        return
+    setup_logging(config.sidecar_log_format, config.sidecar_log_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _config(args)
+    except ValidationError as exc:
+        # Name the setting and the problem; never echo the value (it may be a secret).
+        for err in exc.errors():
+            name = ".".join(str(x) for x in err["loc"]).upper()
+            print(f"memory-sidecar: invalid setting {name}: {err['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(config)
+    try:
+        return _dispatch(args, config)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    from .restore import RestoreRefused
+    from .source import DataDirMissing
+    from .store import MongoUnavailable
+
+    if args.command == "config":
+        from .config import describe
+
+        _print(describe(config))
+        return EXIT_OK
+    try:
+        if args.command == "run":
+            from .main import run_daemon
+
+            return run_daemon(config)
+        return _one_shot(args, config)
+    except DataDirMissing as exc:
+        print(f"memory-sidecar: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except RestoreRefused as exc:
+        print(f"memory-sidecar: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MongoUnavailable as exc:
+        print(f"memory-sidecar: MongoDB unreachable at {config.safe_url}: {config.scrub(str(exc))}",
+              file=sys.stderr)
+        return EXIT_MONGO
+
+
+def _one_shot(args: argparse.Namespace, config: Config) -> int:
+    from .store import Store
+
+    store = Store(config)
+    try:
+        if args.command == "sync":
+            from .sync import run_sync
+
+            report, code = run_sync(config, store, dry_run=args.dry_run, report_path=args.report)
+            _print(report)
+            return code
+        if args.command == "parity":
+            from .sync import run_parity
+
+            report, code = run_parity(config, store)
+            _print(report)
+            return code
+        if args.command == "indexes":
+            store.ping()
+            _print(store.ensure_indexes())
+            return EXIT_OK
+        if args.command == "restore":
+            from .classify import is_ignored
+            from .restore import restore
+
+            store.ping()
+            out = args.out or config.data_dir
+            result = restore(store, out, force=args.force, dry_run=args.dry_run,
+                             include_deleted=args.include_deleted,
+                             ignore=lambda rel: is_ignored(rel, config.ignore_globs))
+            _print(result.as_dict(args.dry_run))
+            return EXIT_OK if not result.skipped else EXIT_MISMATCH
+        raise AssertionError(args.command)
+    finally:
+        store.close()

@@ -1,0 +1,257 @@
+"""Stage 3: one file read → a ``FilePlan`` (what MongoDB should hold for it),
+and the reverse direction (documents → the file's exact bytes) used by restore.
+
+Collections (DESIGN §3):
+  memory_hubs        one document per hub entry, _id "<hub_type>/<item_key>"
+  runtime_snapshots  one document per distinct snapshot, _id = content hash
+  episodic_memory    one document per run, _id = run_id
+  <files>            one manifest per file, _id = relative path; for generic
+                     files it also holds the content (JSON, bytes or GridFS)
+
+Every document the sidecar writes carries ``_sidecar``: source path, content
+hash, the source version (file mtime_ns) that guards against regressions, and
+what restore needs (entry position, the file's own field order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .classify import Kind, classify, hub_type_of, run_id_from_name
+from .parse import MAX_DOC_BYTES, BadInput, canonical, detect_format, loads, validate, value_hash
+from .source import FileRead
+
+HUBS = "memory_hubs"
+SNAPSHOTS = "runtime_snapshots"
+EPISODES = "episodic_memory"
+EVENTS = "memory_events"
+REDACTED = "***REDACTED***"
+# Generic content larger than this goes to GridFS rather than inline.
+INLINE_MAX_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class HubEntry:
+    key: str
+    value: Any
+    hash: str
+
+
+@dataclass(slots=True)
+class FilePlan:
+    rel: str
+    kind: Kind
+    sha256: str
+    size: int
+    version: int
+    fmt: dict[str, Any] | None = None
+    hub_type: str | None = None
+    entries: list[HubEntry] = field(default_factory=list)
+    entry_errors: dict[str, BadInput] = field(default_factory=dict)
+    doc_id: str | None = None
+    obj: dict[str, Any] | None = None
+    doc_hash: str | None = None
+    # generic files
+    encoding: str = "structured"  # structured | json | bytes | gridfs
+    content: Any = None
+    raw: bytes | None = None
+
+
+def redact(value: Any, keys: frozenset[str]) -> Any:
+    if not keys:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if k.lower() in keys else redact(v, keys)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v, keys) for v in value]
+    return value
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadInput("not_object", f"{what} must be a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _check_size(value: Any) -> None:
+    if len(canonical(value)) > MAX_DOC_BYTES:
+        raise BadInput("too_large", "content too large for one 16 MB BSON document")
+
+
+def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset()) -> FilePlan:
+    """Parse and validate one file. Raises BadInput when nothing may be mirrored."""
+    kind = classify(read.rel)
+    plan = FilePlan(read.rel, kind, read.sha256, read.size, read.mtime_ns)
+    if kind is Kind.HUB:
+        value = _object(loads(read.data), "a hub file")
+        plan.hub_type = hub_type_of(read.rel)
+        for key, raw_val in value.items():
+            val = redact(raw_val, redact_keys)
+            try:
+                validate(val)
+                _check_size(val)
+            except BadInput as exc:
+                plan.entry_errors[key] = exc
+                continue
+            plan.entries.append(HubEntry(key, val, value_hash(val)))
+        plan.fmt = detect_format(value, read.data)
+    elif kind in (Kind.SNAPSHOT, Kind.EPISODE):
+        value = _object(loads(read.data), f"{kind.value} file")
+        obj = redact(value, redact_keys)
+        validate(obj)
+        _check_size(obj)
+        plan.obj = obj
+        plan.doc_hash = value_hash(obj)
+        plan.fmt = detect_format(value, read.data)
+        if kind is Kind.SNAPSHOT:
+            plan.doc_id = plan.doc_hash
+        else:
+            plan.doc_id = str(obj.get("run_id") or run_id_from_name(read.rel))
+    else:
+        _plan_generic(plan, read)
+    return plan
+
+
+def _plan_generic(plan: FilePlan, read: FileRead) -> None:
+    if read.size > INLINE_MAX_BYTES:
+        if read.rel.endswith(".json"):
+            loads(read.data)  # a half-written big JSON file must not replace a good one
+        plan.encoding = "gridfs"
+        plan.raw = read.data
+        return
+    if not read.rel.endswith(".json"):
+        plan.encoding = "bytes"
+        plan.raw = read.data
+        return
+    value = loads(read.data)  # empty / truncated JSON is bad input, never mirrored
+    try:
+        validate(value)
+    except BadInput:
+        # Valid JSON that BSON cannot hold as-is: keep it verbatim, nothing lost.
+        plan.encoding = "bytes"
+        plan.raw = read.data
+        return
+    plan.encoding = "json"
+    plan.content = value
+    plan.fmt = detect_format(value, read.data)
+    if plan.fmt is None:
+        plan.raw = read.data  # JSON, but not a layout we can reproduce byte for byte
+
+
+# --- documents ---------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def parse_iso(text: Any) -> datetime | None:
+    """Mentorix writes naive UTC ISO timestamps; give them a timezone."""
+    if not isinstance(text, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def hub_id(hub_type: str, key: str) -> str:
+    return f"{hub_type}/{key}"
+
+
+def hub_doc(plan: FilePlan, entry: HubEntry, pos: int, source: str, now: datetime) -> dict:
+    return {
+        "_id": hub_id(plan.hub_type, entry.key),
+        "hub_type": plan.hub_type,
+        "item_key": entry.key,
+        "learner_id": entry.key,
+        "payload": entry.value,
+        "updated_at": now.isoformat(),
+        "_sidecar": {
+            "path": plan.rel,
+            "hash": entry.hash,
+            "pos": pos,
+            "version": plan.version,
+            "source": source,
+        },
+    }
+
+
+def snapshot_doc(plan: FilePlan, source: str, now: datetime) -> dict:
+    doc: dict[str, Any] = {"_id": plan.doc_id}
+    doc.update(plan.obj)
+    doc.setdefault("snapshot_id", plan.doc_id)
+    doc.setdefault("source", "memory-sidecar")
+    doc.setdefault("timestamp_dt", parse_iso(plan.obj.get("timestamp")) or now)
+    doc["_sidecar"] = _meta(plan, source)
+    return doc
+
+
+def episode_doc(plan: FilePlan, source: str, now: datetime) -> dict:
+    doc: dict[str, Any] = {"_id": plan.doc_id}
+    doc.update(plan.obj)
+    if not doc.get("run_id"):
+        doc["run_id"] = plan.doc_id
+    doc.setdefault("updated_at", now.isoformat())
+    doc.setdefault("updated_at_dt", parse_iso(plan.obj.get("updated_at")) or now)
+    doc["_sidecar"] = _meta(plan, source)
+    return doc
+
+
+def _meta(plan: FilePlan, source: str) -> dict:
+    return {
+        "path": plan.rel,
+        "hash": plan.doc_hash,
+        "version": plan.version,
+        "source": source,
+        "fields": list(plan.obj),
+    }
+
+
+def manifest_doc(plan: FilePlan, source: str, now: datetime, blob_id: Any = None) -> dict:
+    doc: dict[str, Any] = {
+        "_id": plan.rel,
+        "path": plan.rel,
+        "kind": plan.kind.value,
+        "sha256": plan.sha256,
+        "size": plan.size,
+        "encoding": plan.encoding,
+        "format": plan.fmt,
+        "updated_at": now,
+        "deleted_at": None,
+        "_sidecar": {"hash": plan.sha256, "version": plan.version, "source": source},
+    }
+    if plan.kind is Kind.HUB:
+        doc["hub_type"] = plan.hub_type
+        doc["entries"] = len(plan.entries)
+    elif plan.kind.structured:
+        doc["doc_id"] = plan.doc_id
+    elif plan.encoding == "json":
+        doc["content"] = plan.content
+        if plan.raw is not None:
+            doc["raw"] = plan.raw
+    elif plan.encoding == "bytes":
+        doc["raw"] = plan.raw
+    elif plan.encoding == "gridfs":
+        doc["blob_id"] = blob_id
+    return doc
+
+
+# --- the reverse: documents → file bytes (restore) ----------------------------
+
+_ADDED_FIELDS = ("_id", "_sidecar", "snapshot_id", "source", "timestamp_dt", "updated_at_dt")
+
+
+def file_fields(doc: dict) -> dict:
+    """The fields the file had, in the file's order, from a snapshot/episode document."""
+    meta = doc.get("_sidecar") or {}
+    names = meta.get("fields")
+    if isinstance(names, list):
+        return {name: doc[name] for name in names if name in doc}
+    # A document Mentorix wrote itself: drop what only the database added.
+    return {k: v for k, v in doc.items() if k not in _ADDED_FIELDS}

@@ -1,0 +1,157 @@
+"""Whole-dir and per-file reconciliation: files on disk vs. the mirror state.
+
+``process_file`` is the per-path step shared by the one-shot ``sync`` and the
+continuous daemon: read → parse/validate → diff → ops. It never raises for bad
+input; problems come back as ``Problem`` records (a clear reason, never content).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .classify import Kind, classify, hub_type_of, is_ignored
+from .config import Config
+from .diff import EmptyHubRefused, MirrorState, Op, deletion_ops, diff_plan
+from .model import FilePlan, build_plan, utcnow
+from .parse import BadInput
+from .source import SourceError, Skipped, read_file, walk
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    reason: str
+    message: str
+    kind: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason, "message": self.message, "kind": self.kind}
+
+
+@dataclass
+class SourceView:
+    """What the files say, as hashes: the source side of a parity check."""
+
+    hubs: dict[str, dict[str, str]] = field(default_factory=dict)
+    hub_bad_entries: dict[str, list[str]] = field(default_factory=dict)
+    bad_hubs: set[str] = field(default_factory=set)
+    episodes: dict[str, str] = field(default_factory=dict)
+    bad_episodes: set[str] = field(default_factory=set)
+    snapshot: tuple[str, str] | None = None
+    snapshot_bad: bool = False
+    files: dict[str, str] = field(default_factory=dict)
+    bad_files: set[str] = field(default_factory=set)
+    problems: list[Problem] = field(default_factory=list)
+    present: set[str] = field(default_factory=set)
+    fresh_volume: bool = False
+
+    def add_plan(self, plan: FilePlan) -> None:
+        if plan.kind is Kind.HUB:
+            self.hubs[plan.hub_type] = {e.key: e.hash for e in plan.entries}
+            if plan.entry_errors:
+                self.hub_bad_entries[plan.hub_type] = list(plan.entry_errors)
+        elif plan.kind is Kind.EPISODE:
+            self.episodes[plan.doc_id] = plan.doc_hash
+        elif plan.kind is Kind.SNAPSHOT:
+            self.snapshot = (plan.doc_id, plan.doc_hash)
+        else:
+            self.files[plan.rel] = plan.sha256
+
+    def add_bad(self, rel: str) -> None:
+        kind = classify(rel)
+        if kind is Kind.HUB:
+            self.bad_hubs.add(hub_type_of(rel))
+        elif kind is Kind.EPISODE:
+            self.bad_episodes.add(rel)
+        elif kind is Kind.SNAPSHOT:
+            self.snapshot_bad = True
+        else:
+            self.bad_files.add(rel)
+
+
+class Reconciler:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.root = config.data_dir
+        self.redact = frozenset(k.lower() for k in config.sidecar_redact_keys)
+
+    def _problem(self, rel: str, reason: str, message: str) -> Problem:
+        return Problem(rel, reason, message, classify(rel).value)
+
+    def process_file(
+        self, rel: str, state: MirrorState, source: str, view: SourceView | None = None,
+        now: datetime | None = None, read=None,
+    ) -> tuple[list[Op], list[Problem]]:
+        """Ops that bring MongoDB in line with one file, and the problems seen."""
+        now = now or utcnow()
+        problems: list[Problem] = []
+        try:
+            read = read or read_file(self.root, rel)
+        except SourceError as exc:
+            if exc.reason == "vanished":
+                return self.deleted(rel, state), []
+            problems.append(self._problem(rel, exc.reason, exc.message))
+            if view is not None:
+                view.present.add(rel)
+                view.add_bad(rel)
+            return [], problems
+        if view is not None:
+            view.present.add(rel)
+        try:
+            plan = build_plan(read, self.redact)
+            ops = diff_plan(plan, state, source, now)
+        except BadInput as exc:
+            problems.append(self._problem(rel, exc.reason, f"{rel}: {exc.message}"))
+            if view is not None:
+                view.add_bad(rel)
+            return [], problems
+        except EmptyHubRefused as exc:
+            problems.append(self._problem(rel, "empty_hub_refused", str(exc)))
+            if view is not None:
+                view.add_bad(rel)
+            return [], problems
+        for key, exc in plan.entry_errors.items():
+            problems.append(self._problem(rel, exc.reason, f"{rel}: entry {key!r}: {exc.message}"))
+        if view is not None:
+            view.add_plan(plan)
+        return ops, problems
+
+    def deleted(self, rel: str, state: MirrorState) -> list[Op]:
+        return deletion_ops(rel, state, self.config.sidecar_propagate_file_deletes, time.time_ns())
+
+    def scan(
+        self, state: MirrorState, source: str, progress: Callable[[str], None] | None = None,
+    ) -> tuple[list[Op], SourceView]:
+        """Diff the whole data dir against ``state``."""
+        view = SourceView()
+        ops: list[Op] = []
+        now = utcnow()
+        for item in walk(self.root, self.config.ignore_globs):
+            if isinstance(item, Skipped):
+                view.problems.append(self._problem(item.rel, item.reason, item.message))
+                continue
+            file_ops, problems = self.process_file(item, state, source, view, now)
+            ops.extend(file_ops)
+            view.problems.extend(problems)
+            if progress:
+                progress(item)
+        gone = [
+            rel for rel, fs in state.files.items()
+            if not fs.deleted and rel not in view.present
+            and not is_ignored(rel, self.config.ignore_globs)
+        ]
+        if gone and not view.present:
+            # Nothing at all on disk while MongoDB holds files: a fresh volume, not
+            # a mass deletion. Record nothing as deleted; restore fills the dir.
+            view.fresh_volume = True
+            view.problems.append(Problem(".", "fresh_volume", (
+                f"data dir is empty while MongoDB holds {len(gone)} files; "
+                "treated as a fresh volume, nothing marked deleted (run restore)"), "other"))
+        else:
+            for rel in gone:
+                ops.extend(self.deleted(rel, state))
+        return ops, view
+

@@ -1,0 +1,133 @@
+"""One-shot backfill: reconcile the whole data dir, then report parity.
+
+The report keeps the Mentorix backfill report's fields (``source_counts``,
+``mongo_counts``, ``writes``, ``checksums``, ``parity``) and adds per-kind
+detail and every bad input seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from . import parity
+from .config import Config
+from .diff import FILES, Op
+from .events import build_events, note_event
+from .model import EPISODES, HUBS, SNAPSHOTS, utcnow
+from .reconcile import Problem, Reconciler, SourceView
+from .restore import write_atomic
+from .source import check_root
+from .store import ApplyResult, Store
+
+log = logging.getLogger("sidecar.sync")
+
+REPORT_REL = "reports/memory_backfill_report.json"
+
+
+def writes_summary(result: ApplyResult | None) -> dict[str, int]:
+    applied = result.applied if result else []
+    count = Counter((op.coll, op.action) for op in applied)
+    upserts = lambda coll: count[(coll, "insert")] + count[(coll, "update")]  # noqa: E731
+    return {
+        "hubs_upserted": upserts(HUBS),
+        "snapshots_upserted": upserts(SNAPSHOTS),
+        "episodes_upserted": upserts(EPISODES),
+        "files_upserted": upserts(FILES),
+        "hubs_deleted": count[(HUBS, "delete")],
+        "episodes_deleted": count[(EPISODES, "delete")],
+        "files_deleted": count[(FILES, "delete")],
+        "file_deletions_recorded": count[(FILES, "mark_deleted")],
+        "positions_updated": count[(HUBS, "setpos")],
+        "stale_refused": len(result.stale) if result else 0,
+        "failed": len(result.failed) if result else 0,
+        "total": len(applied),
+    }
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="file", disable=not sys.stderr.isatty(), leave=False)
+
+
+def apply_ops(store: Store, ops: list[Op], state, problems: list[Problem]) -> ApplyResult:
+    result = store.apply(ops, state)
+    for op, why in result.failed:
+        problems.append(Problem(op.rel, "mongo_rejected", f"{op.rel}: {op.entity}: {why}", op.coll))
+    return result
+
+
+def run_sync(config: Config, store: Store, *, dry_run: bool = False,
+             report_path: Path | None = None) -> tuple[dict[str, Any], int]:
+    started = time.monotonic()
+    root = check_root(config.data_dir)
+    store.ping()
+    if not dry_run:
+        store.ensure_indexes()
+    state = store.load_state()
+    rec = Reconciler(config)
+    bar = _progress(0, "scanning")
+    ops, view = rec.scan(state, "sync", progress=lambda rel: bar.update(1))
+    bar.close()
+    result: ApplyResult | None = None
+    if not dry_run and ops:
+        result = apply_ops(store, ops, state, view.problems)
+    if not dry_run:
+        now = utcnow()
+        events = build_events(result.applied if result else [], "sync", now, summarize_inserts=True,
+                              full_payload=config.sidecar_events_payload == "full")
+        events += [note_event("bad_input", p.path, "sync", now, reason=p.reason) for p in view.problems]
+        store.record_events(events)
+    for p in view.problems:
+        log.warning("bad input: %s (%s)", p.message, p.reason)
+    report = build_report(config, store, view, result, dry_run, ops)
+    report["duration_s"] = round(time.monotonic() - started, 3)
+    path = report_path or root / REPORT_REL
+    _write_report(path, report)
+    report["report_path"] = str(path)
+    return report, (0 if report["parity"]["all_match"] else 1)
+
+
+def build_report(config: Config, store: Store, view: SourceView, result: ApplyResult | None,
+                 dry_run: bool, ops: list[Op]) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "generated_at": utcnow().isoformat(),
+        "dry_run": dry_run,
+        "data_dir": str(config.data_dir),
+        "db_name": config.mongodb_db_name,
+    }
+    report.update(parity.compute(store, view))
+    report["writes"] = writes_summary(result)
+    if dry_run:
+        report["planned_writes"] = dict(Counter(f"{op.coll}.{op.action}" for op in ops))
+    report["bad_input"] = {
+        "count": len(view.problems),
+        "by_reason": dict(Counter(p.reason for p in view.problems)),
+        "items": [p.as_dict() for p in view.problems[:200]],
+    }
+    report["fresh_volume"] = view.fresh_volume
+    return report
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path.parent, path.name, json.dumps(report, indent=2, default=str).encode())
+
+
+def run_parity(config: Config, store: Store) -> tuple[dict[str, Any], int]:
+    """Parity only: the same comparison as sync, no writes, no report file."""
+    check_root(config.data_dir)
+    store.ping()
+    state = store.load_state()
+    ops, view = Reconciler(config).scan(state, "parity")
+    report = build_report(config, store, view, None, True, ops)
+    report.pop("planned_writes", None)
+    report["pending_writes"] = len(ops)
+    return report, (0 if report["parity"]["all_match"] else 1)
