@@ -3,7 +3,7 @@
 #   build:  docker build -t mentorix-memory-sidecar:0.1.0 .
 #   run:    docker run --rm mentorix-memory-sidecar:0.1.0 --help
 # Stage 1 builds the wheel; stage 2 installs only that wheel and its runtime
-# dependencies (no [dev] extra: no pytest, no SecantusDB, no validators).
+# dependencies, without extras: no test server, test runner or validators.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -50,7 +50,7 @@ WORKDIR /app
 USER 10001:10001
 EXPOSE 8787
 
-# python:slim has no curl: probe /healthz with the standard library.
+# The slim image ships no HTTP client binary: probe /healthz with the standard library.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SIDECAR_HTTP_PORT', '8787'), timeout=4); sys.exit(0)"]
 
