@@ -1,0 +1,317 @@
+"""Getting events to the sidecar over its Unix socket (see PROTOCOL.md).
+
+Two ways of sending, chosen per event by the caller:
+
+* ``deliver(event, sync=False)``: put the event on a bounded queue drained by
+  one daemon thread. Never blocks and never raises: a full queue or an absent
+  sidecar drops the event and counts it (the watcher still mirrors the file).
+* ``deliver(event, sync=True)``: send with ``ack: true`` on the calling
+  thread's own connection and wait for the reply; raise ``DeliveryError`` if
+  it is not ``{"ok": true}`` within the timeout.
+
+Whatever replaces this class in tests only needs ``deliver(event, sync)``;
+``ready()``, ``flush(timeout)``, ``close(timeout)`` and ``after_fork()`` are
+optional.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import select
+import socket
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._intercept import Event, Stats
+
+PROTOCOL_VERSION = 1
+MAX_REPLY = 64 * 1024
+# While the sidecar is away, at most one connect attempt per interval from the
+# async sender, so that a down sidecar costs nothing per write.
+RETRY_INTERVAL_S = 0.5
+# Below this size header and body go out in one send: one syscall, one copy.
+_COALESCE = 64 * 1024
+
+_LEN = struct.Struct(">I")
+_STOP = object()
+
+
+class DeliveryError(Exception):
+    """The sidecar did not confirm an event. The message never holds file data."""
+
+
+def encode_header(event: "Event", ack: bool) -> bytes:
+    header = {
+        "v": PROTOCOL_VERSION,
+        "op": event.op,
+        "path": event.path,
+        "size": 0 if event.data is None else len(event.data),
+        "sha256": event.sha256,
+        "mtime_ns": event.mtime_ns,
+        "seq": event.seq,
+        "pid": event.pid,
+        "ack": ack,
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return _LEN.pack(len(raw)) + raw
+
+
+class _Connection:
+    """One long-lived stream to the sidecar; any error makes it unusable."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, path: str, timeout: float) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | getattr(socket, "SOCK_CLOEXEC", 0))
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def send(self, event: "Event", ack: bool) -> None:
+        head = encode_header(event, ack)
+        body = event.data
+        if not body:
+            self.sock.sendall(head)
+        elif len(body) <= _COALESCE:
+            self.sock.sendall(head + body)
+        else:
+            self.sock.sendall(head)
+            self.sock.sendall(body)
+
+    def peer_gone(self) -> bool:
+        # The sidecar never writes on an async connection, so readable means
+        # EOF (restart) or an error reply right before it hung up. Checking
+        # costs one poll and saves losing the next frame into a dead socket.
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def _recv_exact(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out waiting for the sidecar's reply")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionResetError("the sidecar closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def request(self, event: "Event", deadline: float) -> dict:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out before sending to the sidecar")
+        self.sock.settimeout(remaining)
+        self.send(event, ack=True)
+        (n,) = _LEN.unpack(self._recv_exact(4, deadline))
+        if n > MAX_REPLY:
+            raise ValueError("oversized reply from the sidecar")
+        reply = json.loads(self._recv_exact(n, deadline).decode("utf-8"))
+        if not isinstance(reply, dict):
+            raise ValueError("malformed reply from the sidecar")
+        return reply
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class SocketTransport:
+    def __init__(self, path: str, timeout_s: float, queue_size: int, stats: "Stats") -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self.queue_size = queue_size
+        self.stats = stats
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._queue: queue.Queue = queue.Queue(self.queue_size)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._tls = threading.local()
+        self._down_until = 0.0
+        self._closed = False
+
+    # -- async ------------------------------------------------------------
+    def ready(self) -> bool:
+        """False while the async sender is backing off from an absent sidecar.
+
+        Checked before the shim reads the file back, so a down sidecar costs
+        one clock read per write instead of a read, a hash and a queue put.
+        """
+        return time.monotonic() >= self._down_until
+
+    def deliver(self, event: "Event", sync: bool) -> None:
+        if sync:
+            self._send_sync(event)
+            return
+        if self._closed:
+            self.stats.inc("dropped_unavailable")
+            return
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._start_sender()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.stats.inc("dropped_queue_full")
+
+    def _start_sender(self) -> None:
+        # Started lazily: nothing runs in a process that never writes, and a
+        # forked child (which inherits no threads) gets its own on first use.
+        with self._start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            thread = threading.Thread(target=self._run, name="mentorix-shim-sender", daemon=True)
+            thread.start()
+            self._thread = thread
+
+    def _connect(self) -> _Connection | None:
+        self.stats.inc("connect_attempts")
+        try:
+            conn = _Connection(self.path, self.timeout_s)
+        except OSError:
+            self.stats.inc("connect_failures")
+            self._down_until = time.monotonic() + RETRY_INTERVAL_S
+            return None
+        self._down_until = 0.0
+        return conn
+
+    def _run(self) -> None:
+        q = self._queue
+        conn: _Connection | None = None
+        while True:
+            event = q.get()
+            try:
+                if event is _STOP:
+                    break
+                conn = self._send_async(conn, event)
+            except Exception:  # never let the sender die on a surprise
+                self.stats.inc("errors")
+            finally:
+                q.task_done()
+        if conn is not None:
+            conn.close()
+
+    def _send_async(self, conn: _Connection | None, event: "Event") -> _Connection | None:
+        if conn is not None and conn.peer_gone():
+            conn.close()
+            conn = None
+        # A second try covers a sidecar restart between two events: the
+        # stale connection fails, a fresh one is made at once.
+        for _attempt in range(2):
+            if conn is None:
+                if time.monotonic() < self._down_until:
+                    break
+                conn = self._connect()
+                if conn is None:
+                    break
+            try:
+                conn.send(event, ack=False)
+            except OSError:
+                self.stats.inc("send_failures")
+                conn.close()
+                conn = None
+                continue
+            self.stats.inc("sent")
+            return conn
+        self.stats.inc("dropped_unavailable")
+        return conn
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued event was sent or dropped; True if so."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return self._queue.unfinished_tasks == 0
+        deadline = time.monotonic() + timeout
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                done.wait(remaining)
+        return True
+
+    # -- sync -------------------------------------------------------------
+    def _send_sync(self, event: "Event") -> None:
+        # One connection per thread: a reply always belongs to the frame its
+        # own thread sent, without a lock serialising all API threads.
+        deadline = time.monotonic() + self.timeout_s
+        conn: _Connection | None = getattr(self._tls, "conn", None)
+        reply = None
+        for attempt in range(2):
+            if conn is None:
+                self.stats.inc("connect_attempts")
+                try:
+                    conn = _Connection(self.path, max(deadline - time.monotonic(), 0.001))
+                except OSError as exc:
+                    self.stats.inc("connect_failures")
+                    raise DeliveryError(f"sidecar unavailable ({type(exc).__name__})") from None
+                self._tls.conn = conn
+            try:
+                reply = conn.request(event, deadline)
+                break
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # A kept connection may predate a sidecar restart: retry once
+                # on a fresh one (the sidecar de-duplicates by content hash).
+                conn.close()
+                conn = self._tls.conn = None
+                if attempt or time.monotonic() >= deadline:
+                    raise DeliveryError(f"sidecar connection lost ({type(exc).__name__})") from None
+            except (OSError, ValueError) as exc:
+                # A timeout leaves a reply in flight: the stream is out of
+                # step, so it is never reused.
+                conn.close()
+                self._tls.conn = None
+                if isinstance(exc, (TimeoutError, socket.timeout)):
+                    raise DeliveryError("timed out waiting for the sidecar") from None
+                raise DeliveryError(f"sidecar exchange failed ({type(exc).__name__})") from None
+        if reply is None:  # pragma: no cover - loop always breaks or raises
+            raise DeliveryError("no reply from the sidecar")
+        if reply.get("ok") is not True:
+            status = reply.get("status")
+            error = reply.get("error")
+            detail = f"status {status!r}" + (f", {error}" if isinstance(error, str) and error else "")
+            raise DeliveryError(f"sidecar did not confirm the write ({detail})")
+
+    # -- lifecycle ----------------------------------------------------------
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the sender (after it drains what it can within ``timeout``)."""
+        self._closed = True
+        thread = self._thread
+        deadline = time.monotonic() + timeout
+        if thread is not None and thread.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=max(timeout, 0.001))
+            except queue.Full:
+                pass
+            thread.join(max(deadline - time.monotonic(), 0.001))
+        conn = getattr(self._tls, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._tls.conn = None
+
+    def after_fork(self) -> None:
+        # The child inherits the parent's sockets and queue but not the
+        # sender thread: sharing a stream with the parent would interleave
+        # frames, so start from nothing. The inherited descriptors are left
+        # for the garbage collector (closing them in the child does not
+        # affect the parent's connections).
+        closed = self._closed
+        self._reset_state()
+        self._closed = closed
