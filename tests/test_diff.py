@@ -1,7 +1,8 @@
 """sidecar/diff.py: positions, per-document ops, refusals, deletions, state (pure, no server).
 
-The last tests run the ops through ``Store.apply`` against mongomock, to pin
-the op → MongoDB request translation (guards, natural keys) without a server.
+The last tests run the requests ``Store._request`` builds against mongomock, to
+pin the op → MongoDB request translation (version guard, _id, bodies) without a
+server.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from datetime import datetime, timezone
 
 import mongomock
 import pytest
+from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
+from pymongo.errors import DuplicateKeyError
 
 from sidecar.classify import Kind
 from sidecar.config import Config
@@ -30,8 +33,6 @@ from sidecar.model import EPISODES, HUBS, SNAPSHOTS, build_plan
 from sidecar.parse import value_hash
 from sidecar.source import FileRead, sha256_hex
 from sidecar.store import Store
-from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
-from pymongo.errors import DuplicateKeyError
 
 NOW = datetime(2026, 2, 21, 5, 29, 24, tzinfo=timezone.utc)
 HUB = "structured_hubs/soft_identity.json"
