@@ -144,7 +144,7 @@ def test_env_example_lists_every_setting():
     text = (ROOT / ".env.example").read_text()
     names = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
     expected = {name.upper() for name in Config.model_fields}
-    expected |= {"SIDECAR_SHIM", "SIDECAR_SHIM_ON_FAILURE"}
+    expected |= {"SIDECAR_SHIM", "SIDECAR_SHIM_ON_FAILURE", "SIDECAR_SHIM_TIMEOUT_MS", "SIDECAR_SHIM_QUEUE"}
     assert expected <= names, f"missing from .env.example: {sorted(expected - names)}"
     assert not re.search(r"mongodb(\+srv)?://(?!user:pass@)[^\s/@]+@", text)
 
