@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .classify import Kind
+from .classify import Kind, episode_path, hub_path
 from .diff import FILES
 from .model import EPISODES, HUBS, SNAPSHOTS, file_fields
 from .parse import render, value_hash
@@ -44,6 +44,7 @@ def _compare(source: dict[str, str], mongo: dict[str, str], retained: set[str] =
         "checksum_source": checksum(source),
         "checksum_mongo": checksum({k: v for k, v in mongo.items() if k in source}),
         "match": not (missing or extra or different),
+        "_keys": set(missing) | set(extra) | set(different),
     }
 
 
@@ -79,7 +80,17 @@ def deleted_files(store: Store) -> list[dict]:
     return list(rows)
 
 
-def compute(store: Store, view: SourceView) -> dict[str, Any]:
+def _split_pending(result: dict, pending: set[str] | None, path_of) -> None:
+    """Keep "not mirrored yet" (its file is queued) apart from a real mismatch."""
+    keys = result.pop("_keys")
+    if pending is None:
+        return
+    waiting = sum(1 for k in keys if path_of(k) in pending)
+    result["pending"] = waiting
+    result["mismatch"] = len(keys) - waiting
+
+
+def compute(store: Store, view: SourceView, pending: set[str] | None = None) -> dict[str, Any]:
     retained = deleted_files(store)
     retained_hubs = {d.get("hub_type") for d in retained if d.get("kind") == "hub"}
     retained_runs = {str(d.get("doc_id")) for d in retained if d.get("kind") == "episode"}
@@ -119,6 +130,10 @@ def compute(store: Store, view: SourceView) -> dict[str, Any]:
     files["match"] = files["match"] and not view.bad_files
 
     kinds = {"hubs": hubs, "snapshot": snapshot, "episodes": episodes, "files": files}
+    _split_pending(hubs, pending, lambda k: hub_path(k.split("/", 1)[0]))
+    _split_pending(snapshot, pending, lambda k: "snapshot.json")
+    _split_pending(episodes, pending, lambda k: view.episode_paths.get(k, episode_path(k)))
+    _split_pending(files, pending, lambda k: k)
     return {
         "source_counts": {
             "hub_entries": len(src_hubs),

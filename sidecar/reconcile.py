@@ -39,6 +39,7 @@ class SourceView:
     hub_bad_entries: dict[str, list[str]] = field(default_factory=dict)
     bad_hubs: set[str] = field(default_factory=set)
     episodes: dict[str, str] = field(default_factory=dict)
+    episode_paths: dict[str, str] = field(default_factory=dict)
     bad_episodes: set[str] = field(default_factory=set)
     snapshot: tuple[str, str] | None = None
     snapshot_bad: bool = False
@@ -55,6 +56,7 @@ class SourceView:
                 self.hub_bad_entries[plan.hub_type] = list(plan.entry_errors)
         elif plan.kind is Kind.EPISODE:
             self.episodes[plan.doc_id] = plan.doc_hash
+            self.episode_paths[plan.doc_id] = plan.rel
         elif plan.kind is Kind.SNAPSHOT:
             self.snapshot = (plan.doc_id, plan.doc_hash)
         else:

@@ -1,0 +1,191 @@
+"""``memory-sidecar run``: the continuous daemon.
+
+Start-up order matters and is the whole no-missed-write argument:
+  1. HTTP up at once (``/healthz`` 200, ``/readyz`` 503 until ready);
+  2. wait for MongoDB (backoff, never exit), ensure indexes;
+  3. mongo mode + empty data dir: restore the files from MongoDB;
+  4. start the watcher *before* reconciling, so a write during the reconcile
+     is queued rather than missed;
+  5. full reconcile, then the writer drains what queued meanwhile; ready.
+On SIGTERM: stop taking shim frames, stop the watcher, final flush with a
+bounded deadline (whatever is left is reconciled at the next start: the files
+on disk are the journal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from . import server
+from .classify import is_ignored
+from .config import Config
+from .diff import MirrorState
+from .mirror import BACKOFF_MAX, Mirror
+from .pending import Pending
+from .reconcile import Reconciler
+from .restore import is_empty, restore
+from .shimserver import ShimEvent, ShimServer
+from .status import Status
+from .store import MongoUnavailable, Store
+from .watcher import Watcher
+
+log = logging.getLogger("sidecar")
+
+SHUTDOWN_SECONDS = 10.0
+
+
+class Daemon:
+    def __init__(self, config: Config, store: Store | None = None) -> None:
+        self.config = config
+        self.status = Status()
+        self.store = store or Store(config)
+        self.pending = Pending()
+        self.state = MirrorState()
+        self.mirror = Mirror(config, self.store, self.status, self.pending, self.state)
+        self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status)
+        self.shim: ShimServer | None = None
+        self.http_port: int | None = None
+        self._stopping = threading.Event()
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_async: asyncio.Event | None = None
+
+    # --- the server's view ---------------------------------------------------------
+    def parity_report(self) -> dict[str, Any]:
+        from . import parity
+
+        _, view = Reconciler(self.config).scan(MirrorState(), "parity")
+        report = parity.compute(self.store, view, pending=self.pending.paths())
+        report["pending"] = {"paths": len(self.pending), "lag_seconds": round(self.pending.oldest_age(), 3)}
+        report["bad_input"] = [p.as_dict() for p in view.problems[:200]]
+        return report
+
+    def request_reconcile(self) -> None:
+        self.pending.mark_full()
+
+    # --- start-up (blocking; runs in a worker thread) -----------------------------------
+    def startup(self) -> None:
+        self.status.phase = "connecting"
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                self.store.ping()
+                self.store.ensure_indexes()
+                self.status.set_mongo(True)
+                break
+            except MongoUnavailable as exc:
+                self.status.set_mongo(False, str(exc))
+                log.warning("waiting for MongoDB: %s", exc)
+                self._stopping.wait(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+        if self._stopping.is_set():
+            return
+        root = self.config.data_dir
+        root.mkdir(parents=True, exist_ok=True)
+        if self.config.memory_store_backend == "mongo" and is_empty(root, self._ignored):
+            self.status.phase = "restoring"
+            result = self._retry(lambda: restore(self.store, root, force=True, ignore=self._ignored))
+            if result is None:
+                return
+            self.status.restored_files += len(result.written)
+            log.info("fresh volume: restored %d files from MongoDB", len(result.written))
+        self.status.phase = "reconciling"
+        self.watcher.start()
+        if self._retry(self.mirror.reconcile, locked=True) is False:
+            return
+        self.mirror.start()
+        self.status.phase = "running"
+        self.status.set_ready(True)
+        self._started.set()
+        log.info("ready: watching %s", root)
+
+    def _ignored(self, rel: str) -> bool:
+        return is_ignored(rel, self.config.ignore_globs)
+
+    def _retry(self, fn, locked: bool = False):
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                if locked:
+                    with self.mirror.lock:
+                        fn()
+                    return True
+                return fn()
+            except MongoUnavailable as exc:
+                self.status.set_mongo(False, str(exc))
+                self._stopping.wait(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+        return False if locked else None
+
+    # --- shim frames ---------------------------------------------------------------------
+    async def on_shim(self, event: ShimEvent) -> str:
+        loop = asyncio.get_running_loop()
+        if not self._started.is_set():
+            # Not ready yet: the watcher (started before reconcile) has the file.
+            self.status.shim_events.labels(status="deferred").inc()
+            self.pending.mark(event.path, 0.0)
+            raise RuntimeError("not ready")
+        try:
+            if event.op == "delete":
+                self.pending.mark(event.path, 0.0)
+                outcome = "written"
+            else:
+                outcome = await loop.run_in_executor(
+                    None, self.mirror.mirror_bytes, event.path, event.data, event.mtime_ns or 0)
+        except Exception:
+            self.status.shim_events.labels(status="error").inc()
+            # The watcher still sees the file: make sure it is looked at.
+            self.pending.mark(event.path, 0.0)
+            raise
+        self.status.shim_events.labels(status=outcome).inc()
+        return outcome
+
+    # --- run ---------------------------------------------------------------------------------
+    async def serve(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_async = stop
+        runner = await server.start(self)
+        self.http_port = server.bound_port(runner)
+        log.info("status server on %s:%s", self.config.sidecar_http_host, self.http_port)
+        self.shim = ShimServer(self.config.socket_path, self.on_shim)
+        try:
+            await self.shim.start()
+        except OSError as exc:
+            log.warning("shim socket unavailable (%s); the watcher alone mirrors writes", exc.strerror)
+            self.shim = None
+        startup = self._loop.run_in_executor(None, self.startup)
+        try:
+            await stop.wait()
+        finally:
+            self._stopping.set()
+            if self.shim is not None:
+                await self.shim.stop()
+            await asyncio.wait_for(asyncio.shield(startup), timeout=SHUTDOWN_SECONDS + 30)
+            self.status.set_ready(False)
+            self.status.phase = "stopping"
+            self.watcher.stop()
+            deadline = time.monotonic() + SHUTDOWN_SECONDS
+            await self._loop.run_in_executor(None, self.mirror.stop, deadline)
+            await runner.cleanup()
+            self.store.close()
+
+    def request_stop(self) -> None:
+        if self._loop is not None and self._stop_async is not None:
+            self._loop.call_soon_threadsafe(self._stop_async.set)
+
+
+def run_daemon(config: Config) -> int:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Daemon(config).serve(stop)
+
+    asyncio.run(main())
+    return 0

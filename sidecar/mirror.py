@@ -1,0 +1,219 @@
+"""Stage 5 loop: the batched writer.
+
+One thread takes every ready path from ``Pending`` (a burst becomes one flush),
+diffs each file against the mirror state and writes all resulting ops in
+unordered bulk batches. When MongoDB is away the *paths* go back into
+``Pending`` and are retried with capped exponential backoff: nothing is
+dropped, memory stays bounded, and the retry re-reads the files, so it always
+writes the newest content.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+from .classify import hub_type_of
+from .config import Config
+from .diff import MirrorState, Op
+from .events import build_events, note_event
+from .model import utcnow
+from .pending import Pending
+from .reconcile import Problem, Reconciler
+from .restore import _hub_bytes, write_atomic
+from .source import FileRead, sha256_hex
+from .status import Status
+from .store import MongoUnavailable, Store
+
+log = logging.getLogger("sidecar.mirror")
+
+# A reader can catch a legacy write between truncate and write: these reasons
+# usually heal with the writer's next close event, so they are re-checked
+# before being reported.
+TRANSIENT = {"empty", "invalid_json", "invalid_utf8", "unstable"}
+TRANSIENT_RETRIES = 3
+TRANSIENT_DELAY = 0.3
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+PING_EVERY = 2.0
+
+
+class Mirror:
+    def __init__(self, config: Config, store: Store, status: Status, pending: Pending,
+                 state: MirrorState) -> None:
+        self.config = config
+        self.store = store
+        self.status = status
+        self.pending = pending
+        self.state = state
+        self.rec = Reconciler(config)
+        self.lock = threading.RLock()  # one writer at a time: the loop, the shim, shutdown
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = 0.0
+        self._transient: dict[str, int] = {}
+        self._last_error_log = 0.0
+        self._last_ping = 0.0
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sidecar-mirror", daemon=True)
+        self._thread.start()
+
+    def stop(self, deadline: float) -> None:
+        """Stop the loop, then flush whatever is pending until ``deadline`` (monotonic)."""
+        self._stop.set()
+        self.pending.close()
+        if self._thread is not None:
+            self._thread.join(timeout=max(0.1, deadline - time.monotonic()))
+        while len(self.pending) and time.monotonic() < deadline:
+            full, taken = self.pending.take(0, ignore_delay=True)
+            if not self.flush(full, taken):
+                break
+        left = len(self.pending)
+        if left:
+            log.warning("shutdown: %d changed paths not mirrored (the next start reconciles them)", left)
+
+    def _run(self) -> None:
+        flush_s = self.config.sidecar_flush_interval_ms / 1000
+        while not self._stop.is_set():
+            full, taken = self.pending.take(timeout=PING_EVERY / 2, linger=flush_s,
+                                            limit=self.config.sidecar_batch_size)
+            if self._stop.is_set():
+                self.pending.requeue(taken, 0.0, full)
+                break
+            if full is None and not taken:
+                self._idle()
+                continue
+            if not self.flush(full, taken):
+                self._stop.wait(self._backoff)
+            self._update_gauges()
+
+    def _idle(self) -> None:
+        self._update_gauges()
+        now = time.monotonic()
+        if now - self._last_ping >= PING_EVERY:
+            self._last_ping = now
+            try:
+                self.store.ping()
+                self.status.set_mongo(True)
+            except MongoUnavailable as exc:
+                self.status.set_mongo(False, str(exc))
+
+    def _update_gauges(self) -> None:
+        self.status.set_pending(len(self.pending), self.pending.oldest_age())
+
+    # --- one flush ------------------------------------------------------------------
+    def flush(self, full: float | None, taken: dict[str, float]) -> bool:
+        """Mirror a batch. False (and everything requeued) when MongoDB is away."""
+        try:
+            with self.lock:
+                if full is not None:
+                    self.reconcile()
+                else:
+                    self._flush_paths(taken)
+        except MongoUnavailable as exc:
+            self.pending.requeue(taken, 0.0, full)
+            self._mongo_down(str(exc))
+            return False
+        self._backoff = 0.0
+        self.status.set_mongo(True)
+        return True
+
+    def _mongo_down(self, message: str) -> None:
+        self.status.set_mongo(False, message)
+        self.status.error("mongo_unavailable")
+        self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
+        self._backoff *= random.uniform(0.8, 1.0)
+        now = time.monotonic()
+        if now - self._last_error_log > 30:  # rate-limited: one line per 30 s
+            self._last_error_log = now
+            log.warning("MongoDB unavailable, retrying with backoff (pending %d): %s",
+                        len(self.pending), message)
+
+    def _flush_paths(self, taken: dict[str, float]) -> None:
+        now = utcnow()
+        ops: list[Op] = []
+        problems: list[Problem] = []
+        good: list[str] = []
+        for rel in taken:
+            file_ops, file_problems = self.rec.process_file(rel, self.state, "watch", now=now)
+            ops.extend(file_ops)
+            if file_problems:
+                problems.extend(file_problems)
+            else:
+                good.append(rel)
+        self._write(ops, problems, good, "watch", taken)
+
+    def reconcile(self) -> None:
+        """Full pass over the data dir (start-up, overflow, on request)."""
+        fresh = self.store.load_state()
+        self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
+        self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
+        ops, view = self.rec.scan(self.state, "reconcile")
+        problem_paths = {p.path for p in view.problems}
+        self._write(ops, view.problems, [r for r in view.present if r not in problem_paths], "reconcile", {})
+        self.status.last_reconcile_at = utcnow().isoformat()
+
+    def _write(self, ops: list[Op], problems: list[Problem], good: list[str], source: str,
+               taken: dict[str, float]) -> None:
+        started = time.monotonic()
+        result = self.store.apply(ops, self.state) if ops else None
+        now = utcnow()
+        events: list[dict] = []
+        if result is not None:
+            self.status.wrote(result.counts(), time.monotonic() - started)
+            self.status.stale_refused += len(result.stale)
+            for op, why in result.failed:
+                problems.append(Problem(op.rel, "mongo_rejected", f"{op.rel}: {op.entity}: {why}", op.coll))
+            events = build_events(result.applied, source, now, summarize_inserts=source == "reconcile",
+                                  full_payload=self.config.sidecar_events_payload == "full")
+        for rel in good:
+            self.status.clear_problem(rel)
+            self._transient.pop(rel, None)
+        for p in problems:
+            events.extend(self._problem(p, source, now, taken))
+        if events:
+            self.store.record_events(events)
+
+    def _problem(self, p: Problem, source: str, now, taken: dict[str, float]) -> list[dict]:
+        if p.reason in TRANSIENT and p.path in taken:
+            tries = self._transient.get(p.path, 0) + 1
+            self._transient[p.path] = tries
+            if tries <= TRANSIENT_RETRIES:
+                self.pending.mark(p.path, TRANSIENT_DELAY, taken[p.path])
+                return []
+        if p.reason == "empty_hub_refused" and self.config.memory_store_backend == "mongo":
+            return self._restore_hub(p.path, source, now)
+        if self.status.problem(p.path, p.reason, p.message):
+            log.warning("bad input: %s (%s)", p.message, p.reason)
+            return [note_event("bad_input", p.path, source, now, reason=p.reason)]
+        return []
+
+    def _restore_hub(self, rel: str, source: str, now) -> list[dict]:
+        """mongo mode: MongoDB is the truth; a hub re-created as {} is filled back in."""
+        data = _hub_bytes(self.store, hub_type_of(rel), None)
+        write_atomic(self.config.data_dir, rel, data)
+        self.status.restored_files += 1
+        log.info("restored %s from MongoDB (file was re-created empty)", rel)
+        return [note_event("restored_from_mongo", rel, source, now, reason="empty_hub_refused")]
+
+    # --- the shim's path ----------------------------------------------------------------
+    def mirror_bytes(self, rel: str, data: bytes, mtime_ns: int) -> str:
+        """Mirror bytes handed over by the in-process shim. Returns written|unchanged|stale."""
+        sha = sha256_hex(data)
+        with self.lock:
+            prev = self.state.files.get(rel)
+            if prev is not None and not prev.deleted:
+                if prev.sha256 == sha:
+                    return "unchanged"
+                if prev.version is not None and mtime_ns < prev.version:
+                    return "stale"
+            read = FileRead(rel, data, sha, len(data), mtime_ns)
+            ops, problems = self.rec.process_file(rel, self.state, "shim", read=read)
+            self._write(ops, problems, [] if problems else [rel], "shim", {})
+            if problems:
+                raise ValueError(problems[0].reason)
+        return "written" if ops else "unchanged"
+

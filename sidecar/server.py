@@ -1,0 +1,135 @@
+"""aiohttp status server: health, readiness, Mentorix-shaped status, parity, metrics.
+
+Binds to loopback unless told otherwise. Endpoints that change state need
+``SIDECAR_TOKEN`` (``Authorization: Bearer <token>``); with no token set they
+are disabled. No response carries a payload value or a credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from . import __version__
+from .config import Config
+from .status import Status
+
+
+class DaemonView(Protocol):
+    config: Config
+    status: Status
+
+    def parity_report(self) -> dict[str, Any]: ...
+
+    def request_reconcile(self) -> None: ...
+
+
+DAEMON = web.AppKey("daemon", object)
+
+
+def memory_status(config: Config, status: Status) -> dict[str, Any]:
+    backend = config.memory_store_backend
+    if config.memory_dual_write:
+        mode = "dual_write_file_read"
+    else:
+        mode = "mongo" if backend == "mongo" else "file"
+    return {
+        "configured_backend": backend,
+        "active_mode": mode,
+        "dual_write_enabled": config.memory_dual_write,
+        "mongo": {"connected": status.mongo_connected, "db_name": config.mongodb_db_name,
+                  "error": config.scrub(status.mongo_error) if status.mongo_error else None},
+        "sidecar": {"version": __version__, "data_dir": str(config.data_dir), **status.snapshot()},
+    }
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    status = request.app[DAEMON].status
+    if status.ready and status.mongo_connected:
+        return web.json_response({"ready": True})
+    reason = "starting: " + status.phase if not status.ready else "mongodb unreachable"
+    return web.json_response({"ready": False, "reason": reason}, status=503)
+
+
+async def memory_status_view(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    return web.json_response(memory_status(daemon.config, daemon.status))
+
+
+async def parity_view(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    from .store import MongoUnavailable
+
+    try:
+        report = await asyncio.get_running_loop().run_in_executor(None, daemon.parity_report)
+    except MongoUnavailable as exc:
+        return web.json_response({"error": daemon.config.scrub(str(exc))}, status=503)
+    return web.json_response(report, dumps=_dumps)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body = request.app[DAEMON].status.metrics_text()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _authorized(request: web.Request) -> web.Response | None:
+    token = request.app[DAEMON].config.token
+    if not token:
+        return web.json_response({"error": "state-changing endpoints are disabled: set SIDECAR_TOKEN"},
+                                 status=403)
+    given = request.headers.get("Authorization", "")
+    given = given[7:] if given.startswith("Bearer ") else request.headers.get("X-Sidecar-Token", "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return web.json_response({"error": "missing or wrong token"}, status=401)
+    return None
+
+
+async def reconcile_view(request: web.Request) -> web.Response:
+    denied = _authorized(request)
+    if denied is not None:
+        return denied
+    request.app[DAEMON].request_reconcile()
+    return web.json_response({"accepted": True}, status=202)
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, default=str)
+
+
+def build_app(daemon: DaemonView) -> web.Application:
+    app = web.Application()
+    app[DAEMON] = daemon
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/memory/status", memory_status_view)
+    app.router.add_get("/parity", parity_view)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_post("/reconcile", reconcile_view)
+    return app
+
+
+async def start(daemon: DaemonView) -> web.AppRunner:
+    runner = web.AppRunner(build_app(daemon), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, daemon.config.sidecar_http_host, daemon.config.sidecar_http_port)
+    await site.start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually bound (useful with SIDECAR_HTTP_PORT=0 in tests)."""
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server and server.sockets:
+            return server.sockets[0].getsockname()[1]
+    raise RuntimeError("server not started")

@@ -1,0 +1,123 @@
+"""Stage 7: what the daemon knows about itself — metrics and status fields.
+
+One ``Status`` per daemon, with its own Prometheus registry (so tests can run
+several daemons in one process). Problems are kept per path and cleared when
+the file becomes good again: the status shows what is wrong *now*, the
+counters show what has happened. Nothing here ever holds a payload value.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as PlainCounter
+from datetime import datetime, timezone
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MAX_PROBLEMS = 200
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class Status:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("sidecar_events_total", "Filesystem/shim events seen", ["kind", "event"], registry=r)
+        self.writes = Counter("sidecar_writes_total", "Documents written to MongoDB", ["collection", "op"],
+                              registry=r)
+        self.errors = Counter("sidecar_errors_total", "Errors by kind (bad input reasons, mongo, ...)",
+                              ["kind"], registry=r)
+        self.bulk_seconds = Histogram("sidecar_bulk_write_seconds", "Latency of one flush to MongoDB",
+                                      buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
+                                      registry=r)
+        self.pending = Gauge("sidecar_pending_changes", "Paths changed on disk but not yet mirrored", registry=r)
+        self.lag = Gauge("sidecar_lag_seconds", "Age of the oldest unmirrored change", registry=r)
+        self.mongo_up = Gauge("sidecar_mongo_up", "1 when MongoDB answered the last operation", registry=r)
+        self.ready_gauge = Gauge("sidecar_ready", "1 when the daemon is ready", registry=r)
+        self.shim_events = Counter("sidecar_shim_events_total", "Shim frames by outcome", ["status"], registry=r)
+        self._lock = threading.Lock()
+        self.started_at = _now_iso()
+        self.ready = False
+        self.phase = "starting"
+        self.watcher_state = "stopped"
+        self.mongo_connected = False
+        self.mongo_error: str | None = None
+        self.last_sync_at: str | None = None
+        self.last_reconcile_at: str | None = None
+        self.restored_files = 0
+        self.error_counts: PlainCounter[str] = PlainCounter()
+        self.problems: dict[str, dict[str, Any]] = {}
+        self.stale_refused = 0
+
+    # --- updates ---------------------------------------------------------------
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        self.ready_gauge.set(1 if ready else 0)
+
+    def set_mongo(self, ok: bool, error: str | None = None) -> None:
+        self.mongo_connected = ok
+        self.mongo_error = None if ok else error
+        self.mongo_up.set(1 if ok else 0)
+
+    def error(self, kind: str) -> None:
+        with self._lock:
+            self.error_counts[kind] += 1
+        self.errors.labels(kind=kind).inc()
+
+    def problem(self, path: str, reason: str, message: str) -> bool:
+        """Record a current problem; True when it is new for that path."""
+        self.error(reason)
+        with self._lock:
+            prev = self.problems.get(path)
+            if prev and prev["reason"] == reason:
+                prev["count"] += 1
+                prev["last_seen"] = _now_iso()
+                return False
+            if len(self.problems) >= MAX_PROBLEMS and path not in self.problems:
+                return True
+            self.problems[path] = {"path": path, "reason": reason, "message": message, "count": 1,
+                                   "first_seen": _now_iso(), "last_seen": _now_iso()}
+            return True
+
+    def clear_problem(self, path: str) -> None:
+        with self._lock:
+            self.problems.pop(path, None)
+
+    def wrote(self, counts: dict[str, int], seconds: float) -> None:
+        for key, n in counts.items():
+            coll, op = key.split(".", 1)
+            self.writes.labels(collection=coll, op=op).inc(n)
+        self.bulk_seconds.observe(seconds)
+        self.last_sync_at = _now_iso()
+
+    def set_pending(self, count: int, lag: float) -> None:
+        self.pending.set(count)
+        self.lag.set(lag)
+
+    # --- views -------------------------------------------------------------------
+    def metrics_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            problems = sorted(self.problems.values(), key=lambda p: p["path"])
+            errors = dict(self.error_counts)
+        return {
+            "ready": self.ready,
+            "phase": self.phase,
+            "started_at": self.started_at,
+            "watcher": self.watcher_state,
+            "pending": int(self.pending._value.get()),
+            "lag_seconds": round(float(self.lag._value.get()), 3),
+            "last_sync_at": self.last_sync_at,
+            "last_reconcile_at": self.last_reconcile_at,
+            "restored_files": self.restored_files,
+            "stale_refused": self.stale_refused,
+            "errors_by_kind": errors,
+            "problems": problems,
+        }
+
