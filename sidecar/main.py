@@ -47,6 +47,7 @@ class Daemon:
         self.pending = Pending()
         self.state = MirrorState()
         self.mirror = Mirror(config, self.store, self.status, self.pending, self.state)
+        self.status.live_pending = lambda: (len(self.pending), self.pending.oldest_age())
         self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status)
         self.shim: ShimServer | None = None
         self.http_port: int | None = None

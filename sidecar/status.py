@@ -52,6 +52,8 @@ class Status:
         self.error_counts: PlainCounter[str] = PlainCounter()
         self.problems: dict[str, dict[str, Any]] = {}
         self.stale_refused = 0
+        # Set by the daemon: reads the pending queue live, so views are never stale.
+        self.live_pending = None
 
     # --- updates ---------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
@@ -99,10 +101,16 @@ class Status:
         self.lag.set(lag)
 
     # --- views -------------------------------------------------------------------
+    def _refresh(self) -> None:
+        if self.live_pending is not None:
+            self.set_pending(*self.live_pending())
+
     def metrics_text(self) -> bytes:
+        self._refresh()
         return generate_latest(self.registry)
 
     def snapshot(self) -> dict[str, Any]:
+        self._refresh()
         with self._lock:
             problems = sorted(self.problems.values(), key=lambda p: p["path"])
             errors = dict(self.error_counts)
