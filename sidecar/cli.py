@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     from .restore import RestoreRefused
     from .source import DataDirMissing
-    from .store import MongoUnavailable
+    from .store import MongoConfigError, MongoUnavailable
 
     if args.command == "config":
         from .config import describe
@@ -127,6 +127,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         print(f"memory-sidecar: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     except RestoreRefused as exc:
+        print(f"memory-sidecar: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MongoConfigError as exc:
         print(f"memory-sidecar: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except MongoUnavailable as exc:

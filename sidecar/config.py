@@ -31,7 +31,9 @@ DEFAULT_IGNORE = (
     "export_from_mongo/*",
 )
 
-_URL_USERINFO = re.compile(r"(mongodb(?:\+srv)?://)([^/@\s]+)@", re.IGNORECASE)
+# Greedy up to the last '@' of the URL: a password with an unescaped '@' must
+# not leak its tail (better to hide too much than too little).
+_URL_USERINFO = re.compile(r"(mongodb(?:\+srv)?://)(\S*)@", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:

@@ -112,11 +112,11 @@ def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset()) -> Fil
         else:
             plan.doc_id = str(obj.get("run_id") or run_id_from_name(read.rel))
     else:
-        _plan_generic(plan, read)
+        _plan_generic(plan, read, redact_keys)
     return plan
 
 
-def _plan_generic(plan: FilePlan, read: FileRead) -> None:
+def _plan_generic(plan: FilePlan, read: FileRead, redact_keys: frozenset[str]) -> None:
     if read.size > INLINE_MAX_BYTES:
         if read.rel.endswith(".json"):
             loads(read.data)  # a half-written big JSON file must not replace a good one
@@ -136,9 +136,11 @@ def _plan_generic(plan: FilePlan, read: FileRead) -> None:
         plan.raw = read.data
         return
     plan.encoding = "json"
-    plan.content = value
     plan.fmt = detect_format(value, read.data)
-    if plan.fmt is None:
+    plan.content = redact(value, redact_keys)
+    if plan.content != value:
+        plan.raw = None  # redacted: the verbatim bytes would carry the secret
+    elif plan.fmt is None:
         plan.raw = read.data  # JSON, but not a layout we can reproduce byte for byte
 
 
@@ -182,35 +184,54 @@ def hub_doc(plan: FilePlan, entry: HubEntry, pos: int, source: str, now: datetim
     }
 
 
+# Fields of ours that a file's own top-level object may also use: the file's
+# values are kept aside in ``_sidecar.orig`` so restore gives them back.
+_RESERVED = ("_id", "_sidecar")
+
+
+def _own_fields(plan: FilePlan) -> tuple[dict[str, Any], dict[str, Any]]:
+    orig = {k: plan.obj[k] for k in _RESERVED if k in plan.obj}
+    fields = {k: v for k, v in plan.obj.items() if k not in orig}
+    return fields, orig
+
+
 def snapshot_doc(plan: FilePlan, source: str, now: datetime) -> dict:
+    fields, orig = _own_fields(plan)
     doc: dict[str, Any] = {"_id": plan.doc_id}
-    doc.update(plan.obj)
+    doc.update(fields)
     doc.setdefault("snapshot_id", plan.doc_id)
     doc.setdefault("source", "memory-sidecar")
     doc.setdefault("timestamp_dt", parse_iso(plan.obj.get("timestamp")) or now)
-    doc["_sidecar"] = _meta(plan, source)
+    doc["_sidecar"] = _meta(plan, source, orig)
     return doc
 
 
 def episode_doc(plan: FilePlan, source: str, now: datetime) -> dict:
+    fields, orig = _own_fields(plan)
     doc: dict[str, Any] = {"_id": plan.doc_id}
-    doc.update(plan.obj)
-    if not doc.get("run_id"):
+    doc.update(fields)
+    if doc.get("run_id") != plan.doc_id:
+        # Mentorix reads episodes by a string run_id; keep the file's own value aside.
+        if "run_id" in doc:
+            orig["run_id"] = doc["run_id"]
         doc["run_id"] = plan.doc_id
     doc.setdefault("updated_at", now.isoformat())
     doc.setdefault("updated_at_dt", parse_iso(plan.obj.get("updated_at")) or now)
-    doc["_sidecar"] = _meta(plan, source)
+    doc["_sidecar"] = _meta(plan, source, orig)
     return doc
 
 
-def _meta(plan: FilePlan, source: str) -> dict:
-    return {
+def _meta(plan: FilePlan, source: str, orig: dict[str, Any]) -> dict:
+    meta = {
         "path": plan.rel,
         "hash": plan.doc_hash,
         "version": plan.version,
         "source": source,
         "fields": list(plan.obj),
     }
+    if orig:
+        meta["orig"] = orig
+    return meta
 
 
 def manifest_doc(plan: FilePlan, source: str, now: datetime, blob_id: Any = None) -> dict:
@@ -252,6 +273,8 @@ def file_fields(doc: dict) -> dict:
     meta = doc.get("_sidecar") or {}
     names = meta.get("fields")
     if isinstance(names, list):
-        return {name: doc[name] for name in names if name in doc}
+        orig = meta.get("orig") or {}
+        return {name: orig[name] if name in orig else doc[name] for name in names
+                if name in orig or name in doc}
     # A document Mentorix wrote itself: drop what only the database added.
     return {k: v for k, v in doc.items() if k not in _ADDED_FIELDS}

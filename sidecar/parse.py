@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 # MongoDB refuses documents nested deeper than 100 levels; our documents wrap
@@ -63,21 +64,27 @@ def validate(value: Any) -> None:
                     raise BadInput("bad_key", "an object key contains NUL")
                 if isinstance(inner, (dict, list)):
                     stack.append((inner, depth + 1))
-                elif isinstance(inner, int) and not isinstance(inner, bool):
-                    _check_int(inner)
+                else:
+                    _check_scalar(inner)
         elif isinstance(item, list):
             for inner in item:
                 if isinstance(inner, (dict, list)):
                     stack.append((inner, depth + 1))
-                elif isinstance(inner, int) and not isinstance(inner, bool):
-                    _check_int(inner)
-        elif isinstance(item, int) and not isinstance(item, bool):
-            _check_int(item)
+                else:
+                    _check_scalar(inner)
+        else:
+            _check_scalar(item)
 
 
-def _check_int(value: int) -> None:
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise BadInput("int_overflow", "integer outside the 64-bit range BSON can hold")
+def _check_scalar(value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise BadInput("int_overflow", "integer outside the 64-bit range BSON can hold")
+    elif isinstance(value, float) and not math.isfinite(value):
+        # e.g. the literal 1e400: valid JSON syntax, but it parses to infinity.
+        raise BadInput("nan", "number outside the double range (parses to Infinity)")
 
 
 def canonical(value: Any) -> bytes:

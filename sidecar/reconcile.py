@@ -131,9 +131,14 @@ class Reconciler:
         view = SourceView()
         ops: list[Op] = []
         now = utcnow()
+        skipped_dirs: list[str] = []
         for item in walk(self.root, self.config.ignore_globs):
             if isinstance(item, Skipped):
+                # Not followed, but not gone either: what it replaced stays mirrored.
                 view.problems.append(self._problem(item.rel, item.reason, item.message))
+                view.present.add(item.rel)
+                view.add_bad(item.rel)
+                skipped_dirs.append(item.rel + "/")
                 continue
             file_ops, problems = self.process_file(item, state, source, view, now)
             ops.extend(file_ops)
@@ -143,6 +148,7 @@ class Reconciler:
         gone = [
             rel for rel, fs in state.files.items()
             if not fs.deleted and rel not in view.present
+            and not rel.startswith(tuple(skipped_dirs))
             and not is_ignored(rel, self.config.ignore_globs)
         ]
         if gone and not view.present:

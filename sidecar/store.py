@@ -35,6 +35,10 @@ class MongoUnavailable(Exception):
     """MongoDB could not be reached or did not acknowledge; safe to retry later."""
 
 
+class MongoConfigError(Exception):
+    """The MongoDB URL or options are malformed: retrying will not help."""
+
+
 @dataclass
 class ApplyResult:
     applied: list[Op] = field(default_factory=list)
@@ -60,17 +64,11 @@ def _body(doc: dict) -> dict:
 class Store:
     def __init__(self, config: Config, client: pymongo.MongoClient | None = None) -> None:
         self.config = config
-        self.client = client or pymongo.MongoClient(
-            config.url,
-            serverSelectionTimeoutMS=config.sidecar_server_selection_timeout_ms,
-            connectTimeoutMS=config.sidecar_server_selection_timeout_ms,
-            w=config.write_concern_w,
-            wtimeoutMS=config.sidecar_write_timeout_ms or None,
-            retryWrites=True,
-            retryReads=True,
-            tz_aware=True,
-            appname="memory-sidecar",
-        )
+        try:
+            self.client = client or self._connect(config)
+        except (pymongo.errors.ConfigurationError, ValueError, TypeError) as exc:
+            # The message may quote the URL: scrub it, and drop the chained traceback.
+            raise MongoConfigError(config.scrub(f"invalid MONGODB_URL or MongoDB options: {exc}")) from None
         self.db = self.client[config.mongodb_db_name]
         self.files_name = config.sidecar_files_collection
         self.coll = {
@@ -81,6 +79,20 @@ class Store:
             FILES: self.db[self.files_name],
         }
         self.bucket = gridfs.GridFSBucket(self.db, bucket_name=f"{self.files_name}_blobs")
+
+    @staticmethod
+    def _connect(config: Config) -> pymongo.MongoClient:
+        return pymongo.MongoClient(
+            config.url,
+            serverSelectionTimeoutMS=config.sidecar_server_selection_timeout_ms,
+            connectTimeoutMS=config.sidecar_server_selection_timeout_ms,
+            w=config.write_concern_w,
+            wtimeoutMS=config.sidecar_write_timeout_ms or None,
+            retryWrites=True,
+            retryReads=True,
+            tz_aware=True,
+            appname="memory-sidecar",
+        )
 
     # --- connectivity ---------------------------------------------------------
     def _unavailable(self, exc: BaseException) -> MongoUnavailable:

@@ -238,8 +238,6 @@ def test_unknown_json_that_bson_cannot_hold_is_kept_verbatim(legacy_dir, config,
     assert (out / "runs/run_odd.json").read_bytes() == (legacy_dir / "runs/run_odd.json").read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a number literal beyond the double range (1e400) parses to "
-                   "inf, passes validate(), then canonical() raises ValueError and the whole sync crashes")
 @pytest.mark.parametrize("rel", [HUB, EPISODE])
 def test_float_overflow_literal_is_bad_input_not_a_crash(mirrored, legacy_dir, config, store, db, rel):
     if rel == HUB:
@@ -345,8 +343,6 @@ def test_symlinked_files_and_dirs_never_followed(legacy_dir, config, store, db, 
     assert db.episodic_memory.count_documents({}) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reconcile.scan only appends walk()'s Skipped items to "
-                   "view.problems; parity never sees them, so sync exits 0 despite bad input")
 def test_symlink_exit_code_is_one_even_when_the_rest_matches(legacy_dir, config, store, db, outside):
     os.symlink(outside / "secret.json", legacy_dir / "leak.json")
     report, code = run_sync(config, store)
@@ -359,7 +355,6 @@ SYMLINK_IS_DELETE = ("BUG: reconcile.scan never adds walk()'s Skipped paths to v
                      "(restore then skips it) and with SIDECAR_PROPAGATE_FILE_DELETES its documents are deleted")
 
 
-@pytest.mark.xfail(strict=True, reason=SYMLINK_IS_DELETE)
 @pytest.mark.parametrize("propagate", [False, True], ids=["default", "propagate-deletes"])
 def test_mirrored_file_replaced_by_a_symlink_keeps_its_documents(
         mirrored, legacy_dir, make_config, store, db, outside, propagate):
@@ -372,7 +367,6 @@ def test_mirrored_file_replaced_by_a_symlink_keeps_its_documents(
     check_refused(report, code, db, config, mirrored, HUB, "symlink")
 
 
-@pytest.mark.xfail(strict=True, reason=SYMLINK_IS_DELETE)
 def test_mirrored_dir_replaced_by_a_symlink_keeps_its_documents(mirrored, legacy_dir, make_config, store, db,
                                                                  outside):
     config = make_config(sidecar_propagate_file_deletes=True)

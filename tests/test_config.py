@@ -176,9 +176,6 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a malformed MONGODB_URL (unescaped '@' in the password, a "
-                   "non-numeric port) makes pymongo.MongoClient raise InvalidURI/ValueError in Store.__init__; "
-                   "cli._one_shot does not catch it: Python traceback and exit 1 instead of exit 2")
 def test_malformed_mongodb_url_is_a_usage_error(tmp_path):
     data = tmp_path / "d"
     data.mkdir()
@@ -233,9 +230,6 @@ def test_redact_url(url, expected):
         f"error: could not reach {expected} (after 3 tries)"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: redact_url's regex ([^/@\\s]+)@ stops at the FIRST '@', so a "
-                   "password with an unescaped '@' leaks its tail (mongodb://u:p@ss@h → mongodb://***@ss@h); "
-                   "`memory-sidecar config`, the logs and the 'unreachable at' message print it")
 def test_redact_url_password_with_unescaped_at(monkeypatch, capsys):
     url = f"mongodb://{USER}:p@ss{PASSWORD}@db.example/"
     assert PASSWORD not in redact_url(url)
@@ -318,9 +312,6 @@ def test_redact_keys_replace_values_in_mongodb(monkeypatch, legacy_dir, mongo_ur
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="BUG: SIDECAR_REDACT_KEYS only applies to hubs/snapshot/episodes; "
-                   "model._plan_generic stores run files, scheduled_jobs.json and unknown JSON verbatim, so a "
-                   "'password' in runs/run_*.json reaches MongoDB (RUNBOOK: redacted keys are not stored)")
 def test_redact_keys_also_cover_generic_json_files(monkeypatch, legacy_dir, mongo_url, db_name, store, db):
     from sidecar.sync import run_sync
 
