@@ -16,9 +16,14 @@ What is patched, and why that is enough:
 
 Costs: a read-mode ``open`` pays one Python call and a few ``in`` tests on the
 mode string. A write outside the data dir pays a string prefix test (plus a
-``getcwd`` for relative paths). Only writes whose path starts with the data
-dir are resolved, and then only the components below the data dir are
-``lstat``-ed unless a symlink or a ``..`` forces a full ``realpath``.
+``getcwd`` for a relative path). A write spelled inside the dir gets a thin
+proxy; at close the file is opened ``O_NOFOLLOW`` (a symlinked final
+component is never followed) and the kernel says where the descriptor really
+is (``/proc/self/fd/N``), so a symlinked directory leading out of the dir is
+caught with one syscall. Without /proc the parent is resolved with ``lstat``
+per component below the dir and ``realpath`` on a symlink. Deletes and moves
+are decided on the path the same way, before (remove) or after (move) the
+call.
 
 Deliberately not seen (the sidecar's watcher covers all of them): integer
 file descriptors given to ``open``; ``open(..., opener=...)`` and the
@@ -42,7 +47,6 @@ import pathlib
 import stat
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from ._config import ShimConfig
@@ -89,15 +93,33 @@ class Stats:
         self._lock = threading.Lock()
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
-    op: str  # "write" | "delete"
-    path: str  # posix, relative to the resolved data dir
-    data: bytes | None
-    sha256: str | None
-    mtime_ns: int | None
-    seq: int
-    pid: int
+    """One write or delete that happened on disk.
+
+    ``sha256`` is computed on first access: in async mode that is on the
+    sender thread, so the API thread pays for reading the bytes back (which
+    must happen at close, before the API can truncate the file again) but
+    not for hashing them.
+    """
+
+    __slots__ = ("op", "path", "data", "mtime_ns", "seq", "pid", "_sha256")
+
+    def __init__(self, op: str, path: str, data: bytes | None, mtime_ns: int | None, seq: int, pid: int) -> None:
+        self.op = op  # "write" | "delete"
+        self.path = path  # posix, relative to the resolved data dir
+        self.data = data
+        self.mtime_ns = mtime_ns
+        self.seq = seq
+        self.pid = pid
+        self._sha256: str | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        if self.data is None:
+            return None
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self.data).hexdigest()
+        return self._sha256
 
     def __repr__(self) -> str:  # never show file contents
         size = None if self.data is None else len(self.data)
@@ -134,11 +156,11 @@ _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXE
 class FileProxy:
     """Delegates everything to the real file object; reports once at close."""
 
-    __slots__ = ("_shim_f", "_shim_loc", "_shim_owner", "_shim_done", "__weakref__")
+    __slots__ = ("_shim_f", "_shim_path", "_shim_owner", "_shim_done", "__weakref__")
 
-    def __init__(self, f: Any, loc: tuple[str, str], owner: "Shim") -> None:
+    def __init__(self, f: Any, path: str, owner: "Shim") -> None:
         object.__setattr__(self, "_shim_f", f)
-        object.__setattr__(self, "_shim_loc", loc)
+        object.__setattr__(self, "_shim_path", path)
         object.__setattr__(self, "_shim_owner", owner)
         object.__setattr__(self, "_shim_done", False)
 
@@ -147,7 +169,7 @@ class FileProxy:
         if self._shim_done:
             return
         object.__setattr__(self, "_shim_done", True)
-        self._shim_owner.emit("write", self._shim_loc, suppress=suppress)
+        self._shim_owner.report_write(self._shim_path, suppress=suppress)
 
     def close(self) -> None:
         try:
@@ -254,14 +276,14 @@ io.BufferedIOBase.register(BufferedFileProxy)
 io.RawIOBase.register(RawFileProxy)
 
 
-def _proxy_for(f: Any, loc: tuple[str, str], owner: "Shim") -> FileProxy:
+def _proxy_for(f: Any, path: str, owner: "Shim") -> FileProxy:
     if isinstance(f, io.TextIOBase):
-        return TextFileProxy(f, loc, owner)
+        return TextFileProxy(f, path, owner)
     if isinstance(f, io.BufferedIOBase):
-        return BufferedFileProxy(f, loc, owner)
+        return BufferedFileProxy(f, path, owner)
     if isinstance(f, io.RawIOBase):
-        return RawFileProxy(f, loc, owner)
-    return FileProxy(f, loc, owner)
+        return RawFileProxy(f, path, owner)
+    return FileProxy(f, path, owner)
 
 
 # ---------------------------------------------------------------------------
@@ -281,15 +303,17 @@ class Shim:
         self.prefixes = tuple(dict.fromkeys((self.real_prefix, config.data_dir_abs + "/")))
         self._ready: Callable[[], bool] = getattr(transport, "ready", None) or (lambda: True)
         self._patches: list[tuple[Any, str, bool, Any, Any]] = []
+        self._use_proc = True
         self._last_warning = float("-inf")
         self._warn_lock = threading.Lock()
 
     # -- where is a path -------------------------------------------------------
-    def locate(self, file: Any) -> tuple[str, str] | None:
-        """(resolved path, posix path relative to the data dir) or None.
+    def candidate(self, file: Any) -> str | None:
+        """The absolute path if it is *spelled* inside the data dir, else None.
 
-        None for anything not a plain path inside the data dir, for a final
-        component that is a symlink, and for the data dir itself.
+        Purely lexical (plus ``getcwd`` for a relative path): this is what
+        every write outside the dir pays. Whether the file really is inside
+        is decided on the descriptor at read-back time (``_read_back``).
         """
         if file.__class__ is str:
             p = file
@@ -303,13 +327,22 @@ class Shim:
             return None
         if p[0] != "/":
             p = os.getcwd() + "/" + p
-        if not p.startswith(self.prefixes):
-            # Only odd spellings ("//", "/./", "/../") deserve a second look.
-            if "//" not in p and "/." not in p:
-                return None
-            if not os.path.normpath(p).startswith(self.prefixes):
-                return None
-        return self._resolve(p)
+        if p.startswith(self.prefixes):
+            return p
+        # Only odd spellings ("//", "/./", "/../") deserve a second look.
+        if ("//" in p or "/." in p) and os.path.normpath(p).startswith(self.prefixes):
+            return p
+        return None
+
+    def locate(self, file: Any) -> tuple[str, str] | None:
+        """(resolved path, posix path relative to the data dir) or None.
+
+        For deletes and moves, decided before/after the call on the path:
+        None for anything not inside the data dir, for a final component
+        that is a symlink, and for the data dir itself.
+        """
+        p = self.candidate(file)
+        return None if p is None else self._resolve(p)
 
     def _resolve(self, p: str) -> tuple[str, str] | None:
         if "//" in p or "/." in p:
@@ -355,64 +388,98 @@ class Shim:
         return full, full[len(self.real_prefix):]
 
     # -- reading back -------------------------------------------------------------
-    @staticmethod
-    def _snapshot(full: str) -> tuple[bytes, int] | None:
-        """The file's bytes and the mtime_ns they belong to; None if not a regular file."""
-        fd = os.open(full, _READ_FLAGS)
+    def _real_path_of(self, fd: int, path: str) -> str | None:
+        """Where the open descriptor really is, if inside the data dir.
+
+        The kernel knows (one readlink of /proc/self/fd/N); without /proc
+        (other OSes, pyfakefs) the parent is resolved with lstat/realpath.
+        """
+        if self._use_proc:
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                self._use_proc = False
+            else:
+                return real if real.startswith(self.real_prefix) else None
+        loc = self._resolve(path)
+        return None if loc is None else loc[0]
+
+    def _read_back(self, path: str) -> tuple[str, bytes, int] | None:
+        """(relative path, exact bytes, mtime_ns) of a regular file inside the dir."""
         try:
-            for _attempt in range(3):
-                before = os.fstat(fd)
-                if not stat.S_ISREG(before.st_mode):
-                    return None
-                os.lseek(fd, 0, os.SEEK_SET)
-                chunks = []
-                # Until EOF, not until st_size: the file may have grown.
-                want = before.st_size + 1
-                while True:
-                    chunk = os.read(fd, want)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    want = 65536
+            fd = os.open(path, _READ_FLAGS)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW: the name is a symlink
+                self.stats.inc("skipped_symlinks")
+                return None
+            raise
+        try:
+            st = os.fstat(fd)
+            # st_nlink 0: removed since; /proc would show "... (deleted)".
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink == 0:
+                return None
+            real = self._real_path_of(fd, path)
+            if real is None:
+                return None
+            size = st.st_size
+            # One byte more than expected: a short read of a regular file
+            # means EOF, so the usual case is a single read.
+            data = os.read(fd, size + 1)
+            if len(data) != size:
+                # Changed under us (another writer): read to the end. The
+                # mtime stays the one taken before reading, never newer than
+                # the bytes, so a race can only make the event look older.
+                chunks = [data]
+                while data:
+                    data = os.read(fd, 1 << 20)
+                    chunks.append(data)
                 data = b"".join(chunks)
-                after = os.fstat(fd)
-                # A concurrent writer changed the file under us: read again.
-                # The mtime taken before the read is never newer than the
-                # bytes, so a race can only make an event look older.
-                if after.st_mtime_ns == before.st_mtime_ns and after.st_size == len(data):
-                    break
-            return data, before.st_mtime_ns
+            return real[len(self.real_prefix):], data, st.st_mtime_ns
         finally:
             os.close(fd)
 
     # -- reporting ---------------------------------------------------------------
-    def emit(self, op: str, loc: tuple[str, str], suppress: bool = False) -> None:
-        """Report one write or delete that already happened on disk."""
+    def report_write(self, path: str, suppress: bool = False) -> None:
+        """Report the file at ``path`` (spelled inside the dir) as written."""
         if not self.active:
             return
         sync = self.sync
-        full, rel = loc
         try:
             if not sync and not self._ready():
                 self.stats.inc("dropped_unavailable")
                 return
+            snap = self._read_back(path)
+            if snap is None:
+                return
+            rel, data, mtime_ns = snap
             rel.encode("utf-8")  # the protocol is JSON: undecodable names stay with the watcher
-            if op == "write":
-                snap = self._snapshot(full)
-                if snap is None:
-                    return
-                data, mtime_ns = snap
-                event = Event("write", rel, data, hashlib.sha256(data).hexdigest(), mtime_ns, next(_seq), os.getpid())
-                self.stats.inc("writes")
-            else:
-                event = Event("delete", rel, None, None, None, next(_seq), os.getpid())
-                self.stats.inc("deletes")
+            event = Event("write", rel, data, mtime_ns, next(_seq), os.getpid())
+            self.stats.inc("writes")
         except Exception as exc:
             self.stats.inc("errors")
             if sync:
-                self._sync_failed(op, full, rel, f"could not read the file back ({type(exc).__name__})", suppress)
+                self._sync_failed("write", path, path, f"could not read the file back ({type(exc).__name__})", suppress)
             return
-        if not sync:
+        self._deliver(event, path, suppress)
+
+    def report_delete(self, loc: tuple[str, str], suppress: bool = False) -> None:
+        if not self.active:
+            return
+        full, rel = loc
+        try:
+            if not self.sync and not self._ready():
+                self.stats.inc("dropped_unavailable")
+                return
+            rel.encode("utf-8")
+            event = Event("delete", rel, None, None, next(_seq), os.getpid())
+            self.stats.inc("deletes")
+        except Exception:
+            self.stats.inc("errors")
+            return
+        self._deliver(event, full, suppress)
+
+    def _deliver(self, event: Event, full: str, suppress: bool) -> None:
+        if not self.sync:
             try:
                 self.transport.deliver(event, False)
             except Exception:
@@ -422,7 +489,7 @@ class Shim:
             self.transport.deliver(event, True)
         except Exception as exc:
             self.stats.inc("sync_failed")
-            self._sync_failed(op, full, rel, str(exc) or type(exc).__name__, suppress)
+            self._sync_failed(event.op, full, event.path, str(exc) or type(exc).__name__, suppress)
             return
         self.stats.inc("sync_ok")
 
@@ -461,9 +528,18 @@ class Shim:
             self.stats.inc("errors")
             return None
 
-    def _wrap_file(self, f: Any, loc: tuple[str, str]) -> Any:
+    def _safe_candidate(self, file: Any) -> str | None:
+        if not self.active:
+            return None
         try:
-            return _proxy_for(f, loc, self)
+            return self.candidate(file)
+        except Exception:
+            self.stats.inc("errors")
+            return None
+
+    def _wrap_file(self, f: Any, path: str) -> Any:
+        try:
+            return _proxy_for(f, path, self)
         except Exception:
             self.stats.inc("errors")
             return f
@@ -475,9 +551,9 @@ class Shim:
             if mode.__class__ is not str or ("w" not in mode and "a" not in mode and "x" not in mode and "+" not in mode):
                 return orig(file, mode, *args, **kwargs)
             _bump()
-            loc = None if _has_opener(args, kwargs) else shim._safe_locate(file)
+            path = None if _has_opener(args, kwargs) else shim._safe_candidate(file)
             f = orig(file, mode, *args, **kwargs)
-            return f if loc is None else shim._wrap_file(f, loc)
+            return f if path is None else shim._wrap_file(f, path)
 
         return _decorate(open, orig)
 
@@ -498,20 +574,20 @@ class Shim:
         if not self.active:
             return
         try:
-            dst_loc = self.locate(dst)
+            dst_path = self.candidate(dst)
             src_loc = self.locate(src)
             moved_file = False
-            if src_loc is not None or dst_loc is not None:
+            if src_loc is not None or dst_path is not None:
                 moved_file = stat.S_ISREG(os.lstat(dst).st_mode)
         except Exception:
             self.stats.inc("errors")
             return
         if not moved_file:
             return  # a directory or a symlink: the watcher sees what is below
-        if dst_loc is not None:
-            self.emit("write", dst_loc)
-        if src_loc is not None and src_loc != dst_loc:
-            self.emit("delete", src_loc)
+        if dst_path is not None:
+            self.report_write(dst_path)
+        if src_loc is not None and (dst_path is None or self.locate(dst_path) != src_loc):
+            self.report_delete(src_loc)
 
     def make_remove(self, orig: Callable[..., Any]) -> Callable[..., Any]:
         shim = self
@@ -523,7 +599,7 @@ class Shim:
             loc = shim._safe_locate(path)  # before: is the thing a symlink?
             result = orig(path, *args, **kwargs)
             if loc is not None:
-                shim.emit("delete", loc)
+                shim.report_delete(loc)
             return result
 
         return _decorate(remove, orig)
@@ -539,8 +615,8 @@ class Shim:
             f = orig(self_, mode, *args, **kwargs)
             if isinstance(f, FileProxy) or _mark() != before:
                 return f
-            loc = shim._safe_locate(self_)
-            return f if loc is None else shim._wrap_file(f, loc)
+            path = shim._safe_candidate(self_)
+            return f if path is None else shim._wrap_file(f, path)
 
         return _decorate(path_open, orig)
 
@@ -551,9 +627,9 @@ class Shim:
             before = _mark()
             result = orig(self_, data, *args, **kwargs)
             if _mark() == before:
-                loc = shim._safe_locate(self_)
-                if loc is not None:
-                    shim.emit("write", loc)
+                path = shim._safe_candidate(self_)
+                if path is not None:
+                    shim.report_write(path)
             return result
 
         return _decorate(path_write, orig)
@@ -566,7 +642,7 @@ class Shim:
             loc = shim._safe_locate(self_)
             result = orig(self_, *args, **kwargs)
             if _mark() == before and loc is not None:
-                shim.emit("delete", loc)
+                shim.report_delete(loc)
             return result
 
         return _decorate(path_unlink, orig)
