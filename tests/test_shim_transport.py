@@ -191,6 +191,32 @@ def test_uninstall_stops_the_sender_thread(env):
     wait_until(lambda: not any(t.name == "mentorix-shim-sender" for t in _shim_threads()), what="sender to stop")
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_sends_on_its_own_connection(env):
+    # Pre-fork servers (gunicorn) fork after the shim is installed: the child
+    # must not share the parent's socket or wait for a sender it lacks.
+    handler = RecordingHandler()
+    env.serve(handler)
+    env.install(mode="async")
+    (env.data / "parent.json").write_text("p")
+    assert shim.flush(WAIT)
+    pid = os.fork()
+    if pid == 0:  # child: no pytest teardown, leave with os._exit
+        code = 1
+        try:
+            (env.data / "child.json").write_text("c")
+            code = 0 if shim.flush(WAIT) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    child = wait_until(lambda: [e for e in handler.events if e.path == "child.json"], what="the child's event")
+    assert child[0].pid == pid
+    (env.data / "parent-again.json").write_text("p2")  # the parent's sender is unaffected
+    assert shim.flush(WAIT)
+    wait_until(lambda: any(e.path == "parent-again.json" for e in handler.events), what="the parent's event")
+
+
 # --- sync -------------------------------------------------------------------------
 
 
