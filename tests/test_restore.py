@@ -315,3 +315,40 @@ def test_snapshot_with_its_own_id_field_round_trips(legacy_dir, config, store, t
     out = tmp_path / "restored"
     restore(store, out)
     assert tree(out) == tree(legacy_dir)
+
+
+# --- names taken from the database never leave, or move within, the target ------------------------
+
+
+def _plant_traversal_names(db, files_coll: str) -> None:
+    db.memory_hubs.insert_one({"hub_type": "../../../escape", "item_key": "k", "payload": {"evil": 1}})
+    db.episodic_memory.insert_one({"run_id": "../../../../escape2", "x": 1})
+    db[files_coll].insert_one({"_id": "/abs/escape3", "kind": "other", "encoding": "bytes", "raw": b"x"})
+    db[files_coll].insert_one({"_id": "a/../../escape4", "kind": "other", "encoding": "bytes", "raw": b"x"})
+
+
+def test_traversal_names_in_the_database_never_escape_the_target(legacy_dir, config, store, db, tmp_path):
+    synced(config, store)
+    _plant_traversal_names(db, config.sidecar_files_collection)
+    out = tmp_path / "a" / "b" / "out"
+    result = restore(store, out)
+    assert {s["path"] for s in result.skipped} == {
+        "/abs/escape3", "a/../../escape4", "structured_hubs/../../../escape.json",
+        "episodes/skeleton_../../../../escape2.json"}
+    written_anywhere = {p for p in tmp_path.rglob("*") if p.is_file()} - set(legacy_dir.rglob("*"))
+    assert all(out in p.parents for p in written_anywhere)
+    assert tree(out) == tree(legacy_dir)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: classify.normalize() collapses '..' with posixpath.normpath before "
+                   "checking, and restore.plan_files builds paths from hub_type/run_id without checking they are "
+                   "plain names, so a hub_type like 'x/../../snapshot' is restored ONTO snapshot.json "
+                   "(overwriting the real one in the same run)")
+def test_a_name_with_dot_dot_cannot_land_on_another_file(legacy_dir, config, store, db, tmp_path):
+    synced(config, store)
+    db.memory_hubs.insert_one({"hub_type": "x/../../snapshot", "item_key": "k", "payload": {"evil": 1}})
+    out = tmp_path / "out"
+    result = restore(store, out)
+    assert tree(out) == tree(legacy_dir)
+    assert result.written.count("snapshot.json") == 1
+    assert len(result.skipped) == 1 and ".." in result.skipped[0]["path"]
