@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,38 +56,40 @@ def main() -> int:
     server_bin = Path(sys.executable).with_name("secantusd-py")
     storage = args.dir / "mongo"
     storage.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (e.g. from a test or a supervisor) must unwind like Ctrl-C so both
+    # children are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    children: list[subprocess.Popen] = []
     log = open(args.dir / "secantus.log", "ab")
-    mongo = subprocess.Popen([str(server_bin), "--host", "127.0.0.1", "--port", str(mongo_port),
-                              "--storage-path", str(storage), "--log-level", "WARNING"],
-                             stdout=log, stderr=subprocess.STDOUT)
     try:
+        mongo = subprocess.Popen([str(server_bin), "--host", "127.0.0.1", "--port", str(mongo_port),
+                                  "--storage-path", str(storage), "--log-level", "WARNING"],
+                                 stdout=log, stderr=subprocess.STDOUT)
+        children.append(mongo)
         _wait_port(mongo_port, mongo)
         env = dict(os.environ, RUNTIME_DATA_DIR=str(data),
                    MONGODB_URL=f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true",
                    SIDECAR_HTTP_PORT=str(args.port), SIDECAR_SOCKET=str(args.dir / "sidecar.sock"))
-        print(f"embedded MongoDB-wire server on 127.0.0.1:{mongo_port}; data dir {data}")
-        print(f"status: http://127.0.0.1:{args.port}/memory/status  parity: /parity  metrics: /metrics")
+        print(f"embedded MongoDB-wire server on 127.0.0.1:{mongo_port}; data dir {data}", flush=True)
+        print(f"status: http://127.0.0.1:{args.port}/memory/status  parity: /parity  metrics: /metrics",
+              flush=True)
         sidecar = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], env=env)
+        children.insert(0, sidecar)
         try:
-            if args.seconds:
-                try:
-                    return sidecar.wait(timeout=args.seconds)
-                except subprocess.TimeoutExpired:
-                    sidecar.terminate()
-                    return 0 if sidecar.wait(timeout=30) == 0 else 1
-            return sidecar.wait()
-        except KeyboardInterrupt:
-            sidecar.terminate()
-            sidecar.wait(timeout=30)
-            return 0
-    finally:
-        mongo.terminate()
-        try:
-            mongo.wait(timeout=30)
+            return sidecar.wait(timeout=args.seconds or None)
         except subprocess.TimeoutExpired:
-            mongo.kill()
+            return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:  # the sidecar first: its final flush needs the server
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
         log.close()
-
 
 if __name__ == "__main__":
     sys.exit(main())
