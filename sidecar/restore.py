@@ -150,6 +150,8 @@ def write_atomic(out: Path, rel: str, data: bytes) -> bool:
         st = os.lstat(target)
         if stat.S_ISLNK(st.st_mode):
             raise UnsafePath(f"{rel}: target is a symlink; not written through")
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(f"{rel}: something other than a file is in the way")
         if st.st_size == len(data) and target.read_bytes() == data:
             return False
     except FileNotFoundError:
@@ -201,6 +203,9 @@ def restore(
             changed = write_atomic(out, rel, data)
         except UnsafePath as exc:
             result.skipped.append({"path": rel, "reason": str(exc)})
+            continue
+        except OSError as exc:
+            result.skipped.append({"path": rel, "reason": f"{rel}: {exc.strerror or type(exc).__name__}"})
             continue
         (result.written if changed else result.unchanged).append(rel)
         result.bytes += len(data) if changed else 0

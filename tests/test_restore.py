@@ -340,10 +340,6 @@ def test_traversal_names_in_the_database_never_escape_the_target(legacy_dir, con
     assert tree(out) == tree(legacy_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: classify.normalize() collapses '..' with posixpath.normpath before "
-                   "checking, and restore.plan_files builds paths from hub_type/run_id without checking they are "
-                   "plain names, so a hub_type like 'x/../../snapshot' is restored ONTO snapshot.json "
-                   "(overwriting the real one in the same run)")
 def test_a_name_with_dot_dot_cannot_land_on_another_file(legacy_dir, config, store, db, tmp_path):
     synced(config, store)
     db.memory_hubs.insert_one({"hub_type": "x/../../snapshot", "item_key": "k", "payload": {"evil": 1}})
@@ -354,9 +350,6 @@ def test_a_name_with_dot_dot_cannot_land_on_another_file(legacy_dir, config, sto
     assert len(result.skipped) == 1 and ".." in result.skipped[0]["path"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: restore.write_atomic only refuses a symlink target; when the target "
-                   "path is a directory os.replace raises IsADirectoryError, which restore() does not catch: the "
-                   "CLI dies with a traceback and the remaining files are not restored")
 def test_a_directory_in_the_way_is_skipped_not_a_crash(legacy_dir, config, store, tmp_path, cli_args, capsys):
     synced(config, store)
     out = tmp_path / "out"
