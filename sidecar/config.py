@@ -71,7 +71,7 @@ class Config(BaseSettings):
     sidecar_write_timeout_ms: int = Field(default=10_000, ge=0)
     sidecar_server_selection_timeout_ms: int = Field(default=5_000, ge=100)
     sidecar_batch_size: int = Field(default=1000, ge=1, le=100_000)
-    sidecar_flush_interval_ms: int = Field(default=50, ge=1)
+    sidecar_flush_interval_ms: int = Field(default=10, ge=0)
     # memory_events keep hashes of before/after by default; "full" stores values.
     sidecar_events_payload: Literal["hash", "full"] = "hash"
     sidecar_files_collection: str = "memory_files"
