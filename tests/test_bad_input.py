@@ -444,3 +444,44 @@ def test_mongodb_unreachable_exit_3_credentials_hidden(data_dir, tmp_path):
         assert "unreachable" in proc.stderr.lower(), name
     assert not (data_dir / "reports").exists()  # nothing reported as if it had run
     assert not (tmp_path / "out").exists()
+
+
+# --- size is BSON size, not JSON length ----------------------------------------------------
+# A JSON array of small integers costs ~2 bytes per element as text but ~13 as
+# BSON (type byte + the index as a key + int32), so "under 15 MB of JSON" does
+# not mean "fits in a 16 MB document".
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: model._check_size measures the canonical JSON length, not the BSON "
+                   "size: an entry of 1.4M small ints (4 MB of JSON, 17 MB of BSON) passes, the server rejects it "
+                   "and it is reported as 'mongo_rejected' instead of being refused up front as 'too_large' "
+                   "(and the hub's manifest is still updated)")
+def test_hub_entry_over_16mb_as_bson_is_too_large(mirrored, legacy_dir, config, store, db):
+    data = json.loads((legacy_dir / HUB).read_text())
+    keys = list(data)
+    data[keys[0]] = {"steps": [1] * 1_400_000}
+    data[keys[1]] = {"confidence_band": "changed-value"}
+    write(legacy_dir, HUB, data)
+    report, code = run_sync(config, store)
+    assert code == 1
+    assert report["bad_input"]["by_reason"] == {"too_large": 1}, report["bad_input"]["by_reason"]
+    assert db.memory_hubs.find_one({"_id": f"soft_identity/{keys[0]}"}) == \
+        mirrored["memory_hubs"][f"soft_identity/{keys[0]}"]
+    assert db.memory_hubs.find_one({"_id": f"soft_identity/{keys[1]}"})["payload"] == \
+        {"confidence_band": "changed-value"}
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Store.apply/_bulk catch PyMongoError only; pymongo raises "
+                   "DocumentTooLarge (a bson InvalidDocument, not a PyMongoError) client-side for a document over "
+                   "the 48 MB message size, so it escapes apply() and aborts the whole sync with a traceback "
+                   "(reachable from a hub entry of ~4M small ints: 9 MB of JSON passes _check_size)")
+def test_one_oversized_document_fails_alone(store, db):
+    from sidecar.diff import Op
+
+    big = {"_id": "h/big", "hub_type": "h", "item_key": "big", "payload": [1] * 3_800_000,
+           "_sidecar": {"version": 1}}
+    ok = {"_id": "h/ok", "hub_type": "h", "item_key": "ok", "payload": 1, "_sidecar": {"version": 1}}
+    result = store.apply([Op(HUBS, "insert", "h/big", 1, big), Op(HUBS, "insert", "h/ok", 1, ok)])
+    assert [op.id for op, _ in result.failed] == ["h/big"]
+    assert [op.id for op in result.applied] == ["h/ok"]
+    assert db.memory_hubs.find_one({"_id": "h/ok"})["payload"] == 1
