@@ -23,7 +23,7 @@ from .model import utcnow
 from .pending import Pending
 from .reconcile import Problem, Reconciler
 from .restore import _hub_bytes, write_atomic
-from .source import FileRead, sha256_hex
+from .source import SourceError, read_file, sha256_hex
 from .status import Status
 from .store import MongoUnavailable, Store
 
@@ -201,7 +201,14 @@ class Mirror:
 
     # --- the shim's path ----------------------------------------------------------------
     def mirror_bytes(self, rel: str, data: bytes, mtime_ns: int) -> str:
-        """Mirror bytes handed over by the in-process shim. Returns written|unchanged|stale."""
+        """Mirror bytes handed over by the in-process shim. Returns written|unchanged|stale.
+
+        The shim's bytes are checked against the file as it is now: if the file
+        has moved on (a later write, possibly within the same mtime tick), the
+        frame is stale and the path is queued for the watcher's path instead.
+        That is what makes "an older version never overwrites a newer one" hold
+        even when two writes share one coarse timestamp.
+        """
         sha = sha256_hex(data)
         with self.lock:
             prev = self.state.files.get(rel)
@@ -210,10 +217,16 @@ class Mirror:
                     return "unchanged"
                 if prev.version is not None and mtime_ns < prev.version:
                     return "stale"
-            read = FileRead(rel, data, sha, len(data), mtime_ns)
-            ops, problems = self.rec.process_file(rel, self.state, "shim", read=read)
+            try:
+                current = read_file(self.config.data_dir, rel)
+            except SourceError:
+                self.pending.mark(rel, 0.0)
+                return "stale"
+            if current.sha256 != sha:
+                self.pending.mark(rel, 0.0)
+                return "stale"
+            ops, problems = self.rec.process_file(rel, self.state, "shim", read=current)
             self._write(ops, problems, [] if problems else [rel], "shim", {})
             if problems:
                 raise ValueError(problems[0].reason)
         return "written" if ops else "unchanged"
-

@@ -145,3 +145,19 @@ def test_same_bytes_twice_are_one_write(data_dir, sock, daemon):
     after = daemon.daemon.status.writes.labels(collection="runtime_snapshots", op="insert")._value.get()
     assert after - before == 1
     assert daemon.daemon.store.db.runtime_snapshots.count_documents({}) == 1
+
+
+def test_late_frame_never_regresses_even_with_the_same_mtime(data_dir, daemon):
+    """Watcher vs shim race: an older frame arriving after a newer write is refused."""
+    path = data_dir / "scheduled_jobs.json"
+    old = json.dumps([{"id": "job-1", "v": 1}], indent=2).encode()
+    new = json.dumps([{"id": "job-1", "v": 2}], indent=2).encode()
+    path.write_bytes(new)
+    files = daemon.daemon.store.db[daemon.config.sidecar_files_collection]
+    wait_for(lambda: files.find_one({"_id": "scheduled_jobs.json", "content.0.v": 2}), 10, what="v2 mirrored")
+    mtime = path.stat().st_mtime_ns
+    # The late frame claims the very same mtime as the newer write (coarse clocks).
+    assert daemon.daemon.mirror.mirror_bytes("scheduled_jobs.json", old, mtime) == "stale"
+    assert daemon.daemon.mirror.mirror_bytes("scheduled_jobs.json", old, mtime - 1) == "stale"
+    assert files.find_one({"_id": "scheduled_jobs.json"})["content"] == [{"id": "job-1", "v": 2}]
+    assert daemon.daemon.mirror.mirror_bytes("scheduled_jobs.json", new, mtime) == "unchanged"
