@@ -85,6 +85,12 @@ class Config(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("memory_store_backend", mode="before")
+    @classmethod
+    def _backend_lower(cls, value: object) -> object:
+        # Mentorix lower-cases this setting; accept what it accepts.
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("sidecar_write_concern")
     @classmethod
     def _check_wc(cls, value: str) -> str:

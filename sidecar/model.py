@@ -15,12 +15,15 @@ what restore needs (entry position, the file's own field order).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import bson
+
 from .classify import Kind, classify, hub_type_of, run_id_from_name
-from .parse import MAX_DOC_BYTES, BadInput, canonical, detect_format, loads, validate, value_hash
+from .parse import MAX_DOC_BYTES, BadInput, canonical, detect_format, loads, validate
 from .source import FileRead
 
 HUBS = "memory_hubs"
@@ -77,9 +80,20 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _check_size(value: Any) -> None:
-    if len(canonical(value)) > MAX_DOC_BYTES:
+# BSON can be ~8x larger than JSON (a 1-byte number in an array costs a type
+# byte, an index key and 4-8 bytes), so anything whose JSON exceeds this gets
+# its real BSON size measured; below it, it cannot reach the limit.
+_BSON_CHECK_FROM = MAX_DOC_BYTES // 10
+
+
+def _hash_checked(value: Any) -> str:
+    """Content hash of a value that must fit in one BSON document (else BadInput)."""
+    canon = canonical(value)
+    if len(canon) > MAX_DOC_BYTES or (
+        len(canon) > _BSON_CHECK_FROM and len(bson.encode({"v": value})) > MAX_DOC_BYTES
+    ):
         raise BadInput("too_large", "content too large for one 16 MB BSON document")
+    return hashlib.sha256(canon).hexdigest()
 
 
 def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset()) -> FilePlan:
@@ -93,19 +107,18 @@ def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset()) -> Fil
             val = redact(raw_val, redact_keys)
             try:
                 validate(val)
-                _check_size(val)
+                entry_hash = _hash_checked(val)
             except BadInput as exc:
                 plan.entry_errors[key] = exc
                 continue
-            plan.entries.append(HubEntry(key, val, value_hash(val)))
+            plan.entries.append(HubEntry(key, val, entry_hash))
         plan.fmt = detect_format(value, read.data)
     elif kind in (Kind.SNAPSHOT, Kind.EPISODE):
         value = _object(loads(read.data), f"{kind.value} file")
         obj = redact(value, redact_keys)
         validate(obj)
-        _check_size(obj)
+        plan.doc_hash = _hash_checked(obj)
         plan.obj = obj
-        plan.doc_hash = value_hash(obj)
         plan.fmt = detect_format(value, read.data)
         if kind is Kind.SNAPSHOT:
             plan.doc_id = plan.doc_hash

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import bson
 import gridfs
 import pymongo
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
@@ -308,6 +309,15 @@ class Store:
             return
         except BulkWriteError as exc:
             details = exc.details
+        except bson.errors.InvalidDocument:
+            # pymongo refuses a document before sending (e.g. DocumentTooLarge):
+            # find which, one by one, so the rest of the batch still lands.
+            if len(ops) == 1:
+                result.failed.append((ops[0], "document too large or not encodable as BSON"))
+                return
+            for op in ops:
+                self._bulk(logical, [op], now, result)
+            return
         if details.get("writeConcernErrors"):
             raise MongoUnavailable("write concern not satisfied: " + self.config.scrub(
                 str(details["writeConcernErrors"][0].get("errmsg", ""))))

@@ -452,10 +452,6 @@ def test_mongodb_unreachable_exit_3_credentials_hidden(data_dir, tmp_path):
 # not mean "fits in a 16 MB document".
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: model._check_size measures the canonical JSON length, not the BSON "
-                   "size: an entry of 1.4M small ints (4 MB of JSON, 17 MB of BSON) passes, the server rejects it "
-                   "and it is reported as 'mongo_rejected' instead of being refused up front as 'too_large' "
-                   "(and the hub's manifest is still updated)")
 def test_hub_entry_over_16mb_as_bson_is_too_large(mirrored, legacy_dir, config, store, db):
     data = json.loads((legacy_dir / HUB).read_text())
     keys = list(data)
@@ -471,10 +467,6 @@ def test_hub_entry_over_16mb_as_bson_is_too_large(mirrored, legacy_dir, config, 
         {"confidence_band": "changed-value"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Store.apply/_bulk catch PyMongoError only; pymongo raises "
-                   "DocumentTooLarge (a bson InvalidDocument, not a PyMongoError) client-side for a document over "
-                   "the 48 MB message size, so it escapes apply() and aborts the whole sync with a traceback "
-                   "(reachable from a hub entry of ~4M small ints: 9 MB of JSON passes _check_size)")
 def test_one_oversized_document_fails_alone(store, db):
     from sidecar.diff import Op
 
