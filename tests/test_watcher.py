@@ -1,0 +1,421 @@
+"""Watcher edge cases against a running daemon: moves in/out/within, directories,
+atomic writers, ignore globs, symlinks, queue overflow, propagated deletes — plus
+unit tests of the coalescing ``Pending`` queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+from daemon_fixtures import daemon_config, reconcile_now, running  # noqa: F401
+from sidecar.pending import Pending
+from sidecar.source import sha256_hex
+
+# watchdog's own recursive re-add of a just-created directory can warn about a duplicate
+# callback (its internals, harmless): keep it out of the report.
+pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
+
+SECRET = "outside-secret-5b1e0c"
+
+
+def write(root: Path, rel: str, obj) -> bytes:
+    data = json.dumps(obj, indent=2).encode()
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+def manifest(db, rel: str) -> dict | None:
+    return db.memory_files.find_one({"_id": rel})
+
+
+def wait_mirrored(db, rel: str, data: bytes, timeout: float = 10.0) -> dict:
+    sha = sha256_hex(data)
+
+    def ok():
+        doc = manifest(db, rel)
+        return doc if doc and doc.get("sha256") == sha and doc.get("deleted_at") is None else None
+    return wait_for(ok, timeout, 0.02, f"{rel} mirrored")
+
+
+def wait_recorded_deleted(db, rel: str, timeout: float = 10.0) -> dict:
+    def ok():
+        doc = manifest(db, rel)
+        return doc if doc and doc.get("deleted_at") is not None else None
+    doc = wait_for(ok, timeout, 0.02, f"the deletion of {rel} recorded")
+    # Events are written after the documents they describe: wait for it too.
+    wait_for(lambda: db.memory_events.find_one({"event_type": "file_deleted_recorded", "path": rel}),
+             timeout, 0.02, f"the file_deleted_recorded event of {rel}")
+    return doc
+
+
+def everything(db) -> str:
+    """Every stored byte, as text (GridFS chunks included)."""
+    out = []
+    for name in db.list_collection_names():
+        if name.endswith(".chunks"):
+            out.extend(bytes(d["data"]).decode("latin-1") for d in db[name].find())
+        else:
+            out.extend(json.dumps(d, default=str) for d in db[name].find())
+    return "\n".join(out)
+
+
+def quiesced_reconcile_at(d) -> str | None:
+    """last_reconcile_at once nothing is queued and no flush (or reconcile) is running,
+    so a later change can only come from what the test does next."""
+    wait_for(lambda: len(d.daemon.pending) == 0, 10, what="the queue to drain")
+    with d.daemon.mirror.lock:  # held by the writer for the whole of a flush or reconcile
+        return d.daemon.status.last_reconcile_at
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    d = tmp_path / "outside"
+    d.mkdir()
+    return d
+
+
+# --- moves ---------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_file_moves_into_out_of_and_within_the_dir(data_dir, running, outside):
+    d = running()
+    db = d.daemon.store.db
+    # In from outside (same filesystem, so a real rename: only IN_MOVED_TO is seen).
+    data = write(outside, "run_in.json", {"run_id": "in", "steps": [1, 2]})
+    (data_dir / "runs").mkdir()
+    os.rename(outside / "run_in.json", data_dir / "runs" / "run_in.json")
+    wait_mirrored(db, "runs/run_in.json", data)
+
+    # Within the dir: the new name is mirrored, the old one recorded as deleted.
+    os.rename(data_dir / "runs" / "run_in.json", data_dir / "runs" / "run_renamed.json")
+    wait_mirrored(db, "runs/run_renamed.json", data)
+    wait_recorded_deleted(db, "runs/run_in.json")
+
+    # Out of the dir: recorded as deleted, data kept (deletes are not propagated by default).
+    ep = write(data_dir, "episodes/skeleton_r1.json", {"run_id": "r1", "status": "completed", "nodes": []})
+    wait_mirrored(db, "episodes/skeleton_r1.json", ep)
+    assert db.episodic_memory.find_one({"run_id": "r1"})
+    os.rename(data_dir / "episodes" / "skeleton_r1.json", outside / "skeleton_r1.json")
+    wait_recorded_deleted(db, "episodes/skeleton_r1.json")
+    assert db.episodic_memory.find_one({"run_id": "r1"}), "a moved-out file must not delete its data"
+    assert db.memory_events.count_documents({"event_type": "episode_deleted"}) == 0
+    d.wait_parity()
+
+
+@pytest.mark.integration
+def test_directories_created_moved_in_renamed_and_deleted(data_dir, running, outside):
+    d = running()
+    db = d.daemon.store.db
+    # A nested directory created inside, files written straight away (before or after
+    # the new watch exists: the directory scan covers the race).
+    nested = {f"notes/deep/er/n{i}.json": write(data_dir, f"notes/deep/er/n{i}.json", {"n": i}) for i in range(3)}
+    for rel, data in nested.items():
+        wait_mirrored(db, rel, data)
+
+    # A whole directory tree moved in from outside.
+    moved = {}
+    for rel in ("a.json", "b.json", "sub/c.json"):
+        moved[f"incoming/{rel}"] = write(outside / "batch", rel, {"file": rel})
+    os.rename(outside / "batch", data_dir / "incoming")
+    for rel, data in moved.items():
+        wait_mirrored(db, rel, data)
+
+    # A directory renamed within the dir: new paths mirrored, old ones recorded deleted.
+    os.rename(data_dir / "incoming", data_dir / "arrived")
+    for rel, data in moved.items():
+        wait_mirrored(db, rel.replace("incoming/", "arrived/", 1), data)
+        wait_recorded_deleted(db, rel)
+
+    # A directory deleted: a full reconcile records every file in it as deleted.
+    before = quiesced_reconcile_at(d)
+    shutil.rmtree(data_dir / "notes")
+    for rel in nested:
+        wait_recorded_deleted(db, rel)
+    wait_for(lambda: d.daemon.status.last_reconcile_at != before, 10, what="a full reconcile")
+    assert db.memory_files.count_documents({"_id": {"$regex": "^notes/"}, "deleted_at": None}) == 0
+    d.wait_parity()
+
+
+@pytest.mark.integration
+def test_atomic_writer_is_mirrored_once_with_final_content(data_dir, running):
+    d = running()
+    db = d.daemon.store.db
+    rel = "runs/run_atomic.json"
+    (data_dir / "runs").mkdir()
+
+    def atomic_write(obj) -> bytes:
+        data = json.dumps(obj, indent=2).encode()
+        tmp = data_dir / "runs" / "run_atomic.json.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data[:10])
+            f.flush()
+            f.write(data[10:])
+            os.fsync(f.fileno())
+        os.replace(tmp, data_dir / rel)
+        return data
+
+    v1 = atomic_write({"v": 1, "steps": list(range(50))})
+    wait_mirrored(db, rel, v1)
+    v2 = atomic_write({"v": 2, "steps": list(range(60))})
+    wait_mirrored(db, rel, v2)
+    wait_for(lambda: db.memory_events.count_documents({"path": rel}) >= 2, 10, what="the events of both writes")
+    d.wait_parity()
+    events = list(db.memory_events.find({"path": rel}, {"event_type": 1}))
+    assert sorted(e["event_type"] for e in events) == ["file_inserted", "file_updated"]
+    assert db.memory_files.count_documents({"_id": {"$regex": r"\.tmp$"}}) == 0
+    assert db.memory_events.count_documents({"path": {"$regex": r"\.tmp$"}}) == 0
+
+
+# --- ignore globs ----------------------------------------------------------------------------
+@pytest.mark.integration
+def test_ignore_globs_custom_and_default(data_dir, running):
+    d = running(sidecar_ignore="*.bak, cache/*")
+    db = d.daemon.store.db
+    ignored = ["notes.bak", "runs/run_x.json.bak", "cache/c.json", "cache/deep/d.json",  # SIDECAR_IGNORE
+               "reports/sync_report.json", "reports/deep/r.json",  # the sidecar's own reports
+               "scratch.tmp", "runs/run_y.json.tmp",  # temp files
+               "foo.swp", ".scheduled_jobs.json.swp", "runs/.run_z.json.swp", "notes/x.json~"]  # editors
+    for rel in ignored:
+        write(data_dir, rel, {"ignored": rel})
+    sentinel = write(data_dir, "runs/run_sentinel.json", {"seen": True})
+    wait_mirrored(db, "runs/run_sentinel.json", sentinel)
+    reconcile_now(d)  # the full walk honours the same globs
+    d.wait_parity()
+    stored = {doc["_id"] for doc in db.memory_files.find({}, {"_id": 1})}
+    assert stored == {"runs/run_sentinel.json"}
+    assert db.memory_events.count_documents({"path": {"$in": ignored}}) == 0
+    assert d.parity()["source_counts"]["files"] == 1
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: Watcher._scan_dir walks the new directory with walk(root/rel, ignore), which matches the "
+    "ignore globs against paths relative to that directory, not to the data dir: a path glob such as "
+    "'incoming/private/*' never matches 'private/p.json', so the file is mirrored; the full reconcile "
+    "then skips it as ignored and never records it gone, so parity reports it as extra for good"))
+def test_path_ignore_glob_holds_for_a_directory_moved_in(data_dir, running, outside):
+    d = running(sidecar_ignore="incoming/private/*")
+    db = d.daemon.store.db
+    a = write(outside / "batch", "a.json", {"a": 1})
+    write(outside / "batch", "private/p.json", {"private": True})
+    os.rename(outside / "batch", data_dir / "incoming")
+    wait_mirrored(db, "incoming/a.json", a)
+    # The directory scan marks both files at once (a.json then private/p.json); a later
+    # write is taken no earlier than p.json, so once it is mirrored p.json was handled.
+    later = write(data_dir, "runs/run_later.json", {"later": True})
+    wait_mirrored(db, "runs/run_later.json", later)
+    assert manifest(db, "incoming/private/p.json") is None, "an ignored file was mirrored"
+
+
+# --- symlinks ----------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_symlinks_created_inside_are_never_followed(data_dir, running, outside):
+    (outside / "secret.json").write_text(json.dumps({"learner": {"password": SECRET}}, indent=2))
+    (outside / "dir").mkdir()
+    (outside / "dir" / "skeleton_x.json").write_text(json.dumps({"run_id": "x", "note": SECRET}))
+    d = running()
+    db = d.daemon.store.db
+    (data_dir / "structured_hubs").mkdir()
+    os.symlink(outside / "secret.json", data_dir / "structured_hubs" / "evil.json")
+    os.symlink(outside / "secret.json", data_dir / "leak.json")
+    os.symlink(outside / "dir", data_dir / "episodes")
+    links = {"structured_hubs/evil.json", "leak.json", "episodes"}
+
+    def flagged():
+        problems = d.get("/memory/status").json()["sidecar"]["problems"]
+        got = {p["path"] for p in problems if p["reason"] == "symlink"}
+        return got if links <= got else None
+    wait_for(flagged, 10, what="the symlinks to show as problems")
+    reconcile_now(d)  # the full walk does not follow them either
+    assert links <= flagged()
+    stored = everything(db)
+    assert SECRET not in stored
+    assert db.memory_hubs.count_documents({"hub_type": "evil"}) == 0
+    assert db.episodic_memory.count_documents({}) == 0
+    for path in ("/memory/status", "/parity", "/metrics"):
+        assert SECRET not in d.get(path).body.decode()
+    # Parity: nothing missing, extra or different; the links count as bad input, not as data.
+    report = d.parity()
+    for kind, row in report["kinds"].items():
+        assert (row["missing"]["count"], row["extra"]["count"], row["different"]["count"]) == (0, 0, 0), kind
+    assert report["kinds"]["hubs"]["bad_files"] == 1
+    assert report["source_counts"]["hub_entries"] == 0 and report["mongo_counts"]["hub_entries"] == 0
+
+
+# --- overflow ----------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_queue_overflow_runs_a_full_reconcile(data_dir, running):
+    d = running()
+    db = d.daemon.store.db
+    watcher = d.daemon.watcher
+    before = quiesced_reconcile_at(d)
+    # Lose the events of one write, as an overflow would: the watcher is not running.
+    watcher.stop()
+    try:
+        lost = write(data_dir, "runs/run_lost.json", {"lost": True})
+    finally:
+        watcher.start()
+    assert "runs/run_lost.json" not in d.daemon.pending.paths()
+    assert manifest(db, "runs/run_lost.json") is None
+    # What watchdog logs after IN_Q_OVERFLOW (its only signal that events were lost).
+    logging.getLogger("watchdog.observers.inotify").warning(
+        "Inotify queue overflowed; reconciling recursive watches below %r", str(data_dir))
+    wait_mirrored(db, "runs/run_lost.json", lost)
+    wait_for(lambda: d.daemon.status.last_reconcile_at != before, 10, what="the full reconcile")
+    status = d.get("/memory/status").json()["sidecar"]
+    assert status["errors_by_kind"].get("watch_overflow") == 1
+    assert status["watcher"] == "running"
+    assert 'sidecar_events_total{event="overflow",kind="all"} 1.0' in d.get("/metrics").body.decode()
+    d.wait_parity()
+    # The watcher still works after the overflow.
+    after = write(data_dir, "runs/run_after.json", {"after": True})
+    wait_mirrored(db, "runs/run_after.json", after)
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: the overflow hook is a logging.Handler on 'watchdog.observers', but a handler only sees "
+    "records its logger emits: with SIDECAR_LOG_LEVEL=ERROR (root level ERROR, watchdog loggers NOTSET) "
+    "watchdog's WARNING is never created, so an overflow is silently ignored and lost events never "
+    "reconciled"))
+def test_queue_overflow_is_detected_whatever_the_log_level(data_dir, running):
+    d = running()
+    db = d.daemon.store.db
+    root = logging.getLogger()
+    saved = root.level
+    root.setLevel(logging.ERROR)  # what setup_logging does for SIDECAR_LOG_LEVEL=ERROR
+    try:
+        d.daemon.watcher.stop()
+        try:
+            lost = write(data_dir, "runs/run_lost.json", {"lost": True})
+        finally:
+            d.daemon.watcher.start()
+        logging.getLogger("watchdog.observers.inotify").warning(
+            "Inotify queue overflowed; reconciling recursive watches below %r", str(data_dir))
+    finally:
+        root.setLevel(saved)
+    # The hook runs synchronously inside the logging call: no wait needed to see it.
+    assert d.daemon.status.error_counts.get("watch_overflow") == 1, "the overflow went unnoticed"
+    wait_mirrored(db, "runs/run_lost.json", lost)
+
+
+# --- propagated deletes --------------------------------------------------------------------------
+@pytest.mark.integration
+def test_propagate_file_deletes_removes_the_episode_document(data_dir, running):
+    d = running(sidecar_propagate_file_deletes=True)
+    db = d.daemon.store.db
+    rel = "episodes/skeleton_gone.json"
+    data = write(data_dir, rel, {"run_id": "gone", "status": "completed", "nodes": []})
+    wait_mirrored(db, rel, data)
+    assert db.episodic_memory.find_one({"run_id": "gone"})
+    (data_dir / rel).unlink()
+    wait_for(lambda: db.episodic_memory.find_one({"run_id": "gone"}) is None, 10,
+             what="the episode document to be deleted")
+    wait_for(lambda: manifest(db, rel) is None, 10, what="the manifest to be deleted")
+    wait_for(lambda: db.memory_events.find_one({"event_type": "episode_deleted", "path": rel}), 10,
+             what="the episode_deleted event")
+    d.wait_parity()
+
+
+# --- Pending (unit) ------------------------------------------------------------------------------
+def test_pending_coalesces_a_burst_into_one_entry():
+    p = Pending()
+    for _ in range(1000):
+        p.mark("structured_hubs/a.json")
+    assert len(p) == 1
+    full, taken = p.take(timeout=1)
+    assert full is None and list(taken) == ["structured_hubs/a.json"]
+    assert len(p) == 0
+    assert p.take(timeout=0) == (None, {})
+
+
+def test_pending_delay_is_honoured_by_take():
+    p = Pending()
+    p.mark("later.json", delay=3600)
+    p.mark("now.json", delay=0)
+    _, taken = p.take(timeout=1)
+    assert list(taken) == ["now.json"]
+    # Not ready within a short timeout: take returns empty rather than early.
+    assert p.take(timeout=0.05) == (None, {})
+    assert p.paths() == {"later.json"}
+    # ignore_delay (shutdown's final flush) takes it regardless.
+    _, taken = p.take(timeout=0, ignore_delay=True)
+    assert list(taken) == ["later.json"]
+    # A new event re-arms the delay: the last event counts.
+    p.mark("x.json", delay=0)
+    p.mark("x.json", delay=3600)
+    assert p.take(timeout=0.05) == (None, {})
+
+
+def test_pending_limit_and_full_reconcile():
+    p = Pending()
+    for i in range(5):
+        p.mark(f"f{i}.json")
+    _, taken = p.take(timeout=1, limit=2)
+    assert len(taken) == 2 and len(p) == 3
+    p.mark("late.json", delay=3600)
+    p.mark_full()
+    full, taken = p.take(timeout=1, limit=1)
+    assert full is not None
+    assert set(taken) == {"f2.json", "f3.json", "f4.json", "late.json"}  # a full pass takes everything
+    assert len(p) == 0
+
+
+def test_pending_requeue_keeps_first_seen():
+    p = Pending()
+    first = time.monotonic() - 30
+    p.mark("a.json", first_seen=first)
+    p.mark("a.json")  # later events never make the entry younger
+    _, taken = p.take(timeout=1)
+    assert taken == {"a.json": first}
+    p.requeue(taken, 0.0)
+    p.mark("a.json")
+    _, again = p.take(timeout=1)
+    assert again == {"a.json": first}
+    # A full-reconcile request survives a requeue with its own first_seen.
+    p.requeue({}, 0.0, full=first)
+    full, _ = p.take(timeout=1)
+    assert full == first
+
+
+def test_pending_oldest_age():
+    p = Pending()
+    assert p.oldest_age() == 0.0
+    p.mark("young.json")
+    p.mark("old.json", first_seen=time.monotonic() - 100)
+    assert 100 <= p.oldest_age() < 1000
+    p.take(timeout=1)
+    assert p.oldest_age() == 0.0
+    p.mark_full(first_seen=time.monotonic() - 50)
+    assert 50 <= p.oldest_age() < 1000
+
+
+def test_pending_close_unblocks_take():
+    p = Pending()
+    result = {}
+
+    def taker():
+        result["value"] = p.take(timeout=60)
+    t = threading.Thread(target=taker, name="test-pending-taker")
+    t.start()
+    # Blocked inside take(): waiting on the queue's condition (CPython's Condition keeps
+    # its waiters in ``_waiters``).
+    wait_for(lambda: len(p._cond._waiters) > 0, 10, 0.005, "take() to block")
+    p.close()
+    t.join(30)
+    assert not t.is_alive(), "close() must wake a blocked take()"
+    assert result["value"] == (None, {})
+    # After close, what is left can still be drained (the shutdown flush does this).
+    p.mark("left.json", delay=3600)
+    full, taken = p.take(timeout=0, ignore_delay=True)
+    assert full is None and list(taken) == ["left.json"]
