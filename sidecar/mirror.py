@@ -37,6 +37,7 @@ TRANSIENT_RETRIES = 3
 TRANSIENT_DELAY = 0.3
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 PING_EVERY = 2.0
+MAX_UNSENT_EVENTS = 10_000
 
 
 class Mirror:
@@ -55,6 +56,9 @@ class Mirror:
         self._transient: dict[str, int] = {}
         self._last_error_log = 0.0
         self._last_ping = 0.0
+        # Events whose documents were written but which MongoDB did not take
+        # (it went away in between): sent first on the next successful write.
+        self._unsent: list[dict] = []
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -98,6 +102,9 @@ class Mirror:
             try:
                 self.store.ping()
                 self.status.set_mongo(True)
+                if self._unsent:
+                    with self.lock:
+                        self._send_events([])
             except MongoUnavailable as exc:
                 self.status.set_mongo(False, str(exc))
 
@@ -153,7 +160,10 @@ class Mirror:
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
         ops, view = self.rec.scan(self.state, "reconcile")
         problem_paths = {p.path for p in view.problems}
-        self._write(ops, view.problems, [r for r in view.present if r not in problem_paths], "reconcile", {})
+        # A file caught mid-write gets the same re-check as on the event path.
+        transient = {p.path: time.monotonic() for p in view.problems if p.reason in TRANSIENT}
+        self._write(ops, view.problems, [r for r in view.present if r not in problem_paths], "reconcile",
+                    transient)
         self.status.last_reconcile_at = utcnow().isoformat()
 
     def _write(self, ops: list[Op], problems: list[Problem], good: list[str], source: str,
@@ -174,8 +184,19 @@ class Mirror:
             self._transient.pop(rel, None)
         for p in problems:
             events.extend(self._problem(p, source, now, taken))
-        if events:
-            self.store.record_events(events)
+        self._send_events(events)
+
+    def _send_events(self, events: list[dict]) -> None:
+        pending, self._unsent = self._unsent + events, []
+        if not pending:
+            return
+        try:
+            self.store.record_events(pending)
+        except MongoUnavailable:
+            self._unsent = pending[-MAX_UNSENT_EVENTS:]
+            if len(pending) > MAX_UNSENT_EVENTS:
+                self.status.error("events_dropped")
+            raise
 
     def _problem(self, p: Problem, source: str, now, taken: dict[str, float]) -> list[dict]:
         if p.reason in TRANSIENT and p.path in taken:

@@ -68,7 +68,11 @@ class Watcher(FileSystemEventHandler):
         self.observer = Observer()
         self.observer.name = "sidecar-watcher"
         self.observer.schedule(self, self.root, recursive=True, event_filter=EVENT_TYPES)
-        logging.getLogger("watchdog.observers").addHandler(self._hook)
+        # The hook must see watchdog's WARNING whatever SIDECAR_LOG_LEVEL is.
+        wd_log = logging.getLogger("watchdog.observers")
+        if wd_log.getEffectiveLevel() > logging.WARNING:
+            wd_log.setLevel(logging.WARNING)
+        wd_log.addHandler(self._hook)
         self.observer.start()
         self.status.watcher_state = "running"
 
@@ -137,8 +141,7 @@ class Watcher(FileSystemEventHandler):
         """A directory appeared (created or moved in): files in it may predate its watch."""
         if rel is None:
             return
-        for item in walk(Path(self.root) / rel, self.ignore):
-            if not isinstance(item, Skipped):
-                self._mark(f"{rel}/{item}", "dir_scan", 0.0)
-            else:
-                self._mark(f"{rel}/{item.rel}", "dir_scan", 0.0)
+        for item in walk(Path(self.root) / rel, ()):
+            # Globs are relative to the data dir, so match the full path here.
+            self._mark(self._rel(os.path.join(self.root, rel, item.rel if isinstance(item, Skipped) else item)),
+                       "dir_scan", 0.0)

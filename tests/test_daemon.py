@@ -138,8 +138,10 @@ def test_hub_recreated_as_braces_is_refilled_in_mongo_mode(legacy_dir, running):
     wait_for(lambda: hub.read_bytes() == original, 10, what="the hub file to be restored from MongoDB")
     db = d.daemon.store.db
     assert db.memory_hubs.count_documents({"hub_type": "soft_identity"}) == 6
-    assert db.memory_events.find_one({"event_type": "restored_from_mongo"})["path"] == \
-        "structured_hubs/soft_identity.json"
+    # The event is recorded right after the file is written back.
+    event = wait_for(lambda: db.memory_events.find_one({"event_type": "restored_from_mongo"}), 10,
+                     what="the restore event")
+    assert event["path"] == "structured_hubs/soft_identity.json"
 
 
 def test_hub_recreated_as_braces_never_wipes_in_file_mode(legacy_dir, running):
@@ -163,6 +165,9 @@ def test_status_endpoints_shapes_tokens_and_no_values(data_dir, running, mongo_u
     d = running()
     assert d.get("/healthz").status == 200
     assert d.get("/readyz").json() == {"ready": True}
+    # A truncated file is re-checked a few times before it is reported (it may be mid-write).
+    wait_for(lambda: d.get("/memory/status").json()["sidecar"]["errors_by_kind"].get("invalid_json"), 10,
+             what="the bad file to be reported")
     status = d.get("/memory/status").json()
     assert {"configured_backend", "active_mode", "dual_write_enabled", "mongo"} <= set(status)
     assert status["mongo"]["connected"] is True and status["mongo"]["error"] is None

@@ -160,11 +160,6 @@ def test_daemon_started_while_mongo_is_down_waits_then_gets_ready(restartable_se
     assert report["mongo_counts"]["hub_entries"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Mirror._write applies the ops (and records them in the mirror state) before "
-    "store.record_events; when MongoDB drops in between, flush() requeues the paths, but the re-diff "
-    "against the already-updated state yields no ops, so the memory_events entries of that write "
-    "(here the file_deleted_recorded of a whole-file deletion) are lost for good"))
 def test_outage_between_a_write_and_its_events_loses_no_event(data_dir, running):
     import threading
 

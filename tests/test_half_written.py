@@ -197,11 +197,6 @@ def test_a_file_left_half_written_is_reported_but_deletes_nothing(data_dir, runn
              5, what="the problem to clear")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Mirror.reconcile passes taken={} to _write, so Mirror._problem's TRANSIENT re-check "
-    "(`p.reason in TRANSIENT and p.path in taken`) never applies to a full reconcile (start-up, "
-    "overflow, directory delete, POST /reconcile): a file caught mid-write is reported as bad_input "
-    "at once, and is not re-marked for a re-read either"))
 def test_a_reconcile_catching_a_file_mid_write_does_not_report_it(data_dir, running):
     from daemon_fixtures import reconcile_now
 

@@ -198,11 +198,6 @@ def test_ignore_globs_custom_and_default(data_dir, running):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Watcher._scan_dir walks the new directory with walk(root/rel, ignore), which matches the "
-    "ignore globs against paths relative to that directory, not to the data dir: a path glob such as "
-    "'incoming/private/*' never matches 'private/p.json', so the file is mirrored; the full reconcile "
-    "then skips it as ignored and never records it gone, so parity reports it as extra for good"))
 def test_path_ignore_glob_holds_for_a_directory_moved_in(data_dir, running, outside):
     d = running(sidecar_ignore="incoming/private/*")
     db = d.daemon.store.db
@@ -283,11 +278,6 @@ def test_queue_overflow_runs_a_full_reconcile(data_dir, running):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the overflow hook is a logging.Handler on 'watchdog.observers', but a handler only sees "
-    "records its logger emits: with SIDECAR_LOG_LEVEL=ERROR (root level ERROR, watchdog loggers NOTSET) "
-    "watchdog's WARNING is never created, so an overflow is silently ignored and lost events never "
-    "reconciled"))
 def test_queue_overflow_is_detected_whatever_the_log_level(data_dir, running):
     d = running()
     db = d.daemon.store.db
