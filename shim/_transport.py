@@ -6,7 +6,8 @@ Two ways of sending, chosen per event by the caller:
   one daemon thread. Never blocks and never raises: a full queue or an absent
   sidecar drops the event and counts it (the watcher still mirrors the file).
   The thread lingers ``LINGER_S`` after the first event of a burst, then
-  sends everything queued in one ``sendall`` (frames stay in order).
+  sends everything queued in one ``sendall`` (frames stay in order). The API
+  thread takes no lock to enqueue and wakes the sender only when it is idle.
 * ``deliver(event, sync=True)``: send with ``ack: true`` on the calling
   thread's own connection and wait for the reply; raise ``DeliveryError`` if
   it is not ``{"ok": true}`` within the timeout.
@@ -18,8 +19,8 @@ optional.
 
 from __future__ import annotations
 
+import collections
 import json
-import queue
 import select
 import socket
 import struct
@@ -42,6 +43,10 @@ _COALESCE = 64 * 1024
 # the three hub files of one learner signal) without the sender taking the
 # GIL from it in the middle; the burst then goes out in one send.
 LINGER_S = 0.002
+# After a burst the sender polls the queue every POLL_S for KEEP_WARM_S
+# before it goes to sleep and must be woken by the API thread.
+POLL_S = 0.002
+KEEP_WARM_S = 0.05
 # Bounds of one async burst.
 _BATCH_EVENTS = 256
 _BATCH_BYTES = 4 * 1024 * 1024
@@ -168,7 +173,18 @@ class SocketTransport:
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._queue: queue.Queue = queue.Queue(self.queue_size)
+        # The async queue is a plain deque: append/popleft are atomic under
+        # the GIL, so the API thread takes no lock to enqueue. The sender
+        # sleeps on ``_wake`` (a Lock used as a binary semaphore) only when it
+        # has nothing to do and says so in ``_idle``; the API thread releases
+        # it for the first event after an idle spell and for none of the
+        # events that arrive while the sender is lingering or sending.
+        self._q: collections.deque = collections.deque()
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._idle = False
+        self._busy = False  # the sender holds a batch taken off the deque
+        self._done = threading.Condition(threading.Lock())  # flush() waits on it
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._tls = threading.local()
@@ -191,13 +207,31 @@ class SocketTransport:
         if self._closed:
             self.stats.inc("dropped_unavailable")
             return
-        thread = self._thread
-        if thread is None or not thread.is_alive():
+        if self._thread is None:
             self._start_sender()
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
+        q = self._q
+        if len(q) >= self.queue_size:
             self.stats.inc("dropped_queue_full")
+            self._check_sender()
+            return
+        q.append(event)
+        if self._idle:
+            self._idle = False
+            self._signal()
+
+    def _signal(self) -> None:
+        try:
+            self._wake.release()
+        except RuntimeError:  # already released by another thread
+            pass
+
+    def _check_sender(self) -> None:
+        # A full queue is also the moment to notice a sender that died
+        # (it never should: every batch is guarded).
+        thread = self._thread
+        if thread is not None and not thread.is_alive():
+            self._thread = None
+            self._start_sender()
 
     def _start_sender(self) -> None:
         # Started lazily: nothing runs in a process that never writes, and a
@@ -220,37 +254,62 @@ class SocketTransport:
         self._down_until = 0.0
         return conn
 
+    def _wait_for_work(self) -> bool:
+        """Return once the deque holds something; True if it was found by polling."""
+        q = self._q
+        if q:
+            return False
+        # Keep polling for a while after a burst: in steady traffic (a write
+        # every few ms) the API thread then never pays for waking us.
+        if KEEP_WARM_S > 0:
+            deadline = time.monotonic() + KEEP_WARM_S
+            while True:
+                time.sleep(POLL_S)
+                if q:
+                    return True
+                if time.monotonic() >= deadline:
+                    break
+        while not q:
+            self._idle = True
+            # Re-check after announcing idleness: an event appended before
+            # the flag was visible would otherwise wait for the next one.
+            if not q:
+                self._wake.acquire()
+            self._idle = False
+        return False
+
     def _run(self) -> None:
-        q = self._queue
+        q = self._q
         conn: _Connection | None = None
         stop = False
         while not stop:
-            # Take whatever has piled up (bounded), send it in one go: fewer
-            # wake-ups, syscalls and GIL hand-overs per event than one by one.
-            batch = [q.get()]
-            if LINGER_S and batch[0] is not _STOP:
+            polled = self._wait_for_work()
+            # Linger after the first event of a burst: the API thread finishes
+            # its call (and the rest of a burst) without the sender taking the
+            # GIL from it in the middle; the burst then goes out in one send.
+            # (An event found by polling has already waited up to POLL_S.)
+            if LINGER_S and not polled and q[0] is not _STOP:
                 time.sleep(LINGER_S)
+            self._busy = True
+            batch = []
             size = 0
-            while len(batch) < _BATCH_EVENTS and size < _BATCH_BYTES:
-                try:
-                    event = q.get_nowait()
-                except queue.Empty:
+            while q and len(batch) < _BATCH_EVENTS and size < _BATCH_BYTES:
+                event = q.popleft()
+                if event is _STOP:
+                    stop = True
                     break
                 batch.append(event)
                 data = getattr(event, "data", None)
                 size += len(data) if data else 0
-            taken = len(batch)
             try:
-                if _STOP in batch:
-                    stop = True
-                    batch = batch[: batch.index(_STOP)]
                 if batch:
                     conn = self._send_async(conn, batch)
             except Exception:  # never let the sender die on a surprise
                 self.stats.inc("errors")
             finally:
-                for _ in range(taken):
-                    q.task_done()
+                with self._done:
+                    self._busy = False
+                    self._done.notify_all()
         if conn is not None:
             conn.close()
 
@@ -285,15 +344,16 @@ class SocketTransport:
         """Wait until every queued event was sent or dropped; True if so."""
         thread = self._thread
         if thread is None or not thread.is_alive():
-            return self._queue.unfinished_tasks == 0
+            return not self._q and not self._busy
         deadline = time.monotonic() + timeout
-        done = self._queue.all_tasks_done
-        with done:
-            while self._queue.unfinished_tasks:
+        with self._done:
+            # The sender notifies after every batch; the short wait also
+            # covers an event appended and picked up between two checks.
+            while self._q or self._busy:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                done.wait(remaining)
+                self._done.wait(min(remaining, 0.05))
         return True
 
     # -- sync -------------------------------------------------------------
@@ -345,10 +405,10 @@ class SocketTransport:
         thread = self._thread
         deadline = time.monotonic() + timeout
         if thread is not None and thread.is_alive():
-            try:
-                self._queue.put(_STOP, timeout=max(timeout, 0.001))
-            except queue.Full:
-                pass
+            # Behind whatever is queued: the sender drains first, then stops.
+            self._q.append(_STOP)
+            self._idle = False
+            self._signal()
             thread.join(max(deadline - time.monotonic(), 0.001))
         conn = getattr(self._tls, "conn", None)
         if conn is not None:
