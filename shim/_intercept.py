@@ -8,22 +8,29 @@ What is patched, and why that is enough:
 * ``os.replace`` / ``os.rename`` / ``os.remove`` / ``os.unlink``: atomic
   writers, deletes, and ``Path.replace`` / ``rename`` / ``unlink``, which
   call them.
-* ``pathlib.Path.open`` / ``write_text`` / ``write_bytes`` / ``unlink`` /
-  ``rename`` / ``replace`` as well, for Path implementations that do not go
-  through ``io``/``os`` (pyfakefs does not, a future pathlib might not). A
-  per-thread counter tells the outer (pathlib) wrapper whether an inner
-  (io/os) wrapper already took the call, so each write is reported once.
+* ``pathlib.Path.write_text`` / ``write_bytes`` / ``unlink`` / ``rename`` /
+  ``replace``, and ``Path.open`` unless it is plain ``io.open`` (CPython's),
+  for Path implementations that do not go through ``io``/``os`` (pyfakefs
+  does not, a future pathlib might not). A per-thread counter tells the outer
+  (pathlib) wrapper whether an inner (io/os) wrapper already took the call,
+  so each write is reported once.
 
-Costs: a read-mode ``open`` pays one Python call and a few ``in`` tests on the
+Costs (the Mentorix write is ``Path.write_text``, so that path is the tuned
+one): a read-mode ``open`` pays one Python call and a few ``in`` tests on the
 mode string. A write outside the data dir pays a string prefix test (plus a
-``getcwd`` for a relative path). A write spelled inside the dir gets a thin
-proxy; at close the file is opened ``O_NOFOLLOW`` (a symlinked final
-component is never followed) and the kernel says where the descriptor really
-is (``/proc/self/fd/N``), so a symlinked directory leading out of the dir is
-caught with one syscall. Without /proc the parent is resolved with ``lstat``
-per component below the dir and ``realpath`` on a symlink. Deletes and moves
-are decided on the path the same way, before (remove) or after (move) the
-call.
+``getcwd`` for a relative path). ``write_text``/``write_bytes`` inside the dir
+report right after the call returns (the file is closed by then): the inner
+``io.open`` wrapper sees a per-thread marker and hands back the bare file, so
+write and close stay in C. Other writes spelled inside the dir get a thin
+proxy that reports at close. Reading back opens every directory below the
+data dir with ``O_NOFOLLOW | O_DIRECTORY`` and the file with ``O_NOFOLLOW``:
+no symlink is followed, so the descriptor is inside by construction (one
+extra ``open`` per directory level, none for a top-level file). A spelling
+with ``.``/``..``/``//``, or a symlinked directory on the way, takes the
+general route: open by path, ask the kernel where the descriptor is
+(``/proc/self/fd/N``), and without /proc resolve the parent with ``lstat``
+per component and ``realpath`` on a symlink. Deletes and moves are decided on
+the path the same way, before (remove) or after (move) the call.
 
 Deliberately not seen (the sidecar's watcher covers all of them): integer
 file descriptors given to ``open``; ``open(..., opener=...)`` and the
@@ -128,6 +135,17 @@ class Event:
 
 _seq = itertools.count(1)  # per process; next() on a count is atomic in CPython
 _tls = threading.local()
+# getpid() is a system call (glibc stopped caching it); every event carries it.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_pid)
 
 
 def _bump() -> None:
@@ -148,6 +166,24 @@ def _has_opener(args: tuple, kwargs: dict) -> bool:
 
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# Directories below the data dir are opened one by one, never through a
+# symlink (O_NOFOLLOW + O_DIRECTORY fails on one): the descriptor is then known
+# to be inside without asking /proc, the dearest call of the read-back.
+_DIR_FLAGS = getattr(os, "O_PATH", 0) | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(
+    os, "O_CLOEXEC", 0)
+try:
+    import posix as _posix
+
+    _REAL_OS_OPEN: Any = _posix.open
+except ImportError:  # pragma: no cover - not a POSIX system
+    _REAL_OS_OPEN = None
+_WALK = (
+    _REAL_OS_OPEN is not None
+    and hasattr(os, "O_PATH")
+    and hasattr(os, "O_NOFOLLOW")
+    and hasattr(os, "O_DIRECTORY")
+    and os.open in getattr(os, "supports_dir_fd", ())
+)
 
 
 # ---------------------------------------------------------------------------
@@ -404,10 +440,52 @@ class Shim:
         loc = self._resolve(path)
         return None if loc is None else loc[0]
 
+    def _open_beneath(self, path: str) -> tuple[int, str] | None:
+        """(descriptor, relative path) of the file, reached without any symlink.
+
+        Every directory below the data dir is opened with O_NOFOLLOW, so the
+        file is inside by construction: no /proc lookup. None (take the slow
+        path) for an odd spelling or when a directory on the way is a symlink
+        or missing; a symlinked final component raises ELOOP as usual.
+        """
+        for prefix in self.prefixes:
+            if path.startswith(prefix):
+                rel = path[len(prefix):]
+                break
+        else:
+            return None
+        parts = rel.split("/")
+        name = parts.pop()
+        if name in ("", ".", "..") or "" in parts or "." in parts or ".." in parts:
+            return None
+        if not parts:
+            return os.open(self.real_prefix + name, _READ_FLAGS), rel
+        try:
+            dfd = os.open(self.real_prefix + parts[0], _DIR_FLAGS)
+        except OSError:
+            return None
+        try:
+            for part in parts[1:]:
+                try:
+                    sub = os.open(part, _DIR_FLAGS, dir_fd=dfd)
+                except OSError:
+                    return None
+                os.close(dfd)
+                dfd = sub
+            return os.open(name, _READ_FLAGS, dir_fd=dfd), rel
+        finally:
+            os.close(dfd)
+
     def _read_back(self, path: str) -> tuple[str, bytes, int] | None:
         """(relative path, exact bytes, mtime_ns) of a regular file inside the dir."""
         try:
-            fd = os.open(path, _READ_FLAGS)
+            # os.open is the real one unless a fake file system (pyfakefs)
+            # stands in; then the generic way below.
+            opened = self._open_beneath(path) if _WALK and os.open is _REAL_OS_OPEN else None
+            if opened is None:
+                fd, rel = os.open(path, _READ_FLAGS), None
+            else:
+                fd, rel = opened
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # O_NOFOLLOW: the name is a symlink
                 self.stats.inc("skipped_symlinks")
@@ -418,9 +496,11 @@ class Shim:
             # st_nlink 0: removed since; /proc would show "... (deleted)".
             if not stat.S_ISREG(st.st_mode) or st.st_nlink == 0:
                 return None
-            real = self._real_path_of(fd, path)
-            if real is None:
-                return None
+            if rel is None:
+                real = self._real_path_of(fd, path)
+                if real is None:
+                    return None
+                rel = real[len(self.real_prefix):]
             size = st.st_size
             # One byte more than expected: a short read of a regular file
             # means EOF, so the usual case is a single read.
@@ -434,7 +514,7 @@ class Shim:
                     data = os.read(fd, 1 << 20)
                     chunks.append(data)
                 data = b"".join(chunks)
-            return real[len(self.real_prefix):], data, st.st_mtime_ns
+            return rel, data, st.st_mtime_ns
         finally:
             os.close(fd)
 
@@ -453,7 +533,7 @@ class Shim:
                 return
             rel, data, mtime_ns = snap
             rel.encode("utf-8")  # the protocol is JSON: undecodable names stay with the watcher
-            event = Event("write", rel, data, mtime_ns, next(_seq), os.getpid())
+            event = Event("write", rel, data, mtime_ns, next(_seq), _pid)
             self.stats.inc("writes")
         except Exception as exc:
             self.stats.inc("errors")
@@ -471,7 +551,7 @@ class Shim:
                 self.stats.inc("dropped_unavailable")
                 return
             rel.encode("utf-8")
-            event = Event("delete", rel, None, None, next(_seq), os.getpid())
+            event = Event("delete", rel, None, None, next(_seq), _pid)
             self.stats.inc("deletes")
         except Exception:
             self.stats.inc("errors")
@@ -550,7 +630,15 @@ class Shim:
         def open(file: Any, mode: Any = "r", *args: Any, **kwargs: Any) -> Any:  # noqa: A001
             if mode.__class__ is not str or ("w" not in mode and "a" not in mode and "x" not in mode and "+" not in mode):
                 return orig(file, mode, *args, **kwargs)
-            _bump()
+            tls = _tls
+            tls.n = getattr(tls, "n", 0) + 1  # _bump(), inlined: this is the hot path
+            taken = getattr(tls, "defer", None)
+            if taken is not None:
+                # Inside Path.write_text/write_bytes on a path in the dir: that
+                # wrapper reports once the call returns (the file is closed by
+                # then), so the file needs no proxy and write/close stay in C.
+                taken[0] = True
+                return orig(file, mode, *args, **kwargs)
             path = None if _has_opener(args, kwargs) else shim._safe_candidate(file)
             f = orig(file, mode, *args, **kwargs)
             return f if path is None else shim._wrap_file(f, path)
@@ -616,7 +704,13 @@ class Shim:
             if isinstance(f, FileProxy) or _mark() != before:
                 return f
             path = shim._safe_candidate(self_)
-            return f if path is None else shim._wrap_file(f, path)
+            if path is None:
+                return f
+            taken = getattr(_tls, "defer", None)
+            if taken is not None:  # within Path.write_text/write_bytes: reported there
+                taken[0] = True
+                return f
+            return shim._wrap_file(f, path)
 
         return _decorate(path_open, orig)
 
@@ -624,12 +718,26 @@ class Shim:
         shim = self
 
         def path_write(self_: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
-            before = _mark()
-            result = orig(self_, data, *args, **kwargs)
-            if _mark() == before:
-                path = shim._safe_candidate(self_)
-                if path is not None:
-                    shim.report_write(path)
+            path = shim._safe_candidate(self_)
+            if path is None:
+                return orig(self_, data, *args, **kwargs)
+            # The whole open-write-close happens inside this call, so report
+            # here, after it, instead of through a proxy: the inner open
+            # wrapper (CPython's pathlib goes through io.open) sees ``defer``
+            # and hands back the bare file. Under another Path implementation
+            # the inner wrapper may never run; the report is the same.
+            tls = _tls
+            outer = getattr(tls, "defer", None)
+            taken = tls.defer = [False]
+            try:
+                result = orig(self_, data, *args, **kwargs)
+            except BaseException:
+                tls.defer = outer
+                if taken[0]:  # the file was opened (and truncated): report what is there
+                    shim.report_write(path, suppress=True)
+                raise
+            tls.defer = outer
+            shim.report_write(path)
             return result
 
         return _decorate(path_write, orig)
@@ -687,7 +795,12 @@ class Shim:
             self._patch(os, "remove", self.make_remove)
             self._patch(os, "unlink", self.make_remove)
             path_cls = pathlib.Path
-            self._patch(path_cls, "open", self.make_path_open)
+            # CPython's Path.open is io.open(self, ...): the io wrapper above
+            # already sees it, and every Path.open would pay a second wrapper
+            # for nothing. Other implementations (pyfakefs, a future pathlib)
+            # get the pathlib wrapper.
+            if not _calls(getattr(path_cls, "open", None), "io", io, "open"):
+                self._patch(path_cls, "open", self.make_path_open)
             self._patch(path_cls, "write_text", self.make_path_write)
             self._patch(path_cls, "write_bytes", self.make_path_write)
             self._patch(path_cls, "unlink", self.make_path_unlink)
@@ -714,6 +827,19 @@ class Shim:
                     delattr(target, name)
             except Exception:
                 self.stats.inc("errors")
+
+
+def _calls(func: Any, module_name: str, module: Any, attr: str) -> bool:
+    """True if ``func`` is plain Python code calling ``module_name.attr`` on ``module``.
+
+    Used to skip wrappers that would only duplicate an inner one; any doubt
+    (a C function, another module object behind the name) answers False.
+    """
+    code = getattr(func, "__code__", None)
+    globals_ = getattr(func, "__globals__", None)
+    if code is None or not isinstance(globals_, dict):
+        return False
+    return globals_.get(module_name) is module and module_name in code.co_names and attr in code.co_names
 
 
 def _decorate(wrapper: Callable[..., Any], orig: Callable[..., Any]) -> Callable[..., Any]:
