@@ -632,12 +632,14 @@ class Shim:
                 return orig(file, mode, *args, **kwargs)
             tls = _tls
             tls.n = getattr(tls, "n", 0) + 1  # _bump(), inlined: this is the hot path
-            taken = getattr(tls, "defer", None)
-            if taken is not None:
-                # Inside Path.write_text/write_bytes on a path in the dir: that
-                # wrapper reports once the call returns (the file is closed by
-                # then), so the file needs no proxy and write/close stay in C.
-                taken[0] = True
+            defer = getattr(tls, "defer", None)
+            if defer is not None and file is defer[1]:
+                # The file of a Path.write_text/write_bytes call in progress
+                # (CPython passes the Path itself): that wrapper has already
+                # decided inside/outside and, inside, reports once the call
+                # returns, so no proxy is needed and write/close stay in C.
+                if defer[2]:
+                    defer[0] = True
                 return orig(file, mode, *args, **kwargs)
             path = None if _has_opener(args, kwargs) else shim._safe_candidate(file)
             f = orig(file, mode, *args, **kwargs)
@@ -703,14 +705,13 @@ class Shim:
             f = orig(self_, mode, *args, **kwargs)
             if isinstance(f, FileProxy) or _mark() != before:
                 return f
+            defer = getattr(_tls, "defer", None)
+            if defer is not None and self_ is defer[1]:  # reported by write_text/write_bytes
+                if defer[2]:
+                    defer[0] = True
+                return f
             path = shim._safe_candidate(self_)
-            if path is None:
-                return f
-            taken = getattr(_tls, "defer", None)
-            if taken is not None:  # within Path.write_text/write_bytes: reported there
-                taken[0] = True
-                return f
-            return shim._wrap_file(f, path)
+            return f if path is None else shim._wrap_file(f, path)
 
         return _decorate(path_open, orig)
 
@@ -718,26 +719,34 @@ class Shim:
         shim = self
 
         def path_write(self_: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+            # The whole open-write-close happens inside this call. The inner
+            # open wrapper (CPython's pathlib goes through io.open) recognises
+            # the Path in ``defer`` and, instead of deciding again or proxying
+            # the file, passes it through (outside) or leaves the report to
+            # this wrapper, after the call (inside; the file is closed then).
             path = shim._safe_candidate(self_)
-            if path is None:
-                return orig(self_, data, *args, **kwargs)
-            # The whole open-write-close happens inside this call, so report
-            # here, after it, instead of through a proxy: the inner open
-            # wrapper (CPython's pathlib goes through io.open) sees ``defer``
-            # and hands back the bare file. Under another Path implementation
-            # the inner wrapper may never run; the report is the same.
             tls = _tls
             outer = getattr(tls, "defer", None)
-            taken = tls.defer = [False]
+            defer = tls.defer = [False, self_, path is not None]
+            if path is None:
+                try:
+                    return orig(self_, data, *args, **kwargs)
+                finally:
+                    tls.defer = outer
+            before = getattr(tls, "n", 0)
             try:
                 result = orig(self_, data, *args, **kwargs)
             except BaseException:
                 tls.defer = outer
-                if taken[0]:  # the file was opened (and truncated): report what is there
+                if defer[0]:  # the file was opened (and truncated): report what is there
                     shim.report_write(path, suppress=True)
                 raise
             tls.defer = outer
-            shim.report_write(path)
+            # Not deferred to us: either no inner wrapper saw an open (another
+            # Path implementation: report here), or one proxied the file
+            # itself (it reports at close).
+            if defer[0] or getattr(tls, "n", 0) == before:
+                shim.report_write(path)
             return result
 
         return _decorate(path_write, orig)

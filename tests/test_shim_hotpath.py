@@ -115,6 +115,29 @@ def test_nested_write_text_calls_each_report_once(real):
     assert [(e.path, e.data) for e in recorder.events] == [("j.journal", b"opening j.json"), ("j.json", b"1")]
 
 
+def test_other_files_opened_during_write_text_are_reported_on_their_own(real, tmp_path):
+    # Only the Path being written is passed through; any other file opened
+    # meanwhile (here by a subclass's open()) goes the usual way.
+    recorder, data = real
+
+    class Logged(type(pathlib.Path())):
+        def open(self, mode="r", *args, **kwargs):
+            if "w" in mode:
+                with open(data / "audit.log", "a") as log:  # inside: proxied, reported at close
+                    log.write(f"{self.name}\n")
+                with open(tmp_path / "outside" / "audit.log", "a") as log:  # outside: untouched
+                    log.write(f"{self.name}\n")
+            return super().open(mode, *args, **kwargs)
+
+    Logged(data / "in.json").write_text("1")
+    Logged(tmp_path / "outside" / "out.json").write_text("2")
+    assert [(e.path, e.data) for e in recorder.events] == [
+        ("audit.log", b"in.json\n"),
+        ("in.json", b"1"),
+        ("audit.log", b"in.json\nout.json\n"),
+    ]
+
+
 def test_path_open_is_left_to_io_open_and_still_reported(real):
     recorder, data = real
     assert not getattr(pathlib.Path.open, _intercept.MARK, False)
@@ -244,7 +267,9 @@ def test_many_threads_lose_nothing_and_keep_their_order(tmp_path, server):
     for t in range(4):
         mine = [e.data.decode() for e in events if e.path == f"t{t}.json"]
         assert mine == [f"{t}-{j}" for j in range(150)]
-    assert [e.seq for e in events] == sorted(e.seq for e in events)
+        seqs = [e.seq for e in events if e.path == f"t{t}.json"]
+        assert seqs == sorted(seqs)
+    assert len({e.seq for e in events}) == 600
 
 
 def test_flush_waits_for_the_batch_in_flight_and_uninstall_drains(tmp_path, server):
