@@ -42,13 +42,16 @@ class FileState:
     kind: str
     deleted: bool = False
     doc_id: str | None = None
+    fmt: dict | None = None
+    # generic files: the stored content's hash (FilePlan.content_hash); parity compares it.
+    content_sha: str | None = None
 
 
 @dataclass
 class MirrorState:
     hubs: dict[str, dict[str, HubState]] = field(default_factory=dict)
     episodes: dict[str, tuple[str | None, int | None]] = field(default_factory=dict)
-    snapshots: set[str] = field(default_factory=set)
+    snapshots: dict[str, str | None] = field(default_factory=dict)  # snapshot_id -> content hash
     files: dict[str, FileState] = field(default_factory=dict)
 
 
@@ -64,6 +67,7 @@ class Op:
     pos: int | None = None
     rel: str = ""
     blob: bytes | None = None  # GridFS content for FILES ops
+    content_sha: str | None = None  # FILES ops: FilePlan.content_hash
 
     @property
     def entity(self) -> str:
@@ -127,7 +131,7 @@ def diff_plan(
         ops.append(
             Op(FILES, "insert" if prev_file is None else "update", plan.rel, plan.version, doc,
                before=prev_file.sha256 if prev_file else None, after=plan.sha256, rel=plan.rel,
-               blob=plan.raw if plan.encoding == "gridfs" else None)
+               blob=plan.raw if plan.encoding == "gridfs" else None, content_sha=plan.content_hash)
         )
     for op in ops:
         op.rel = plan.rel
@@ -174,7 +178,7 @@ def apply_to_state(state: MirrorState, op: Op) -> None:
             hub[key] = HubState(op.after, op.pos, op.version if op.action != "setpos" or prev is None
                                 else prev.version)
     elif op.coll == SNAPSHOTS:
-        state.snapshots.add(op.id)
+        state.snapshots[op.id] = op.after
     elif op.coll == EPISODES:
         if op.action == "delete":
             state.episodes.pop(op.id, None)
@@ -190,7 +194,8 @@ def apply_to_state(state: MirrorState, op: Op) -> None:
         else:
             doc = op.doc or {}
             state.files[op.id] = FileState(op.after, op.version, doc.get("kind", "other"),
-                                           False, doc.get("doc_id") or doc.get("hub_type"))
+                                           False, doc.get("doc_id") or doc.get("hub_type"),
+                                           doc.get("format"), op.content_sha)
 
 
 def deletion_ops(rel: str, state: MirrorState, propagate: bool, version: int) -> list[Op]:

@@ -23,7 +23,7 @@ from typing import Any
 import bson
 
 from .classify import Kind, classify, hub_type_of, run_id_from_name
-from .parse import MAX_DOC_BYTES, BadInput, canonical, detect_format, loads, validate
+from .parse import MAX_DOC_BYTES, BadInput, canonical, detect_format, loads, validate, value_hash
 from .source import FileRead
 
 HUBS = "memory_hubs"
@@ -61,6 +61,14 @@ class FilePlan:
     content: Any = None
     raw: bytes | None = None
 
+    @property
+    def content_hash(self) -> str:
+        """What parity compares for a generic file: the bytes' sha256 when they are
+        stored verbatim, else the hash of the (possibly redacted) JSON content."""
+        if self.encoding == "json" and self.raw is None:
+            return value_hash(self.content)
+        return self.sha256
+
 
 def redact(value: Any, keys: frozenset[str]) -> Any:
     if not keys:
@@ -96,40 +104,48 @@ def _hash_checked(value: Any) -> str:
     return hashlib.sha256(canon).hexdigest()
 
 
-def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset()) -> FilePlan:
-    """Parse and validate one file. Raises BadInput when nothing may be mirrored."""
+def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset(),
+               known_fmt: dict[str, Any] | None = None) -> FilePlan:
+    """Parse and validate one file. Raises BadInput when nothing may be mirrored.
+
+    ``known_fmt``: the format recorded when these very bytes were mirrored
+    (same sha256), which spares re-detecting it on every reconcile."""
     kind = classify(read.rel)
     plan = FilePlan(read.rel, kind, read.sha256, read.size, read.mtime_ns)
+    detect = (lambda value, data: known_fmt) if known_fmt is not None else detect_format
+    # The very same bytes passed validation when they were mirrored.
+    check = (lambda value: None) if known_fmt is not None else validate
     if kind is Kind.HUB:
         value = _object(loads(read.data), "a hub file")
         plan.hub_type = hub_type_of(read.rel)
         for key, raw_val in value.items():
             val = redact(raw_val, redact_keys)
             try:
-                validate(val)
+                check(val)
                 entry_hash = _hash_checked(val)
             except BadInput as exc:
                 plan.entry_errors[key] = exc
                 continue
             plan.entries.append(HubEntry(key, val, entry_hash))
-        plan.fmt = detect_format(value, read.data)
+        plan.fmt = detect(value, read.data)
     elif kind in (Kind.SNAPSHOT, Kind.EPISODE):
         value = _object(loads(read.data), f"{kind.value} file")
         obj = redact(value, redact_keys)
-        validate(obj)
+        check(obj)
         plan.doc_hash = _hash_checked(obj)
         plan.obj = obj
-        plan.fmt = detect_format(value, read.data)
+        plan.fmt = detect(value, read.data)
         if kind is Kind.SNAPSHOT:
             plan.doc_id = plan.doc_hash
         else:
             plan.doc_id = str(obj.get("run_id") or run_id_from_name(read.rel))
     else:
-        _plan_generic(plan, read, redact_keys)
+        _plan_generic(plan, read, redact_keys, detect)
     return plan
 
 
-def _plan_generic(plan: FilePlan, read: FileRead, redact_keys: frozenset[str]) -> None:
+def _plan_generic(plan: FilePlan, read: FileRead, redact_keys: frozenset[str], detect=None) -> None:
+    detect = detect or detect_format
     if read.size > INLINE_MAX_BYTES:
         if read.rel.endswith(".json"):
             loads(read.data)  # a half-written big JSON file must not replace a good one
@@ -149,7 +165,7 @@ def _plan_generic(plan: FilePlan, read: FileRead, redact_keys: frozenset[str]) -
         plan.raw = read.data
         return
     plan.encoding = "json"
-    plan.fmt = detect_format(value, read.data)
+    plan.fmt = detect(value, read.data)
     plan.content = redact(value, redact_keys)
     if plan.content != value:
         plan.raw = None  # redacted: the verbatim bytes would carry the secret

@@ -12,11 +12,8 @@ import hashlib
 from typing import Any
 
 from .classify import Kind, episode_path, hub_path
-from .diff import FILES
-from .model import EPISODES, HUBS, SNAPSHOTS, file_fields
-from .parse import render, value_hash
+from .diff import MirrorState
 from .reconcile import SourceView
-from .source import sha256_hex
 from .store import Store
 
 SAMPLE = 20  # keys listed per category; counts are always complete
@@ -48,38 +45,6 @@ def _compare(source: dict[str, str], mongo: dict[str, str], retained: set[str] =
     }
 
 
-def mongo_hubs(store: Store) -> dict[str, str]:
-    out = {}
-    for doc in store.find(HUBS, {}, {"hub_type": 1, "item_key": 1, "payload": 1}):
-        out[f"{doc.get('hub_type')}/{doc.get('item_key')}"] = value_hash(doc.get("payload"))
-    return out
-
-
-def mongo_episodes(store: Store) -> dict[str, str]:
-    return {str(doc.get("run_id")): value_hash(file_fields(doc)) for doc in store.find(EPISODES)}
-
-
-def mongo_generic(store: Store) -> dict[str, str]:
-    """sha256 of what a restore would write, per generic file."""
-    out = {}
-    for doc in store.find(FILES, {"kind": {"$in": GENERIC_KINDS}, "deleted_at": None}):
-        enc = doc.get("encoding")
-        if doc.get("raw") is not None:
-            out[doc["_id"]] = sha256_hex(bytes(doc["raw"]))
-        elif enc == "json":
-            out[doc["_id"]] = sha256_hex(render(doc.get("content"), doc.get("format")))
-        elif enc == "gridfs":
-            out[doc["_id"]] = store.blob_sha256(doc.get("blob_id")) or "missing-blob"
-        else:
-            out[doc["_id"]] = "unreadable"
-    return out
-
-
-def deleted_files(store: Store) -> list[dict]:
-    rows = store.find(FILES, {"deleted_at": {"$ne": None}}, {"kind": 1, "doc_id": 1, "hub_type": 1})
-    return list(rows)
-
-
 def _split_pending(result: dict, pending: set[str] | None, path_of) -> None:
     """Keep "not mirrored yet" (its file is queued) apart from a real mismatch."""
     keys = result.pop("_keys")
@@ -90,13 +55,17 @@ def _split_pending(result: dict, pending: set[str] | None, path_of) -> None:
     result["mismatch"] = len(keys) - waiting
 
 
-def compute(store: Store, view: SourceView, pending: set[str] | None = None) -> dict[str, Any]:
-    retained = deleted_files(store)
-    retained_hubs = {d.get("hub_type") for d in retained if d.get("kind") == "hub"}
-    retained_runs = {str(d.get("doc_id")) for d in retained if d.get("kind") == "episode"}
+def compute(store: Store, view: SourceView, pending: set[str] | None = None,
+            state: MirrorState | None = None) -> dict[str, Any]:
+    """Compare the files (``view``) with MongoDB (``state``, read now unless given:
+    ``sync`` passes the state it just loaded and updated with acknowledged writes)."""
+    state = state if state is not None else store.load_state()
+    deleted = [(rel, fs) for rel, fs in state.files.items() if fs.deleted]
+    retained_hubs = {fs.doc_id for _, fs in deleted if fs.kind == Kind.HUB.value}
+    retained_runs = {str(fs.doc_id) for _, fs in deleted if fs.kind == Kind.EPISODE.value}
 
     src_hubs = {f"{t}/{k}": h for t, entries in view.hubs.items() for k, h in entries.items()}
-    mongo_hub = mongo_hubs(store)
+    mongo_hub = {f"{t}/{k}": hs.hash for t, entries in state.hubs.items() for k, hs in entries.items()}
     # Entries of hub files we could not read are unknown on the source side:
     # they are neither missing nor extra, and the kind cannot match.
     skip_types = set(view.bad_hubs)
@@ -107,25 +76,23 @@ def compute(store: Store, view: SourceView, pending: set[str] | None = None) -> 
                 bad_entries=bad_entries)
     hubs["match"] = hubs["match"] and not view.bad_hubs and not bad_entries
 
-    mongo_eps = mongo_episodes(store)
+    mongo_eps = {run_id: h for run_id, (h, _) in state.episodes.items()}
     episodes = _compare(view.episodes, mongo_eps, retained_runs)
     episodes.update(files=len(view.episodes) + len(view.bad_episodes), bad_files=len(view.bad_episodes))
     episodes["match"] = episodes["match"] and not view.bad_episodes
 
     snap_src = {view.snapshot[0]: view.snapshot[1]} if view.snapshot else {}
-    snap_mongo: dict[str, str] = {}
-    if view.snapshot:
-        doc = store.find_one(SNAPSHOTS, {"_id": view.snapshot[0]})
-        if doc:
-            snap_mongo[view.snapshot[0]] = value_hash(file_fields(doc))
+    snap_mongo = {}
+    if view.snapshot and view.snapshot[0] in state.snapshots:
+        snap_mongo[view.snapshot[0]] = state.snapshots[view.snapshot[0]]
     snapshot = _compare(snap_src, snap_mongo)
     snapshot.update(files=int(bool(view.snapshot) or view.snapshot_bad), bad_files=int(view.snapshot_bad),
-                    history=store.count(SNAPSHOTS))
+                    history=len(state.snapshots))
     snapshot["match"] = snapshot["match"] and not view.snapshot_bad
 
-    gen_mongo = mongo_generic(store)
-    generic_retained = {d["_id"] for d in retained}
-    files = _compare(view.files, gen_mongo, generic_retained | view.bad_files)
+    gen_mongo = {rel: fs.content_sha or "unreadable" for rel, fs in state.files.items()
+                 if fs.kind in GENERIC_KINDS and not fs.deleted}
+    files = _compare(view.files, gen_mongo, {rel for rel, _ in deleted} | view.bad_files)
     files.update(files=len(view.files) + len(view.bad_files), bad_files=len(view.bad_files))
     files["match"] = files["match"] and not view.bad_files
 

@@ -60,7 +60,7 @@ class SourceView:
         elif plan.kind is Kind.SNAPSHOT:
             self.snapshot = (plan.doc_id, plan.doc_hash)
         else:
-            self.files[plan.rel] = plan.sha256
+            self.files[plan.rel] = plan.content_hash
 
     def add_bad(self, rel: str) -> None:
         kind = classify(rel)
@@ -103,7 +103,9 @@ class Reconciler:
         if view is not None:
             view.present.add(rel)
         try:
-            plan = build_plan(read, self.redact)
+            prior = state.files.get(rel)
+            known = prior.fmt if prior and not prior.deleted and prior.sha256 == read.sha256 else None
+            plan = build_plan(read, self.redact, known)
             ops = diff_plan(plan, state, source, now)
         except BadInput as exc:
             problems.append(self._problem(rel, exc.reason, f"{rel}: {exc.message}"))

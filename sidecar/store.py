@@ -25,7 +25,9 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from .config import Config
 from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state
-from .model import EPISODES, EVENTS, HUBS, SNAPSHOTS, utcnow
+from .model import EPISODES, EVENTS, HUBS, SNAPSHOTS, file_fields, utcnow
+from .parse import value_hash
+from .source import sha256_hex
 
 log = logging.getLogger("sidecar.store")
 
@@ -56,6 +58,17 @@ class ApplyResult:
 
 def _guard(op: Op) -> dict:
     return {"_id": op.id, "_sidecar.version": {"$not": {"$gt": op.version}}}
+
+
+def _content_sha(doc: dict) -> str | None:
+    """A generic file's content hash as stored (see FilePlan.content_hash)."""
+    if doc.get("raw") is not None:
+        return sha256_hex(bytes(doc["raw"]))
+    if doc.get("encoding") == "json":
+        return value_hash(doc.get("content"))
+    if doc.get("encoding") == "gridfs":
+        return doc.get("sha256")  # the blob is stored with its sha256 and size
+    return None
 
 
 def _body(doc: dict) -> dict:
@@ -174,23 +187,32 @@ class Store:
 
     # --- reading ------------------------------------------------------------------
     def load_state(self) -> MirrorState:
-        """What MongoDB holds, as hashes: the baseline every diff starts from."""
+        """What MongoDB holds, as hashes: the baseline every diff starts from.
+
+        Hashes are computed from the stored values themselves (payloads, file
+        fields, content), not taken from ``_sidecar`` bookkeeping, so a document
+        changed behind the sidecar's back is seen as different (and repaired by
+        the next sync). Whole documents are read: on the servers we measured, a
+        projection costs more than it saves.
+        """
         state = MirrorState()
         try:
-            for doc in self.coll[HUBS].find({}, {"hub_type": 1, "item_key": 1, "_sidecar": 1}):
+            for doc in self.coll[HUBS].find({}):
                 meta = doc.get("_sidecar") or {}
                 hub = state.hubs.setdefault(str(doc.get("hub_type")), {})
-                hub[str(doc.get("item_key"))] = HubState(meta.get("hash"), meta.get("pos"), meta.get("version"))
-            for doc in self.coll[EPISODES].find({}, {"run_id": 1, "_sidecar": 1}):
+                hub[str(doc.get("item_key"))] = HubState(
+                    value_hash(doc.get("payload")), meta.get("pos"), meta.get("version"))
+            for doc in self.coll[EPISODES].find({}):
                 meta = doc.get("_sidecar") or {}
-                state.episodes[str(doc.get("run_id"))] = (meta.get("hash"), meta.get("version"))
-            for doc in self.coll[SNAPSHOTS].find({}, {"_id": 1}):
-                state.snapshots.add(str(doc["_id"]))
-            for doc in self.coll[FILES].find({}, {"content": 0, "raw": 0}):
+                state.episodes[str(doc.get("run_id"))] = (value_hash(file_fields(doc)), meta.get("version"))
+            for doc in self.coll[SNAPSHOTS].find({}):
+                state.snapshots[str(doc["_id"])] = value_hash(file_fields(doc))
+            for doc in self.coll[FILES].find({}):
                 meta = doc.get("_sidecar") or {}
                 state.files[str(doc["_id"])] = FileState(
                     doc.get("sha256"), meta.get("version"), doc.get("kind", "other"),
-                    doc.get("deleted_at") is not None, doc.get("doc_id") or doc.get("hub_type"))
+                    doc.get("deleted_at") is not None, doc.get("doc_id") or doc.get("hub_type"),
+                    doc.get("format"), _content_sha(doc))
         except PyMongoError as exc:
             raise self._unavailable(exc) from None
         return state

@@ -86,7 +86,7 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
         store.record_events(events)
     for p in view.problems:
         log.warning("bad input: %s (%s)", p.message, p.reason)
-    report = build_report(config, store, view, result, dry_run, ops)
+    report = build_report(config, store, view, result, dry_run, ops, state)
     report["duration_s"] = round(time.monotonic() - started, 3)
     path = report_path or root / REPORT_REL
     _write_report(path, report)
@@ -95,14 +95,16 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
 
 
 def build_report(config: Config, store: Store, view: SourceView, result: ApplyResult | None,
-                 dry_run: bool, ops: list[Op]) -> dict[str, Any]:
+                 dry_run: bool, ops: list[Op], state) -> dict[str, Any]:
     report: dict[str, Any] = {
         "generated_at": utcnow().isoformat(),
         "dry_run": dry_run,
         "data_dir": str(config.data_dir),
         "db_name": config.mongodb_db_name,
     }
-    report.update(parity.compute(store, view))
+    # The state was read from MongoDB at the start and updated with every
+    # acknowledged write (w=majority by default): no second full read needed.
+    report.update(parity.compute(store, view, state=state))
     report["writes"] = writes_summary(result)
     if dry_run:
         report["planned_writes"] = dict(Counter(f"{op.coll}.{op.action}" for op in ops))
@@ -127,7 +129,7 @@ def run_parity(config: Config, store: Store) -> tuple[dict[str, Any], int]:
     store.ping()
     state = store.load_state()
     ops, view = Reconciler(config).scan(state, "parity")
-    report = build_report(config, store, view, None, True, ops)
+    report = build_report(config, store, view, None, True, ops, state)
     report.pop("planned_writes", None)
     report["pending_writes"] = len(ops)
     return report, (0 if report["parity"]["all_match"] else 1)
