@@ -1,8 +1,8 @@
 """The ``memory_events`` audit trail, built from acknowledged ops.
 
 Before/after are content hashes unless ``SIDECAR_EVENTS_PAYLOAD=full``. A bulk
-first load of a file is one ``backfill`` event (with a count) rather than one
-event per entry: the entries themselves are the record, and doubling every
+first load is one ``backfill`` event per top-level folder (with a count) rather
+than one event per entry or file: the entries themselves are the record, and doubling every
 write of a backfill would buy nothing.
 """
 
@@ -36,8 +36,10 @@ def build_events(
         if op.coll == FILES and op.action in ("insert", "update") and op.doc and op.doc.get("kind") in (
             "hub", "snapshot", "episode"):
             continue  # the entity documents carry their own events
-        if summarize_inserts and op.action == "insert" and op.coll in (HUBS, EPISODES):
-            backfill[op.rel] = backfill.get(op.rel, 0) + 1
+        if summarize_inserts and op.action == "insert" and op.coll != SNAPSHOTS:
+            # One event per top-level folder for a first load: episodes/, runs/ ...
+            folder = op.rel.split("/", 1)[0] + "/" if "/" in op.rel else "."
+            backfill[folder] = backfill.get(folder, 0) + 1
             continue
         name = _NAMES.get(op.coll, op.coll)
         event_type = {"mark_deleted": "file_deleted_recorded", "delete": f"{name}_deleted"}.get(
@@ -54,11 +56,11 @@ def build_events(
             "created_at": now,
             "source": source,
         })
-    for rel, count in backfill.items():
+    for folder, count in backfill.items():
         events.append({
             "event_type": "backfill",
-            "entity_key": f"{FILES}:{rel}",
-            "path": rel,
+            "entity_key": f"{FILES}:{folder}",
+            "path": folder,
             "before": None,
             "after": None,
             "count": count,

@@ -182,3 +182,13 @@ def test_cli_sync_exit_codes(legacy_dir, mongo_url, db_name, capsys):
     assert main(args + ["parity"]) == 0
     (legacy_dir / "structured_hubs" / "soft_identity.json").write_text('{"a": ')
     assert main(args + ["parity"]) == 1
+
+
+def test_first_backfill_is_summarised_per_folder_in_memory_events(data_dir, config, store, db):
+    generate(data_dir, learners=40, episodes=6, runs=5, jobs=2)
+    run_sync(config, store)
+    backfill = {e["path"]: e["count"] for e in db.memory_events.find({"event_type": "backfill"})}
+    assert backfill == {"structured_hubs/": 120, "episodes/": 6, "runs/": 5, ".": 1}
+    # Nothing else was recorded for a clean first load but the snapshot.
+    others = [e["event_type"] for e in db.memory_events.find({"event_type": {"$ne": "backfill"}})]
+    assert others == ["snapshot_inserted"]
