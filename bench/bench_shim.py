@@ -158,7 +158,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             rng = random.Random(1)
             interval = spec["interval_s"]
             jitter = spec.get("jitter", 0.0)
+            tcpu_ns = time.thread_time_ns
             lat = []
+            cpu = []  # CPU of this thread per call: no preemption, no GIL waits in it
             late = 0
             due = perf() + 0.05
             m0 = None
@@ -169,11 +171,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 if delay > 0:
                     time.sleep(delay)
                 data = pool[i % POOL]
+                c0 = tcpu_ns()
                 t0 = perf_ns()
                 write_text(data, encoding="utf-8")
                 t1 = perf_ns()
+                c1 = tcpu_ns()
                 if i >= warm:
                     lat.append(t1 - t0)
+                    cpu.append(c1 - c0)
                 # Jitter keeps the writer's phase from locking onto the shim's
                 # own 2 ms timers (linger, poll): requests do not arrive on a grid.
                 due += interval * (1.0 + jitter * (2.0 * rng.random() - 1.0))
@@ -183,6 +188,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                     due = now + interval
             cpu_report(m0, n)
             out["lat_ns"] = lat
+            out["cpu_ns"] = cpu
             out["late"] = late
         else:
             for i in range(warm):
@@ -325,9 +331,9 @@ def clean_env() -> dict[str, str]:
 class Secantus:
     """SecantusDB on loopback, started the way tests/conftest.py does it."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.storage = workdir / "secantus-data"
-        self.log_path = workdir / "secantus.log"
+    def __init__(self, workdir: Path, name: str = "secantus") -> None:
+        self.storage = workdir / f"{name}-data"
+        self.log_path = workdir / f"{name}.log"
         self.port = free_port()
         self.url = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
         self.proc: subprocess.Popen | None = None
@@ -495,6 +501,8 @@ def overhead_phase(name: str, variants: list[tuple[str, str, Path]], ops: list[s
                                            "other_threads_cpu_us_per_call": res.get("other_threads_cpu_us_per_call")}
                 if "lat_ns" in res:
                     summary["lat_us"] = lat_summary_us(res["lat_ns"])
+                if "cpu_ns" in res:
+                    summary["cpu_us"] = lat_summary_us(res["cpu_ns"])
                 runs[op][label].append(summary)
                 print(f"  [{name}] round {r + 1}/{rounds} {op:<16} {label:<26} "
                       + (f"p50 {summary['lat_us']['p50']:7.1f} µs  p90 {summary['lat_us']['p90']:7.1f} µs  "
@@ -511,6 +519,10 @@ def overhead_phase(name: str, variants: list[tuple[str, str, Path]], ops: list[s
                 for q in ("p50", "p90", "p99"):
                     row[f"{q}_us"] = med([x["lat_us"][q] for x in rs])
                     row[f"{q}_ratio"] = med([x["lat_us"][q] / b["lat_us"][q] for x, b in zip(rs, runs[op][base])])
+            if rs[0].get("cpu_us"):
+                row["cpu_p50_us"] = med([x["cpu_us"]["p50"] for x in rs])
+                row["cpu_p50_ratio"] = med([x["cpu_us"]["p50"] / b["cpu_us"]["p50"]
+                                            for x, b in zip(rs, runs[op][base])])
             if rs[0].get("ops_per_s"):
                 row["ops_per_s"] = med([x["ops_per_s"] for x in rs])
                 # throughput ratio expressed as a cost: time per call vs the baseline
@@ -665,45 +677,61 @@ def fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
 
 
 def print_report(result: dict[str, Any]) -> None:
+    if result["overhead"]:
+        print_overhead(result)
+    if result["latency"]:
+        print_latency(result)
+    print(f"data dir on {result['data_fs']}; load average at start {result['machine']['loadavg_at_start']}")
+    print(f"machine: {result['machine']['cpus']} CPUs, {result['machine']['python']}; "
+          f"written to {result['out']}")
+
+
+def print_overhead(result: dict[str, Any]) -> None:
     a = result["args"]
     print()
     print(f"== 1. async overhead: Path.write_text of a {result['payload_bytes']} B hub JSON into the data dir "
           f"(median of {a['rounds']} rounds)")
     print(f"   paced: one call every {a['interval_ms']} ms ± {a['jitter'] * 100:.0f} %, {a['paced_n']} calls; "
           f"tight: {a['tight_n']} calls back to back")
-    print(f"   {'variant':<26} {'paced p50':>10} {'p90':>9} {'x p50':>6} {'x p90':>6} {'sender':>7} "
-          f"{'sidecar':>8} | {'tight/s':>7} {'x tight':>7} | {'x p50 @' + fmt(a['slow_interval_ms'], 'g') + 'ms':>10} "
-          f"{'sidecar':>8} | shim sent/dropped")
+    def pct_(v: Any) -> str:
+        return "-" if v is None else f"{v:.0f} %"
+
+    print(f"   {'variant':<26} {'p50':>9} {'p90':>9} {'x p50':>6} {'x p90':>6} {'CPU p50':>9} {'x CPU':>6} "
+          f"{'sender':>9} {'sidecar':>8}")
     for phase in ("no_daemon", "daemon_up"):
         ph = result["overhead"][phase]["table"]
-        for label in ph["write_paced"]:
+        for label, p in ph["write_paced"].items():
+            sender = p.get("other_threads_cpu_us_per_call") if p.get("shim_stats_total") else None
+            print(f"   {label:<26} {fmt(p['p50_us'])+' µs':>9} {fmt(p['p90_us'])+' µs':>9} "
+                  f"{fmt(p['p50_ratio'], '.2f')+'x':>6} {fmt(p['p90_ratio'], '.2f')+'x':>6} "
+                  f"{fmt(p.get('cpu_p50_us'))+' µs':>9} {fmt(p.get('cpu_p50_ratio'), '.2f')+'x':>6} "
+                  f"{fmt(sender) + ' µs' if sender is not None else '-':>9} {pct_(p.get('sidecar_cpu_pct')):>8}")
+    up = result["overhead"]["daemon_up"]["table"]["write_paced"]["async, sidecar up"]
+    sink = result["overhead"]["no_daemon"]["table"]["write_paced"]["async, discard-only sink"]
+    print(f"   target paced p50 ≤ 1.3x: into a discard-only sink {sink['p50_ratio']:.2f}x "
+          f"({'PASS' if sink['p50_ratio'] <= 1.3 else 'MISS'}); with the daemon up {up['p50_ratio']:.2f}x "
+          f"({'PASS' if up['p50_ratio'] <= 1.3 else 'MISS'})")
+    print("   x = variant / no shim, same phase and round. CPU = this thread's CPU time per call (no preemption,")
+    print("   no GIL wait in it). sender = CPU of the shim's sender thread per call (shares the GIL; runs in the")
+    print("   gaps). sidecar = daemon + SecantusDB CPU while the calls ran, % of one core (2 cores in all).")
+    print()
+    print(f"   {'variant':<26} {'tight/s':>8} {'x tight':>8} | {'x p50 @' + fmt(a['slow_interval_ms'], 'g') + ' ms':>12} "
+          f"{'sidecar':>8} | shim frames sent/dropped (all rounds)")
+    for phase in ("no_daemon", "daemon_up"):
+        ph = result["overhead"][phase]["table"]
+        for label, t in ph["write_tight"].items():
             p = ph["write_paced"][label]
-            t = ph["write_tight"][label]
             slow = ph.get("write_paced_slow", {}).get(label)
-            st = p.get("shim_stats_total")
-            st_t = t.get("shim_stats_total")
+            st, st_t = p.get("shim_stats_total"), t.get("shim_stats_total")
             drops = ""
             if st:
                 d = st["dropped_queue_full"] + st["dropped_unavailable"]
                 d_t = st_t["dropped_queue_full"] + st_t["dropped_unavailable"]
                 drops = f"paced {st['sent']}/{d}, tight {st_t['sent']}/{d_t}"
-            sender = p.get("other_threads_cpu_us_per_call") if st else None
-            print(f"   {label:<26} {fmt(p['p50_us'])+' µs':>10} {fmt(p['p90_us'])+' µs':>9} "
-                  f"{fmt(p['p50_ratio'], '.2f')+'x':>6} {fmt(p['p90_ratio'], '.2f')+'x':>6} "
-                  f"{fmt(sender) + ' µs' if sender is not None else '-':>7} "
-                  f"{fmt(p.get('sidecar_cpu_pct'), '.0f') + ' %' if p.get('sidecar_cpu_pct') is not None else '-':>8} | "
-                  f"{fmt(t['ops_per_s'], '.0f'):>7} {fmt(t['tight_ratio'], '.2f')+'x':>7} | "
-                  f"{fmt(slow['p50_ratio'], '.2f') + 'x' if slow else '-':>10} "
-                  f"{fmt(slow.get('sidecar_cpu_pct'), '.0f') + ' %' if slow and slow.get('sidecar_cpu_pct') is not None else '-':>8} | "
-                  f"{drops}")
-    up = result["overhead"]["daemon_up"]["table"]["write_paced"]["async, sidecar up"]
-    sink = result["overhead"]["no_daemon"]["table"]["write_paced"]["async, discard-only sink"]
-    print(f"   target paced p50 ≤ 1.3x: shim into a discard-only sink {sink['p50_ratio']:.2f}x "
-          f"({'PASS' if sink['p50_ratio'] <= 1.3 else 'MISS'}); with the daemon up {up['p50_ratio']:.2f}x "
-          f"({'PASS' if up['p50_ratio'] <= 1.3 else 'MISS'}), p90 {up['p90_ratio']:.2f}x")
-    print("   x = variant / no shim of the same phase and round (tight: time per call). sender = CPU of the")
-    print("   shim's sender thread per call (shares the GIL); sidecar = daemon + SecantusDB CPU, % of one core,")
-    print("   while the calls ran (2 cores in all). The tight loop counts the sender thread's CPU on the API's GIL.")
+            print(f"   {label:<26} {fmt(t['ops_per_s'], '.0f'):>8} {fmt(t['tight_ratio'], '.2f')+'x':>8} | "
+                  f"{fmt(slow['p50_ratio'], '.2f') + 'x' if slow else '-':>12} "
+                  f"{pct_(slow.get('sidecar_cpu_pct')) if slow else '-':>8} | {drops}")
+    print("   tight: back-to-back calls, the sender thread's CPU competes for the API's GIL (x = time per call).")
     print()
     print("== 2. reads in the data dir and writes outside it (daemon up, async shim)")
     print(f"   {'operation':<42} {'no shim p50':>11} {'shim p50':>9} {'x p50':>6} {'x p90':>6} {'x tight':>8}")
@@ -715,6 +743,9 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"   {what:<42} {fmt(b['p50_us'])+' µs':>11} {fmt(s['p50_us'])+' µs':>9} "
               f"{fmt(s['p50_ratio'], '.2f')+'x':>6} {fmt(s['p90_ratio'], '.2f')+'x':>6} "
               f"{fmt(s['tight_ratio'], '.2f')+'x':>8}")
+
+
+def print_latency(result: dict[str, Any]) -> None:
     print()
     print("== 3. async shim path: close → visible in MongoDB (change stream), 10 kB hub rewrite")
     print(f"   {'daemon':<34} {'writes':>6} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}  landed by shim/watcher"
@@ -740,9 +771,6 @@ def print_report(result: dict[str, Any]) -> None:
               f"{fmt(s['p90'], '.2f')+' ms':>8} {fmt(s['p99'], '.2f')+' ms':>8} {fmt(s['max'], '.2f')+' ms':>8}  "
               f"{st.get('sync_ok')}/{st.get('sync_failed')}")
     print()
-    print(f"data dir on {result['data_fs']}; load average at start {result['machine']['loadavg_at_start']}")
-    print(f"machine: {result['machine']['cpus']} CPUs, {result['machine']['python']}; "
-          f"written to {result['out']}")
 
 
 # --- main -------------------------------------------------------------------------------------------------
@@ -750,16 +778,16 @@ def print_report(result: dict[str, Any]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--interval-ms", type=float, default=2.0, help="pacing of the overhead writes")
     ap.add_argument("--jitter", type=float, default=0.5,
                     help="pacing jitter: each gap is interval × U(1-j, 1+j) (0: a strict grid)")
-    ap.add_argument("--paced-n", type=int, default=1000)
+    ap.add_argument("--paced-n", type=int, default=500)
     ap.add_argument("--tight-n", type=int, default=2000)
     ap.add_argument("--read-n", type=int, default=20000)
     ap.add_argument("--slow-interval-ms", type=float, default=20.0,
                     help="a second, slower pacing (sidecar up only): the daemon idles between writes")
-    ap.add_argument("--slow-n", type=int, default=300)
+    ap.add_argument("--slow-n", type=int, default=150)
     ap.add_argument("--latency-n", type=int, default=500)
     ap.add_argument("--latency-interval-ms", type=float, default=20.0)
     ap.add_argument("--sync-n", type=int, default=500)
@@ -768,6 +796,8 @@ def main() -> None:
     ap.add_argument("--data-root", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
                     help="where the data dir is created (default /dev/shm, a tmpfs: the shim's CPU cost is "
                          "not hidden behind disk time; pass a disk path to measure on the real file system)")
+    ap.add_argument("--only", choices=("all", "overhead", "latency"), default="all",
+                    help="overhead: measurements 1-2; latency: measurements 3-4")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) for inspection")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--sink", help=argparse.SUPPRESS)
@@ -780,7 +810,7 @@ def main() -> None:
         return
     if args.quick:
         args.rounds, args.paced_n, args.tight_n, args.read_n = 2, 400, 800, 5000
-        args.latency_n, args.sync_n, args.slow_n = 200, 200, 150
+        args.latency_n, args.sync_n, args.slow_n = 200, 200, 100
 
     sys.path.insert(0, str(ROOT / "bench"))
     workdir = Path(tempfile.mkdtemp(prefix="bench_shim_"))
@@ -816,10 +846,29 @@ def main() -> None:
         "data_fs": fs_type(data_root),
         "overhead": {}, "latency": [], "sync": [],
     }
-    sink = server = daemon = None
     started = time.monotonic()
     try:
         print(f"work dir {workdir}; payload {result['payload_bytes']} bytes", flush=True)
+        if args.only != "latency":
+            run_overhead(args, result, specs, workdir, data_dir, sock, sink_sock, dead_sock, db_name)
+        if args.only != "overhead":
+            run_latency(args, result, workdir, data_dir, sock, db_name)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(data_root, ignore_errors=True)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = OUT / "bench_shim.json"
+    result["out"] = str(out.relative_to(ROOT))
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print_report(result)
+
+
+def run_overhead(args, result, specs, workdir, data_dir, sock, sink_sock, dead_sock, db_name) -> None:
+    """Measurements 1 and 2."""
+    sink = server = daemon = None
+    try:
         # Phase 1: no daemon. The baseline, the sidecar down, and a discard-only sink.
         sink = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--sink", str(sink_sock)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -847,37 +896,38 @@ def main() -> None:
             ["write_paced", "write_paced_slow", "write_tight", "read", "outside_write"], args.rounds, specs, data_dir,
             [daemon.proc.pid, server.proc.pid])
 
-        print("latency, product daemon ...", flush=True)
-        result["latency"].append(latency_run("product (shim + watcher)", daemon, server, db_name, data_dir, sock,
-                                             args.latency_n, args.latency_interval_ms, 7))
-        print("sync, product daemon ...", flush=True)
-        result["sync"].append(sync_run("product (shim + watcher)", daemon, server, data_dir, sock,
-                                       args.sync_n, args.sync_interval_ms))
-        daemon.stop()
-
-        daemon = Daemon(workdir, data_dir, sock, server.url, db_name, watcher=False)
-        daemon.start()
-        print("latency, shim-only daemon ...", flush=True)
-        result["latency"].append(latency_run("shim alone (watcher not started)", daemon, server, db_name, data_dir,
-                                             sock, args.latency_n, args.latency_interval_ms, 7))
-        print("sync, shim-only daemon ...", flush=True)
-        result["sync"].append(sync_run("shim alone (watcher not started)", daemon, server, data_dir, sock,
-                                       args.sync_n, args.sync_interval_ms))
     finally:
         stop_process(sink)
         if daemon is not None:
             daemon.stop()
         if server is not None:
             server.stop()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-            shutil.rmtree(data_root, ignore_errors=True)
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / "bench_shim.json"
-    result["out"] = str(out.relative_to(ROOT))
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print_report(result)
+
+
+def run_latency(args, result, workdir, data_dir, sock, db_name) -> None:
+    """Measurements 3 and 4, each on a fresh server and database: the thousands of versions the
+    overhead runs write make SecantusDB (a Python server) slower, and that is not the shim's path."""
+    server = daemon = None
+    try:
+        for label, watcher in (("product (shim + watcher)", True), ("shim alone (watcher not started)", False)):
+            server = Secantus(workdir, f"secantus-{'product' if watcher else 'shim-only'}")
+            server.start()
+            db = f"{db_name}_{'p' if watcher else 's'}"
+            daemon = Daemon(workdir, data_dir, sock, server.url, db, watcher=watcher)
+            daemon.start()
+            print(f"latency, {label} ...", flush=True)
+            result["latency"].append(latency_run(label, daemon, server, db, data_dir, sock,
+                                                 args.latency_n, args.latency_interval_ms, 7))
+            print(f"sync, {label} ...", flush=True)
+            result["sync"].append(sync_run(label, daemon, server, data_dir, sock, args.sync_n, args.sync_interval_ms))
+            daemon.stop()
+            server.stop()
+            daemon = server = None
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":
