@@ -58,7 +58,7 @@ class MirrorState:
 @dataclass(slots=True)
 class Op:
     coll: str  # HUBS | SNAPSHOTS | EPISODES | FILES
-    action: str  # insert | update | delete | setpos | mark_deleted
+    action: str  # insert | update | delete | setpos | mark_deleted | track (state only)
     id: str
     version: int
     doc: dict | None = None
@@ -126,7 +126,16 @@ def diff_plan(
                    before=prev[0] if prev else None, after=plan.doc_hash)
             )
     prev_file = state.files.get(plan.rel)
-    if prev_file is None or prev_file.deleted or prev_file.sha256 != plan.sha256:
+    changed = prev_file is None or prev_file.deleted or prev_file.sha256 != plan.sha256
+    if changed and plan.kind.structured and prev_file is not None and not prev_file.deleted and (
+            prev_file.fmt == plan.fmt and prev_file.doc_id == (plan.doc_id or plan.hub_type)):
+        # A structured file's manifest only says where its documents are and how
+        # to format them; its content lives in the entity documents. Rewriting it
+        # on every edit would double the writes of the continuous mirror, so only
+        # the in-memory state learns the new sha256 ("track" sends nothing).
+        ops.append(Op(FILES, "track", plan.rel, plan.version, None, before=prev_file.sha256,
+                      after=plan.sha256, rel=plan.rel))
+    elif changed:
         doc = manifest_doc(plan, source, now)
         ops.append(
             Op(FILES, "insert" if prev_file is None else "update", plan.rel, plan.version, doc,
@@ -191,6 +200,10 @@ def apply_to_state(state: MirrorState, op: Op) -> None:
             prev = state.files.get(op.id)
             if prev:
                 prev.deleted = True
+        elif op.action == "track":
+            prev = state.files.get(op.id)
+            if prev:
+                prev.sha256, prev.version = op.after, op.version
         else:
             doc = op.doc or {}
             state.files[op.id] = FileState(op.after, op.version, doc.get("kind", "other"),

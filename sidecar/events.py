@@ -31,8 +31,8 @@ def build_events(
     events: list[dict] = []
     backfill: dict[str, int] = {}
     for op in applied:
-        if op.action == "setpos":
-            continue  # order bookkeeping, not a content change
+        if op.action in ("setpos", "track"):
+            continue  # bookkeeping, not a content change
         if op.coll == FILES and op.action in ("insert", "update") and op.doc and op.doc.get("kind") in (
             "hub", "snapshot", "episode"):
             continue  # the entity documents carry their own events

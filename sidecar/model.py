@@ -264,6 +264,10 @@ def _meta(plan: FilePlan, source: str, orig: dict[str, Any]) -> dict:
 
 
 def manifest_doc(plan: FilePlan, source: str, now: datetime, blob_id: Any = None) -> dict:
+    """One per file. For hubs, snapshots and episodes it records where the
+    documents are and how the file is formatted; it is rewritten when that
+    changes, not on every content edit, so its ``sha256``/``size`` are those of
+    the version it was written for."""
     doc: dict[str, Any] = {
         "_id": plan.rel,
         "path": plan.rel,
@@ -278,7 +282,6 @@ def manifest_doc(plan: FilePlan, source: str, now: datetime, blob_id: Any = None
     }
     if plan.kind is Kind.HUB:
         doc["hub_type"] = plan.hub_type
-        doc["entries"] = len(plan.entries)
     elif plan.kind.structured:
         doc["doc_id"] = plan.doc_id
     elif plan.encoding == "json":

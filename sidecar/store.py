@@ -301,8 +301,10 @@ class Store:
         try:
             self._upload_blobs([op for op in ops if op.coll == FILES])
             by_coll: dict[str, list[Op]] = {}
+            tracked = [op for op in ops if op.action == "track"]
             for op in ops:
-                by_coll.setdefault(op.coll, []).append(op)
+                if op.action != "track":
+                    by_coll.setdefault(op.coll, []).append(op)
             # Entity documents first, manifests last: a manifest claims the
             # file's content is mirrored, so it must not land before the content.
             for logical in (HUBS, EPISODES, SNAPSHOTS, FILES):
@@ -311,6 +313,7 @@ class Store:
                 for start in range(0, len(batch), size):
                     self._bulk(logical, batch[start:start + size], now, result)
             self._drop_old_blobs(result.applied)
+            result.applied.extend(tracked)  # nothing to send; the state still learns
         except (PyMongoError, gridfs.errors.GridFSError) as exc:
             if isinstance(exc, BulkWriteError):  # pragma: no cover - handled in _bulk
                 raise

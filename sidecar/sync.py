@@ -48,7 +48,7 @@ def writes_summary(result: ApplyResult | None) -> dict[str, int]:
         "positions_updated": count[(HUBS, "setpos")],
         "stale_refused": len(result.stale) if result else 0,
         "failed": len(result.failed) if result else 0,
-        "total": len(applied),
+        "total": sum(1 for op in applied if op.action != "track"),
     }
 
 

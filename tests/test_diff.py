@@ -105,7 +105,7 @@ def test_fresh_hub_inserts_every_entry_and_the_manifest():
     assert a.doc["_sidecar"]["version"] == 5 and a.doc["_sidecar"]["path"] == HUB
     assert all(op.rel == HUB for op in ops)
     man = ops[-1]
-    assert man.id == HUB and man.doc["sha256"] == plan.sha256 and man.doc["entries"] == 2
+    assert man.id == HUB and man.doc["sha256"] == plan.sha256 and man.doc["hub_type"] == "soft_identity"
 
 
 def test_unchanged_hub_yields_no_ops():
@@ -114,10 +114,12 @@ def test_unchanged_hub_yields_no_ops():
     assert diff_plan(plan_of(HUB, payload, version=2), state, "sync", NOW) == []
 
 
-def test_one_changed_entry_is_one_update_plus_manifest():
+def test_one_changed_entry_is_one_update_and_a_state_only_manifest_track():
     state = mirror(MirrorState(), diff_plan(plan_of(HUB, {"a": 1, "b": 2, "c": 3}), MirrorState(), "s", NOW))
     ops = diff_plan(plan_of(HUB, {"a": 1, "b": 20, "c": 3}, version=2), state, "s", NOW)
-    assert summarize(ops) == {f"{HUBS}.update": 1, f"{FILES}.update": 1}
+    # The manifest document is not rewritten (same format, same hub): only the state learns the sha.
+    assert summarize(ops) == {f"{HUBS}.update": 1, f"{FILES}.track": 1}
+    assert ops[-1].doc is None and ops[-1].after != ops[-1].before
     upd = ops[0]
     assert upd.id == "soft_identity/b" and upd.before == value_hash(2) and upd.after == value_hash(20)
     assert upd.pos == 1 and upd.doc["payload"] == 20
@@ -126,7 +128,7 @@ def test_one_changed_entry_is_one_update_plus_manifest():
 def test_removed_key_is_a_delete_and_append_is_an_insert_without_setpos():
     state = mirror(MirrorState(), diff_plan(plan_of(HUB, {"a": 1, "b": 2, "c": 3}), MirrorState(), "s", NOW))
     ops = diff_plan(plan_of(HUB, {"a": 1, "c": 3, "d": 4}, version=2), state, "s", NOW)
-    assert summarize(ops) == {f"{HUBS}.insert": 1, f"{HUBS}.delete": 1, f"{FILES}.update": 1}
+    assert summarize(ops) == {f"{HUBS}.insert": 1, f"{HUBS}.delete": 1, f"{FILES}.track": 1}
     ins = next(op for op in ops if op.action == "insert")
     assert ins.id == "soft_identity/d" and ins.pos == 3
     dele = next(op for op in ops if op.action == "delete")
@@ -151,7 +153,7 @@ def test_empty_hub_over_held_entries_is_refused_unless_allowed():
         diff_plan(plan_of(HUB, {}, version=2), state, "s", NOW)
     assert info.value.held == 2 and info.value.rel == HUB
     ops = diff_plan(plan_of(HUB, {}, version=2), state, "s", NOW, allow_empty_hub=True)
-    assert summarize(ops) == {f"{HUBS}.delete": 2, f"{FILES}.update": 1}
+    assert summarize(ops) == {f"{HUBS}.delete": 2, f"{FILES}.track": 1}
 
 
 def test_empty_hub_on_an_empty_mirror_is_fine():
@@ -303,6 +305,9 @@ def execute(store: Store, ops) -> list[str]:
     """Run ops one by one as Store would request them; return 'ok'/'dup' per op."""
     outcome = []
     for op in ops:
+        if op.action == "track":  # state-only: Store.apply sends nothing for it
+            outcome.append("ok")
+            continue
         req = store._request(op, NOW)
         coll = store.coll[op.coll]
         try:
@@ -330,7 +335,7 @@ def test_request_translation_writes_the_documents(mock_store):
     hubs = mock_store.db[HUBS]
     assert hubs.count_documents({}) == 3
     ops = diff_plan(plan_of(HUB, {"c": 30, "a": 1}, 2), state, "s", NOW)
-    assert {op.action for op in ops} == {"update", "setpos", "delete"}
+    assert {op.action for op in ops} == {"update", "setpos", "delete", "track"}
     assert set(execute(mock_store, ops)) == {"ok"}
     mirror(state, ops)
     assert hubs.find_one({"_id": "soft_identity/b"}) is None
@@ -339,7 +344,9 @@ def test_request_translation_writes_the_documents(mock_store):
     assert c["hub_type"] == "soft_identity" and c["item_key"] == "c"
     assert hubs.find_one({"_id": "soft_identity/a"})["_sidecar"]["pos"] == 1  # setpos
     man = mock_store.db[mock_store.files_name].find_one({"_id": HUB})
-    assert man["sha256"] == ops[-1].after and man["entries"] == 2
+    # A content edit leaves the manifest document alone ("track": state only).
+    assert ops[-1].action == "track" and man["sha256"] == ops[-1].before
+    assert state.files[HUB].sha256 == ops[-1].after
     # load_state reads back exactly the mirror state the ops produced
     assert mock_store.load_state().hubs == state.hubs
 

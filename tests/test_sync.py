@@ -80,7 +80,7 @@ def test_one_changed_entry_writes_one_document(data_dir, config, store, db):
     assert code == 0
     w = report["writes"]
     assert w["hubs_upserted"] == 1
-    assert w["total"] == 2  # the entry, and the file's manifest (new sha256)
+    assert w["total"] == 1  # the entry only: the manifest is not rewritten for a content edit
     assert db.memory_hubs.find_one({"_id": f"soft_identity/{learner}"})["payload"]["confidence_band"] == "changed"
     ev = db.memory_events.find_one({"entity_key": f"memory_hubs:soft_identity/{learner}"})
     assert ev["event_type"] == "hub_updated" and ev["before"] != ev["after"]
