@@ -798,6 +798,7 @@ def main() -> None:
                          "not hidden behind disk time; pass a disk path to measure on the real file system)")
     ap.add_argument("--only", choices=("all", "overhead", "latency"), default="all",
                     help="overhead: measurements 1-2; latency: measurements 3-4")
+    ap.add_argument("--out", type=Path, default=OUT / "bench_shim.json", help="where the JSON goes")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) for inspection")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--sink", help=argparse.SUPPRESS)
@@ -858,9 +859,9 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
             shutil.rmtree(data_root, ignore_errors=True)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / "bench_shim.json"
-    result["out"] = str(out.relative_to(ROOT))
+    out = args.out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result["out"] = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)
     out.write_text(json.dumps(result, indent=2, default=str))
     print_report(result)
 
