@@ -43,10 +43,12 @@ _COALESCE = 64 * 1024
 # the three hub files of one learner signal) without the sender taking the
 # GIL from it in the middle; the burst then goes out in one send.
 LINGER_S = 0.002
-# After a burst the sender polls the queue every POLL_S for KEEP_WARM_S
-# before it goes to sleep and must be woken by the API thread.
+# In steady traffic (bursts less than KEEP_WARM_S apart) the sender polls the
+# queue every POLL_S for up to KEEP_WARM_S after a burst instead of sleeping
+# until the API thread wakes it: the API never pays the wake-up. Sparser
+# traffic is not polled for (each poll costs more CPU than a wake-up).
 POLL_S = 0.002
-KEEP_WARM_S = 0.05
+KEEP_WARM_S = 0.006
 # Bounds of one async burst.
 _BATCH_EVENTS = 256
 _BATCH_BYTES = 4 * 1024 * 1024
@@ -184,6 +186,7 @@ class SocketTransport:
         self._wake.acquire()
         self._idle = False
         self._busy = False  # the sender holds a batch taken off the deque
+        self._last_batch = float("-inf")  # monotonic time the sender last went idle
         self._done = threading.Condition(threading.Lock())  # flush() waits on it
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -259,10 +262,11 @@ class SocketTransport:
         q = self._q
         if q:
             return False
-        # Keep polling for a while after a burst: in steady traffic (a write
-        # every few ms) the API thread then never pays for waking us.
-        if KEEP_WARM_S > 0:
-            deadline = time.monotonic() + KEEP_WARM_S
+        now = time.monotonic()
+        steady = now - self._last_batch < KEEP_WARM_S
+        self._last_batch = now
+        if steady:
+            deadline = now + KEEP_WARM_S
             while True:
                 time.sleep(POLL_S)
                 if q:

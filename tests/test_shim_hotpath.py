@@ -243,6 +243,26 @@ def test_events_after_an_idle_spell_wake_the_sender(tmp_path, server, monkeypatc
     assert [e.path for e in handler.events] == ["f0.json", "f1.json", "f2.json"]
 
 
+def test_steady_traffic_is_picked_up_by_polling(tmp_path, server, monkeypatch):
+    # Writes a few ms apart: the sender polls instead of waiting to be woken,
+    # and the API thread wakes it (almost) never. Everything still arrives.
+    path, handler = server
+    monkeypatch.setattr(_transport, "KEEP_WARM_S", 0.05)
+    data = tmp_path / "data"
+    data.mkdir()
+    assert shim.install(mode="async", data_dir=str(data), socket_path=path)
+    transport = shim._shim.transport
+    releases = []
+    real_signal = transport._signal
+    monkeypatch.setattr(transport, "_signal", lambda: (releases.append(1), real_signal()))
+    for i in range(40):
+        (data / "steady.json").write_text(str(i))
+        time.sleep(0.003)
+    events = handler.wait_for(40)
+    assert [e.data for e in events] == [str(i).encode() for i in range(40)]
+    assert len(releases) < 10  # the first event, and a few after a slow send
+
+
 def test_many_threads_lose_nothing_and_keep_their_order(tmp_path, server):
     path, handler = server
     data = tmp_path / "data"
