@@ -54,6 +54,8 @@ _BATCH_EVENTS = 256
 _BATCH_BYTES = 4 * 1024 * 1024
 
 _LEN = struct.Struct(">I")
+# What json.dumps does to a str (ASCII-only escaping), without its per-call setup.
+_json_str = json.encoder.encode_basestring_ascii
 _STOP = object()
 
 
@@ -74,7 +76,7 @@ def encode_header(event: "Event", ack: bool) -> bytes:
         % (
             PROTOCOL_VERSION,
             event.op,
-            json.dumps(event.path),
+            _json_str(event.path),
             0 if event.data is None else len(event.data),
             "null" if sha is None else '"' + sha + '"',
             "null" if mtime is None else "%d" % mtime,

@@ -243,6 +243,18 @@ def test_events_after_an_idle_spell_wake_the_sender(tmp_path, server, monkeypatc
     assert [e.path for e in handler.events] == ["f0.json", "f1.json", "f2.json"]
 
 
+def test_names_needing_json_escapes_arrive_intact(tmp_path, server):
+    path, handler = server
+    data = tmp_path / "data"
+    (data / "dïr").mkdir(parents=True)
+    assert shim.install(mode="async", data_dir=str(data), socket_path=path)
+    names = ['dïr/é "quoted" \\ back.json', "dïr/tab\tand\u2028.json", "日本.json"]
+    for name in names:
+        (data / name).write_text(name)
+    events = handler.wait_for(len(names))
+    assert [(e.path, e.data) for e in events] == [(n, n.encode()) for n in names]
+
+
 def test_steady_traffic_is_picked_up_by_polling(tmp_path, server, monkeypatch):
     # Writes a few ms apart: the sender polls instead of waiting to be woken,
     # and the API thread wakes it (almost) never. Everything still arrives.
