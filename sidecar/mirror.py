@@ -158,7 +158,8 @@ class Mirror:
         fresh = self.store.load_state()
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
-        ops, view = self.rec.scan(self.state, "reconcile")
+        ops, view = self.rec.scan(self.state, "reconcile",
+                                  flush=lambda chunk: self._write(chunk, [], [], "reconcile", {}))
         problem_paths = {p.path for p in view.problems}
         # A file caught mid-write gets the same re-check as on the event path.
         transient = {p.path: time.monotonic() for p in view.problems if p.reason in TRANSIENT}

@@ -128,8 +128,13 @@ class Reconciler:
 
     def scan(
         self, state: MirrorState, source: str, progress: Callable[[str], None] | None = None,
+        flush: Callable[[list[Op]], None] | None = None, chunk: int = 1000,
     ) -> tuple[list[Op], SourceView]:
-        """Diff the whole data dir against ``state``."""
+        """Diff the whole data dir against ``state``.
+
+        With ``flush``, ops are handed over every ``chunk`` files instead of all
+        at the end, so a reconcile of a large dir never holds every document of
+        it in memory at once (the daemon's start-up on 50k files)."""
         view = SourceView()
         ops: list[Op] = []
         now = utcnow()
@@ -147,6 +152,9 @@ class Reconciler:
             view.problems.extend(problems)
             if progress:
                 progress(item)
+            if flush is not None and len(ops) >= chunk:
+                flush(ops)
+                ops = []
         gone = [
             rel for rel, fs in state.files.items()
             if not fs.deleted and rel not in view.present

@@ -26,7 +26,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from .config import Config
 from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state
 from .model import EPISODES, EVENTS, HUBS, SNAPSHOTS, file_fields, utcnow
-from .parse import value_hash
+from .parse import intern_format, value_hash
 from .source import sha256_hex
 
 log = logging.getLogger("sidecar.store")
@@ -212,7 +212,7 @@ class Store:
                 state.files[str(doc["_id"])] = FileState(
                     doc.get("sha256"), meta.get("version"), doc.get("kind", "other"),
                     doc.get("deleted_at") is not None, doc.get("doc_id") or doc.get("hub_type"),
-                    doc.get("format"), _content_sha(doc))
+                    intern_format(doc.get("format")), _content_sha(doc))
         except PyMongoError as exc:
             raise self._unavailable(exc) from None
         return state
