@@ -60,7 +60,7 @@ class Daemon:
     def parity_report(self) -> dict[str, Any]:
         from . import parity
 
-        _, view = Reconciler(self.config).scan(MirrorState(), "parity")
+        _, view = Reconciler(self.config).scan(MirrorState(), "parity", view_only=True)
         report = parity.compute(self.store, view, pending=self.pending.paths())
         report["pending"] = {"paths": len(self.pending), "lag_seconds": round(self.pending.oldest_age(), 3)}
         report["bad_input"] = [p.as_dict() for p in view.problems[:200]]

@@ -85,7 +85,7 @@ class Reconciler:
 
     def process_file(
         self, rel: str, state: MirrorState, source: str, view: SourceView | None = None,
-        now: datetime | None = None, read=None,
+        now: datetime | None = None, read=None, view_only: bool = False,
     ) -> tuple[list[Op], list[Problem]]:
         """Ops that bring MongoDB in line with one file, and the problems seen."""
         now = now or utcnow()
@@ -106,7 +106,7 @@ class Reconciler:
             prior = state.files.get(rel)
             known = prior.fmt if prior and not prior.deleted and prior.sha256 == read.sha256 else None
             plan = build_plan(read, self.redact, known)
-            ops = diff_plan(plan, state, source, now)
+            ops = [] if view_only else diff_plan(plan, state, source, now)
         except BadInput as exc:
             problems.append(self._problem(rel, exc.reason, f"{rel}: {exc.message}"))
             if view is not None:
@@ -128,10 +128,11 @@ class Reconciler:
 
     def scan(
         self, state: MirrorState, source: str, progress: Callable[[str], None] | None = None,
-        flush: Callable[[list[Op]], None] | None = None, chunk: int = 1000,
+        flush: Callable[[list[Op]], None] | None = None, chunk: int = 1000, view_only: bool = False,
     ) -> tuple[list[Op], SourceView]:
         """Diff the whole data dir against ``state``.
 
+        ``view_only``: only the source side (for a parity check), no documents built.
         With ``flush``, ops are handed over every ``chunk`` files instead of all
         at the end, so a reconcile of a large dir never holds every document of
         it in memory at once (the daemon's start-up on 50k files)."""
@@ -147,7 +148,7 @@ class Reconciler:
                 view.add_bad(item.rel)
                 skipped_dirs.append(item.rel + "/")
                 continue
-            file_ops, problems = self.process_file(item, state, source, view, now)
+            file_ops, problems = self.process_file(item, state, source, view, now, view_only=view_only)
             ops.extend(file_ops)
             view.problems.extend(problems)
             if progress:
@@ -161,6 +162,8 @@ class Reconciler:
             and not rel.startswith(tuple(skipped_dirs))
             and not is_ignored(rel, self.config.ignore_globs)
         ]
+        if view_only:
+            return [], view
         if gone and not view.present:
             # Nothing at all on disk while MongoDB holds files: a fresh volume, not
             # a mass deletion. Record nothing as deleted; restore fills the dir.

@@ -32,6 +32,9 @@ from .source import sha256_hex
 log = logging.getLogger("sidecar.store")
 
 DUPLICATE_KEY = 11000
+# Documents per cursor batch when loading the state: a server's default batch
+# (up to 16 MB of BSON) decodes into several times that in Python objects at once.
+LOAD_BATCH = 500
 
 
 class MongoUnavailable(Exception):
@@ -197,17 +200,17 @@ class Store:
         """
         state = MirrorState()
         try:
-            for doc in self.coll[HUBS].find({}):
+            for doc in self.coll[HUBS].find({}).batch_size(LOAD_BATCH):
                 meta = doc.get("_sidecar") or {}
                 hub = state.hubs.setdefault(str(doc.get("hub_type")), {})
                 hub[str(doc.get("item_key"))] = HubState(
                     value_hash(doc.get("payload")), meta.get("pos"), meta.get("version"))
-            for doc in self.coll[EPISODES].find({}):
+            for doc in self.coll[EPISODES].find({}).batch_size(LOAD_BATCH):
                 meta = doc.get("_sidecar") or {}
                 state.episodes[str(doc.get("run_id"))] = (value_hash(file_fields(doc)), meta.get("version"))
-            for doc in self.coll[SNAPSHOTS].find({}):
+            for doc in self.coll[SNAPSHOTS].find({}).batch_size(LOAD_BATCH):
                 state.snapshots[str(doc["_id"])] = value_hash(file_fields(doc))
-            for doc in self.coll[FILES].find({}):
+            for doc in self.coll[FILES].find({}).batch_size(LOAD_BATCH):
                 meta = doc.get("_sidecar") or {}
                 state.files[str(doc["_id"])] = FileState(
                     doc.get("sha256"), meta.get("version"), doc.get("kind", "other"),
