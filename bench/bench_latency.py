@@ -67,6 +67,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import pymongo  # noqa: E402
 
+from common import launch_secantus  # noqa: E402  (bench/ is on sys.path: the script's dir)
+
 import corpus  # noqa: E402
 
 EPISODES = "episodic_memory"
@@ -199,26 +201,7 @@ class Secantus:
         return self.proc.pid if self.proc else None
 
     def start(self, timeout: float = 60.0) -> None:
-        exe = Path(sys.executable).with_name("secantusd-py")
-        cmd = [str(exe) if exe.exists() else "secantusd-py", "--host", "127.0.0.1", "--port", str(self.port),
-               "--storage-path", str(self.storage), "--log-level", "WARNING"]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=500)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"secantusd-py exited with {self.proc.returncode}; see {self.log_path}")
-                try:
-                    client.admin.command("ping")
-                    return
-                except pymongo.errors.PyMongoError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"secantusd-py did not answer within {timeout}s") from None
-                    time.sleep(0.1)
-        finally:
-            client.close()
+        self.proc = launch_secantus(self.port, self.storage, self.log_path, timeout)
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -57,6 +57,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from common import launch_secantus  # bench/ is on sys.path: the script's dir
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -339,28 +340,7 @@ class Secantus:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        import pymongo
-
-        exe = Path(sys.executable).with_name("secantusd-py")
-        cmd = [str(exe) if exe.exists() else "secantusd-py", "--host", "127.0.0.1", "--port", str(self.port),
-               "--storage-path", str(self.storage), "--log-level", "WARNING"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=500)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"secantusd-py exited with {self.proc.returncode}; see {self.log_path}")
-                try:
-                    client.admin.command("ping")
-                    return
-                except pymongo.errors.PyMongoError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"secantusd-py did not answer within {timeout}s") from None
-                    time.sleep(0.1)
-        finally:
-            client.close()
+        self.proc = launch_secantus(self.port, self.storage, self.log_path, timeout)
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -59,24 +59,9 @@ class TestServer:
     def start(self, timeout: float = 60.0) -> None:
         if self.external:
             return
-        exe = Path(sys.executable).with_name("secantusd-py")
-        cmd = [str(exe) if exe.exists() else "secantusd-py", "--host", "127.0.0.1", "--port", str(self.port),
-               "--storage-path", str(self.storage), "--enable-test-commands", "--log-level", "WARNING"]
-        self.log = open(self.storage.parent / "secantus.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=500)
-        try:
-            def up():
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"secantusd-py exited with {self.proc.returncode}")
-                try:
-                    client.admin.command("ping")
-                    return True
-                except pymongo.errors.PyMongoError:
-                    return False
-            wait_for(up, timeout, 0.1, "the test server to accept connections")
-        finally:
-            client.close()
+        from common import launch_secantus  # bench/common.py, shared with the benchmarks
+
+        self.proc = launch_secantus(self.port, self.storage, self.storage.parent / "secantus.log", timeout)
 
     def stop(self, kill: bool = False) -> None:
         if self.external or self.proc is None:
@@ -91,7 +76,6 @@ class TestServer:
             self.proc.kill()
             self.proc.wait(timeout=30)
         self.proc = None
-        self.log.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,40 @@
+"""What every benchmark (and the test fixture) needs: a SecantusDB process on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pymongo
+
+
+def launch_secantus(port: int, storage: Path, log_path: Path, timeout: float = 60.0) -> subprocess.Popen:
+    """Start ``secantusd-py`` on 127.0.0.1:port and return once it answers a ping.
+
+    The server's output goes to ``log_path`` (the child keeps its own handle).
+    If it exits or does not answer within ``timeout``, it is stopped and this raises."""
+    exe = Path(sys.executable).with_name("secantusd-py")
+    cmd = [str(exe) if exe.exists() else "secantusd-py", "--host", "127.0.0.1", "--port", str(port),
+           "--storage-path", str(storage), "--enable-test-commands", "--log-level", "WARNING"]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=500)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"secantusd-py exited with {proc.returncode}; see {log_path}")
+            try:
+                client.admin.command("ping")
+                return proc
+            except pymongo.errors.PyMongoError:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait(timeout=30)
+                    raise RuntimeError(f"secantusd-py did not answer within {timeout}s") from None
+                time.sleep(0.1)
+    finally:
+        client.close()
