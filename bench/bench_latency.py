@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import pymongo  # noqa: E402
 
-from common import launch_secantus  # noqa: E402  (bench/ is on sys.path: the script's dir)
+from common import launch_secantus, pct, stop_process  # noqa: E402  (bench/ is on sys.path: the script's dir)
 
 import corpus  # noqa: E402
 
@@ -171,18 +171,6 @@ def proc_status(pid: int) -> dict[str, int]:
             if parts and parts[0].isdigit():
                 out[key] = int(parts[0])
     return out
-
-
-def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
-    """SIGTERM, wait, then SIGKILL: only the process we started, by its pid."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout)
 
 
 class Secantus:
@@ -521,16 +509,6 @@ def observer_main(url: str, db_name: str, mode: str, ready, stop, result_path: s
 
 
 # --- analysis ----------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def summary(values_ms: list[float]) -> dict[str, Any]:

@@ -57,7 +57,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from common import launch_secantus  # bench/ is on sys.path: the script's dir
+from common import launch_secantus, pct, stop_process  # bench/ is on sys.path: the script's dir
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -312,18 +312,6 @@ def fs_type(path: Path) -> str:
     return f"{kind} ({best})"
 
 
-def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
-    """SIGTERM, wait, then SIGKILL: only the process we started, by its pid."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout)
-
-
 def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("SIDECAR_", "MONGODB_", "MEMORY_", "RUNTIME_DATA_DIR"))}
@@ -430,16 +418,6 @@ def run_worker(spec: dict[str, Any], shim_mode: str, data_dir: Path, socket_path
 
 
 # --- statistics ---------------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def lat_summary_us(lat_ns: list[int]) -> dict[str, float]:

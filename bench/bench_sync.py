@@ -64,7 +64,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import pymongo  # noqa: E402
 
-from common import launch_secantus  # noqa: E402  (bench/ is on sys.path: the script's dir)
+from common import launch_secantus, stop_process  # noqa: E402  (bench/ is on sys.path: the script's dir)
 
 import corpus  # noqa: E402
 from sidecar import sync as sync_mod  # noqa: E402
@@ -114,14 +114,7 @@ class Server:
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        stop_process(self.proc)
         self.proc = None
 
 

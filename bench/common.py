@@ -38,3 +38,29 @@ def launch_secantus(port: int, storage: Path, log_path: Path, timeout: float = 6
                 time.sleep(0.1)
     finally:
         client.close()
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0, kill: bool = False) -> None:
+    """SIGTERM (or SIGKILL), wait, then SIGKILL: only the process we started, by its pid."""
+    if proc is None or proc.poll() is not None:
+        return
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..1); None for no values."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)

@@ -66,15 +66,9 @@ class TestServer:
     def stop(self, kill: bool = False) -> None:
         if self.external or self.proc is None:
             return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        from common import stop_process  # bench/common.py, shared with the benchmarks
+
+        stop_process(self.proc, kill=kill)
         self.proc = None
 
 
