@@ -82,11 +82,8 @@ def _print(obj: Any) -> None:
 
 
 def _setup_logging(config: Config) -> None:
-    try:
-        from .logs import setup_logging
-    except ImportError:  # pragma: no cover - logs module is optional early on
-        logging.basicConfig(level=config.sidecar_log_level.upper(), stream=sys.stderr)
-        return
+    from .logs import setup_logging
+
     setup_logging(config.sidecar_log_format, config.sidecar_log_level)
 
 

@@ -52,7 +52,7 @@ def writes_summary(result: ApplyResult | None) -> dict[str, int]:
     }
 
 
-def _progress(total: int, desc: str) -> tqdm:
+def _progress(total: int | None, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="file", disable=not sys.stderr.isatty(), leave=False)
 
 
@@ -72,7 +72,7 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
         store.ensure_indexes()
     state = store.load_state()
     rec = Reconciler(config)
-    bar = _progress(0, "scanning")
+    bar = _progress(None, "scanning")  # the file count is only known once walked
     ops, view = rec.scan(state, "sync", progress=lambda rel: bar.update(1))
     bar.close()
     result: ApplyResult | None = None
