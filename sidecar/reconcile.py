@@ -15,7 +15,7 @@ from datetime import datetime
 from .classify import Kind, classify, hub_type_of, is_ignored
 from .config import Config
 from .diff import EmptyHubRefused, MirrorState, Op, deletion_ops, diff_plan
-from .model import FilePlan, build_plan, utcnow
+from .model import FilePlan, HubMemo, build_plan, utcnow
 from .parse import BadInput
 from .source import SourceError, Skipped, read_file, walk
 
@@ -79,6 +79,7 @@ class Reconciler:
         self.config = config
         self.root = config.data_dir
         self.redact = frozenset(k.lower() for k in config.sidecar_redact_keys)
+        self.memo = HubMemo()
 
     def _problem(self, rel: str, reason: str, message: str) -> Problem:
         return Problem(rel, reason, message, classify(rel).value)
@@ -105,7 +106,7 @@ class Reconciler:
         try:
             prior = state.files.get(rel)
             known = prior.fmt if prior and not prior.deleted and prior.sha256 == read.sha256 else None
-            plan = build_plan(read, self.redact, known)
+            plan = build_plan(read, self.redact, known, self.memo)
             ops = [] if view_only else diff_plan(plan, state, source, now)
         except BadInput as exc:
             problems.append(self._problem(rel, exc.reason, f"{rel}: {exc.message}"))
@@ -124,6 +125,7 @@ class Reconciler:
         return ops, problems
 
     def deleted(self, rel: str, state: MirrorState) -> list[Op]:
+        self.memo.forget(rel)
         return deletion_ops(rel, state, self.config.sidecar_propagate_file_deletes, time.time_ns())
 
     def scan(
