@@ -299,6 +299,9 @@ def deep(obj, seen):
         size += sum(deep(x, seen) for x in obj)
     elif is_dataclass(obj) and not isinstance(obj, type):
         size += sum(deep(getattr(obj, f.name), seen) for f in fields(obj))
+    elif hasattr(type(obj), "__slots__") and not isinstance(obj, type):
+        # slots classes (HubState, FileState): their stored attributes, not the properties
+        size += sum(deep(getattr(obj, n), seen) for n in type(obj).__slots__ if hasattr(obj, n))
     return size
 
 daemon = Daemon(Config())

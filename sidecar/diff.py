@@ -28,30 +28,122 @@ from .model import (
 FILES = "files"  # logical name; the real collection name is a setting
 
 
-@dataclass(slots=True)
+def pack_hash(value: Any) -> Any:
+    """A lowercase hex sha256 (how hashes travel: plans, ops, documents) → its
+    32-byte digest, which is how the mirror state keeps it (a 64-character str
+    costs 113 bytes, the digest 65; at 50k files that is several MB).
+
+    Anything else (None, bytes already, a value read from a document that is not
+    a lowercase hex digest) is kept as it is, so ``unpack_hash(pack_hash(v)) == v``
+    always holds and comparisons with hex values stay exact."""
+    if type(value) is str and len(value) == 64:
+        try:
+            digest = bytes.fromhex(value)
+        except ValueError:
+            return value
+        # fromhex also takes upper case and spaces: those would not round-trip.
+        return digest if len(digest) == 32 and digest.hex() == value else value
+    return value
+
+
+def unpack_hash(value: Any) -> Any:
+    """The inverse of ``pack_hash``: a digest → lowercase hex; anything else as it is."""
+    return value.hex() if type(value) is bytes else value
+
+
+# One str object per kind, whichever document or plan it came from (a decoded
+# BSON string is a new object per document: 50k copies of "episode").
+_KINDS = {k.value: k.value for k in Kind}
+
+
 class HubState:
-    hash: str | None
-    pos: int | None
-    version: int | None
+    """One hub entry as mirrored: content hash (kept as a digest), position, version."""
+
+    __slots__ = ("_hash", "pos", "version")
+
+    def __init__(self, hash: str | bytes | None, pos: int | None, version: int | None) -> None:
+        self._hash = pack_hash(hash)
+        self.pos = pos
+        self.version = version
+
+    @property
+    def hash(self) -> str | None:
+        return unpack_hash(self._hash)
+
+    @hash.setter
+    def hash(self, value: str | bytes | None) -> None:
+        self._hash = pack_hash(value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HubState):
+            return NotImplemented
+        return (self._hash, self.pos, self.version) == (other._hash, other.pos, other.version)
+
+    __hash__ = None  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"HubState(hash={self.hash!r}, pos={self.pos!r}, version={self.version!r})"
 
 
-@dataclass(slots=True)
 class FileState:
-    sha256: str | None
-    version: int | None
-    kind: str
-    deleted: bool = False
-    doc_id: str | None = None
-    fmt: dict | None = None
-    # generic files: the stored content's hash (FilePlan.content_hash); parity compares it.
-    content_sha: str | None = None
+    """One file as mirrored (its manifest). ``sha256`` and ``content_sha`` read and
+    write lowercase hex as before; inside they are 32-byte digests, and a generic
+    file's content hash, usually equal to its sha256, shares that object."""
+
+    __slots__ = ("_sha", "version", "kind", "deleted", "doc_id", "fmt", "_content")
+
+    def __init__(self, sha256: str | bytes | None, version: int | None, kind: str,
+                 deleted: bool = False, doc_id: str | None = None, fmt: dict | None = None,
+                 content_sha: str | bytes | None = None) -> None:
+        self._sha = pack_hash(sha256)
+        self.version = version
+        self.kind = _KINDS.get(kind, kind)
+        self.deleted = deleted
+        self.doc_id = doc_id
+        self.fmt = fmt
+        # generic files: the stored content's hash (FilePlan.content_hash); parity compares it.
+        self.content_sha = content_sha
+
+    @property
+    def sha256(self) -> str | None:
+        return unpack_hash(self._sha)
+
+    @sha256.setter
+    def sha256(self, value: str | bytes | None) -> None:
+        self._sha = pack_hash(value)
+
+    @property
+    def content_sha(self) -> str | None:
+        return unpack_hash(self._content)
+
+    @content_sha.setter
+    def content_sha(self, value: str | bytes | None) -> None:
+        packed = pack_hash(value)
+        self._content = self._sha if packed is not None and packed == self._sha else packed
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FileState):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return (f"FileState(sha256={self.sha256!r}, version={self.version!r}, kind={self.kind!r}, "
+                f"deleted={self.deleted!r}, doc_id={self.doc_id!r}, fmt={self.fmt!r}, "
+                f"content_sha={self.content_sha!r})")
 
 
 @dataclass
 class MirrorState:
+    """Hashes are kept packed (``pack_hash``): read them through ``HubState.hash``,
+    ``FileState.sha256``/``content_sha`` or ``unpack_hash``, never compare them raw
+    with hex strings."""
+
     hubs: dict[str, dict[str, HubState]] = field(default_factory=dict)
-    episodes: dict[str, tuple[str | None, int | None]] = field(default_factory=dict)
-    snapshots: dict[str, str | None] = field(default_factory=dict)  # snapshot_id -> content hash
+    # run_id -> (packed content hash, version)
+    episodes: dict[str, tuple[bytes | str | None, int | None]] = field(default_factory=dict)
+    snapshots: dict[str, bytes | str | None] = field(default_factory=dict)  # snapshot_id -> packed hash
     files: dict[str, FileState] = field(default_factory=dict)
 
 
@@ -118,12 +210,12 @@ def diff_plan(
             ops.append(Op(SNAPSHOTS, "insert", plan.doc_id, plan.version, doc, after=plan.doc_hash))
     elif plan.kind is Kind.EPISODE:
         prev = state.episodes.get(plan.doc_id)
-        if prev is None or prev[0] != plan.doc_hash:
+        before = unpack_hash(prev[0]) if prev is not None else None
+        if prev is None or before != plan.doc_hash:
             doc = episode_doc(plan, source, now)
             action = "insert" if prev is None else "update"
             ops.append(
-                Op(EPISODES, action, plan.doc_id, plan.version, doc,
-                   before=prev[0] if prev else None, after=plan.doc_hash)
+                Op(EPISODES, action, plan.doc_id, plan.version, doc, before=before, after=plan.doc_hash)
             )
     prev_file = state.files.get(plan.rel)
     changed = prev_file is None or prev_file.deleted or prev_file.sha256 != plan.sha256
@@ -187,12 +279,12 @@ def apply_to_state(state: MirrorState, op: Op) -> None:
             hub[key] = HubState(op.after, op.pos, op.version if op.action != "setpos" or prev is None
                                 else prev.version)
     elif op.coll == SNAPSHOTS:
-        state.snapshots[op.id] = op.after
+        state.snapshots[op.id] = pack_hash(op.after)
     elif op.coll == EPISODES:
         if op.action == "delete":
             state.episodes.pop(op.id, None)
         else:
-            state.episodes[op.id] = (op.after, op.version)
+            state.episodes[op.id] = (pack_hash(op.after), op.version)
     elif op.coll == FILES:
         if op.action == "delete":
             state.files.pop(op.id, None)
@@ -224,7 +316,7 @@ def deletion_ops(rel: str, state: MirrorState, propagate: bool, version: int) ->
             ops.append(Op(HUBS, "delete", hub_id(prev.doc_id, key), version, before=hs.hash, rel=rel))
     elif prev.kind == Kind.EPISODE.value and prev.doc_id in state.episodes:
         ops.append(Op(EPISODES, "delete", prev.doc_id, version,
-                      before=state.episodes[prev.doc_id][0], rel=rel))
+                      before=unpack_hash(state.episodes[prev.doc_id][0]), rel=rel))
     # Snapshot history is kept: each document is a point in time, not the file.
     ops.append(Op(FILES, "delete", rel, version, before=prev.sha256, rel=rel))
     return ops

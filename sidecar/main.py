@@ -15,6 +15,9 @@ on disk are the journal).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import logging
 import signal
 import threading
@@ -39,6 +42,32 @@ log = logging.getLogger("sidecar")
 SHUTDOWN_SECONDS = 10.0
 
 
+def _load_malloc_trim():
+    """glibc's ``malloc_trim``, or None where there is none (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory() -> bool:
+    """Hand freed memory back to the OS after a large transient peak (the start-up
+    reconcile, a /parity scan). glibc keeps freed heap pages mapped unless told;
+    measured on 50k files: several MiB of RSS. No-op (False) without glibc."""
+    gc.collect()
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True
+
+
 class Daemon:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
@@ -58,6 +87,13 @@ class Daemon:
 
     # --- the server's view ---------------------------------------------------------
     def parity_report(self) -> dict[str, Any]:
+        try:
+            return self._parity_report()
+        finally:
+            # The scan's source view (every file's hash) is gone by now.
+            release_memory()
+
+    def _parity_report(self) -> dict[str, Any]:
         from . import parity
 
         _, view = Reconciler(self.config).scan(MirrorState(), "parity", view_only=True)
@@ -99,6 +135,8 @@ class Daemon:
         self.watcher.start()
         if self._retry(self.mirror.reconcile, locked=True) is False:
             return
+        # The reconcile's reads, parses and source view are freed: give the pages back.
+        release_memory()
         self.mirror.start()
         self.status.phase = "running"
         self.status.set_ready(True)

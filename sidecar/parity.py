@@ -9,10 +9,12 @@ name keys and paths, never values.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .classify import Kind, episode_path, hub_path
-from .diff import MirrorState
+from .diff import FILES, MirrorState, unpack_hash
+from .model import EPISODES, HUBS, SNAPSHOTS
 from .reconcile import SourceView
 from .store import Store
 
@@ -21,28 +23,60 @@ GENERIC_KINDS = [Kind.RUN.value, Kind.JOBS.value, Kind.OTHER.value]
 
 
 def checksum(pairs: dict[str, str]) -> str:
+    return _checksum_sorted((key, pairs[key]) for key in sorted(pairs))
+
+
+def _checksum_sorted(items: Iterable[tuple[str, str]]) -> str:
     h = hashlib.sha256()
-    for key in sorted(pairs):
-        h.update(f"{key}\t{pairs[key]}\n".encode())
+    for key, value in items:
+        h.update(f"{key}\t{value}\n".encode())
     return h.hexdigest()
 
 
-def _compare(source: dict[str, str], mongo: dict[str, str], retained: set[str] = frozenset()) -> dict:
-    missing = sorted(k for k in source if k not in mongo)
-    extra = sorted(k for k in mongo if k not in source and k not in retained)
-    different = sorted(k for k in source if k in mongo and mongo[k] != source[k])
-    return {
-        "entries": len(source),
-        "documents": len(mongo),
-        "missing": {"count": len(missing), "keys": missing[:SAMPLE]},
-        "extra": {"count": len(extra), "keys": extra[:SAMPLE]},
-        "different": {"count": len(different), "keys": different[:SAMPLE]},
-        "retained_deleted": len([k for k in mongo if k in retained and k not in source]),
-        "checksum_source": checksum(source),
-        "checksum_mongo": checksum({k: v for k, v in mongo.items() if k in source}),
-        "match": not (missing or extra or different),
-        "_keys": set(missing) | set(extra) | set(different),
-    }
+class _Tally:
+    """One kind's comparison, fed one MongoDB row at a time.
+
+    Only what differs from the source side is kept (keys not seen yet, different
+    values, keys outside the source), never a second key → hash map of what
+    MongoDB holds: a ``/parity`` on 50k files used to hold a whole second mirror
+    state for the length of the request. A key seen twice counts once, the last
+    value wins (as the dicts it replaces did)."""
+
+    def __init__(self, source: dict[str, str]) -> None:
+        self.source = source
+        self.unseen = set(source)
+        self.different: dict[str, str] = {}
+        self.outside: set[str] = set()
+
+    def add(self, key: str, value: str | None) -> None:
+        if key in self.source:
+            self.unseen.discard(key)
+            if value != self.source[key]:
+                self.different[key] = value
+            else:
+                self.different.pop(key, None)
+        else:
+            self.outside.add(key)
+
+    def result(self, retained: Callable[[str], bool] = lambda key: False) -> dict:
+        source = self.source
+        missing = sorted(self.unseen)
+        extra = sorted(k for k in self.outside if not retained(k))
+        different = sorted(self.different)
+        return {
+            "entries": len(source),
+            "documents": len(source) - len(self.unseen) + len(self.outside),
+            "missing": {"count": len(missing), "keys": missing[:SAMPLE]},
+            "extra": {"count": len(extra), "keys": extra[:SAMPLE]},
+            "different": {"count": len(different), "keys": different[:SAMPLE]},
+            "retained_deleted": len(self.outside) - len(extra),
+            "checksum_source": checksum(source),
+            # MongoDB's values for the keys both sides have, in key order.
+            "checksum_mongo": _checksum_sorted(
+                (k, self.different.get(k, source[k])) for k in sorted(source) if k not in self.unseen),
+            "match": not (missing or extra or different),
+            "_keys": set(missing) | set(extra) | set(different),
+        }
 
 
 def _split_pending(result: dict, pending: set[str] | None, path_of) -> None:
@@ -55,44 +89,75 @@ def _split_pending(result: dict, pending: set[str] | None, path_of) -> None:
     result["mismatch"] = len(keys) - waiting
 
 
+def _state_rows(state: MirrorState) -> Iterator[tuple]:
+    """A mirror state as the rows ``Store.iter_state`` reads from MongoDB."""
+    for hub_type, entries in state.hubs.items():
+        for key, hs in entries.items():
+            yield HUBS, hub_type, key, hs.hash, hs.pos, hs.version
+    for run_id, (digest, version) in state.episodes.items():
+        yield EPISODES, run_id, digest, version
+    for snap_id, digest in state.snapshots.items():
+        yield SNAPSHOTS, snap_id, digest
+    for rel, fs in state.files.items():
+        yield FILES, rel, fs
+
+
 def compute(store: Store, view: SourceView, pending: set[str] | None = None,
             state: MirrorState | None = None) -> dict[str, Any]:
     """Compare the files (``view``) with MongoDB (``state``, read now unless given:
-    ``sync`` passes the state it just loaded and updated with acknowledged writes)."""
-    state = state if state is not None else store.load_state()
-    deleted = [(rel, fs) for rel, fs in state.files.items() if fs.deleted]
-    retained_hubs = {fs.doc_id for _, fs in deleted if fs.kind == Kind.HUB.value}
-    retained_runs = {str(fs.doc_id) for _, fs in deleted if fs.kind == Kind.EPISODE.value}
+    ``sync`` passes the state it just loaded and updated with acknowledged writes).
+    Read now, MongoDB's documents are compared as they stream in."""
+    rows = _state_rows(state) if state is not None else store.iter_state()
 
     src_hubs = {f"{t}/{k}": h for t, entries in view.hubs.items() for k, h in entries.items()}
-    mongo_hub = {f"{t}/{k}": hs.hash for t, entries in state.hubs.items() for k, hs in entries.items()}
+    snap_src = {view.snapshot[0]: view.snapshot[1]} if view.snapshot else {}
+    hubs_t, eps_t, snap_t, files_t = _Tally(src_hubs), _Tally(view.episodes), _Tally(snap_src), _Tally(view.files)
+    retained_hubs: set[str] = set()
+    retained_runs: set[str] = set()
+    deleted_rels: set[str] = set()
+    snapshot_history = 0
+    for row in rows:
+        coll = row[0]
+        if coll == HUBS:
+            hubs_t.add(f"{row[1]}/{row[2]}", unpack_hash(row[3]))
+        elif coll == EPISODES:
+            eps_t.add(row[1], unpack_hash(row[2]))
+        elif coll == SNAPSHOTS:
+            snapshot_history += 1
+            # Only the current snapshot is compared; the others are history.
+            if row[1] in snap_src:
+                snap_t.add(row[1], unpack_hash(row[2]))
+        else:
+            rel, fs = row[1], row[2]
+            if fs.deleted:
+                deleted_rels.add(rel)
+                if fs.kind == Kind.HUB.value:
+                    retained_hubs.add(fs.doc_id)
+                elif fs.kind == Kind.EPISODE.value:
+                    retained_runs.add(str(fs.doc_id))
+            elif fs.kind in GENERIC_KINDS:
+                files_t.add(rel, fs.content_sha or "unreadable")
+
     # Entries of hub files we could not read are unknown on the source side:
     # they are neither missing nor extra, and the kind cannot match.
-    skip_types = set(view.bad_hubs)
-    hub_retained = {k for k in mongo_hub if k.split("/", 1)[0] in retained_hubs | skip_types}
-    hubs = _compare(src_hubs, mongo_hub, hub_retained)
+    skip_types = retained_hubs | set(view.bad_hubs)
+    hubs = hubs_t.result(lambda k: k.split("/", 1)[0] in skip_types)
     bad_entries = sum(len(v) for v in view.hub_bad_entries.values())
     hubs.update(files=len(view.hubs) + len(view.bad_hubs), bad_files=len(view.bad_hubs),
                 bad_entries=bad_entries)
     hubs["match"] = hubs["match"] and not view.bad_hubs and not bad_entries
 
-    mongo_eps = {run_id: h for run_id, (h, _) in state.episodes.items()}
-    episodes = _compare(view.episodes, mongo_eps, retained_runs)
+    episodes = eps_t.result(retained_runs.__contains__)
     episodes.update(files=len(view.episodes) + len(view.bad_episodes), bad_files=len(view.bad_episodes))
     episodes["match"] = episodes["match"] and not view.bad_episodes
 
-    snap_src = {view.snapshot[0]: view.snapshot[1]} if view.snapshot else {}
-    snap_mongo = {}
-    if view.snapshot and view.snapshot[0] in state.snapshots:
-        snap_mongo[view.snapshot[0]] = state.snapshots[view.snapshot[0]]
-    snapshot = _compare(snap_src, snap_mongo)
+    snapshot = snap_t.result()
     snapshot.update(files=int(bool(view.snapshot) or view.snapshot_bad), bad_files=int(view.snapshot_bad),
-                    history=len(state.snapshots))
+                    history=snapshot_history)
     snapshot["match"] = snapshot["match"] and not view.snapshot_bad
 
-    gen_mongo = {rel: fs.content_sha or "unreadable" for rel, fs in state.files.items()
-                 if fs.kind in GENERIC_KINDS and not fs.deleted}
-    files = _compare(view.files, gen_mongo, {rel for rel, _ in deleted} | view.bad_files)
+    retained_files = deleted_rels | view.bad_files
+    files = files_t.result(retained_files.__contains__)
     files.update(files=len(view.files) + len(view.bad_files), bad_files=len(view.bad_files))
     files["match"] = files["match"] and not view.bad_files
 
@@ -109,10 +174,10 @@ def compute(store: Store, view: SourceView, pending: set[str] | None = None,
             "files": len(view.files),
         },
         "mongo_counts": {
-            "hub_entries": len(mongo_hub),
-            "has_snapshot": bool(snap_mongo),
-            "episodes": len(mongo_eps),
-            "files": len(gen_mongo),
+            "hub_entries": hubs["documents"],
+            "has_snapshot": snapshot["documents"] > 0,
+            "episodes": episodes["documents"],
+            "files": files["documents"],
         },
         "checksums": {
             "source": {k: v["checksum_source"] for k, v in kinds.items()},

@@ -11,6 +11,7 @@ returned per op so one bad document never blocks the rest.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,11 +24,11 @@ import pymongo
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
+from .classify import Kind
 from .config import Config
-from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state
+from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state, pack_hash
 from .model import EPISODES, EVENTS, HUBS, SNAPSHOTS, file_fields, utcnow
 from .parse import intern_format, value_hash
-from .source import sha256_hex
 
 log = logging.getLogger("sidecar.store")
 
@@ -63,15 +64,21 @@ def _guard(op: Op) -> dict:
     return {"_id": op.id, "_sidecar.version": {"$not": {"$gt": op.version}}}
 
 
-def _content_sha(doc: dict) -> str | None:
-    """A generic file's content hash as stored (see FilePlan.content_hash)."""
+def _content_sha(doc: dict) -> bytes | str | None:
+    """A generic file's content hash as stored (see FilePlan.content_hash), packed
+    the way the mirror state keeps it (``diff.pack_hash``)."""
     if doc.get("raw") is not None:
-        return sha256_hex(bytes(doc["raw"]))
+        return hashlib.sha256(bytes(doc["raw"])).digest()
     if doc.get("encoding") == "json":
-        return value_hash(doc.get("content"))
+        return _digest_of(doc.get("content"))
     if doc.get("encoding") == "gridfs":
-        return doc.get("sha256")  # the blob is stored with its sha256 and size
+        return pack_hash(doc.get("sha256"))  # the blob is stored with its sha256 and size
     return None
+
+
+def _digest_of(value: Any) -> bytes:
+    """``value_hash`` (what plans and ``_sidecar.hash`` use, hex) as the state's digest."""
+    return bytes.fromhex(value_hash(value))
 
 
 def _body(doc: dict) -> dict:
@@ -195,30 +202,63 @@ class Store:
         Hashes are computed from the stored values themselves (payloads, file
         fields, content), not taken from ``_sidecar`` bookkeeping, so a document
         changed behind the sidecar's back is seen as different (and repaired by
-        the next sync). Whole documents are read: on the servers we measured, a
-        projection costs more than it saves.
+        the next sync). They are kept as 32-byte digests (``diff.pack_hash``).
         """
         state = MirrorState()
+        # An episode file's manifest names its run_id, already a key of
+        # state.episodes: keep one str object for both (35k duplicates at 50k files).
+        run_ids: dict[str, str] = {}
+        for row in self.iter_state():
+            coll = row[0]
+            if coll == HUBS:
+                _, hub_type, key, digest, pos, version = row
+                hub = state.hubs.get(hub_type)
+                if hub is None:
+                    hub = state.hubs[hub_type] = {}
+                hub[key] = HubState(digest, pos, version)
+            elif coll == EPISODES:
+                _, run_id, digest, version = row
+                state.episodes[run_id] = (digest, version)
+                run_ids[run_id] = run_id
+            elif coll == SNAPSHOTS:
+                state.snapshots[row[1]] = row[2]
+            else:
+                rel, fs = row[1], row[2]
+                if fs.doc_id is not None and fs.kind == Kind.EPISODE.value:
+                    fs.doc_id = run_ids.get(fs.doc_id, fs.doc_id)
+                state.files[rel] = fs
+        return state
+
+    def iter_state(self) -> Iterator[tuple]:
+        """What ``load_state`` reads, one document at a time (hubs, episodes,
+        snapshots, files), so a comparison (``parity.compute``) need not hold a
+        second copy of the state. Rows, hashes packed (``diff.pack_hash``):
+        ``(HUBS, hub_type, item_key, digest, pos, version)``,
+        ``(EPISODES, run_id, digest, version)``, ``(SNAPSHOTS, snapshot_id, digest)``,
+        ``(FILES, rel, FileState)``.
+
+        Whole documents are read: on the servers we measured, a projection costs
+        more than it saves. Each cursor batch (``LOAD_BATCH``) is decoded at once
+        and dropped as soon as it is consumed.
+        """
         try:
             for doc in self.coll[HUBS].find({}).batch_size(LOAD_BATCH):
                 meta = doc.get("_sidecar") or {}
-                hub = state.hubs.setdefault(str(doc.get("hub_type")), {})
-                hub[str(doc.get("item_key"))] = HubState(
-                    value_hash(doc.get("payload")), meta.get("pos"), meta.get("version"))
+                yield (HUBS, str(doc.get("hub_type")), str(doc.get("item_key")),
+                       _digest_of(doc.get("payload")), meta.get("pos"), meta.get("version"))
             for doc in self.coll[EPISODES].find({}).batch_size(LOAD_BATCH):
                 meta = doc.get("_sidecar") or {}
-                state.episodes[str(doc.get("run_id"))] = (value_hash(file_fields(doc)), meta.get("version"))
+                yield (EPISODES, str(doc.get("run_id")), _digest_of(file_fields(doc)), meta.get("version"))
             for doc in self.coll[SNAPSHOTS].find({}).batch_size(LOAD_BATCH):
-                state.snapshots[str(doc["_id"])] = value_hash(file_fields(doc))
+                yield (SNAPSHOTS, str(doc["_id"]), _digest_of(file_fields(doc)))
             for doc in self.coll[FILES].find({}).batch_size(LOAD_BATCH):
                 meta = doc.get("_sidecar") or {}
-                state.files[str(doc["_id"])] = FileState(
+                yield (FILES, str(doc["_id"]), FileState(
                     doc.get("sha256"), meta.get("version"), doc.get("kind", "other"),
                     doc.get("deleted_at") is not None, doc.get("doc_id") or doc.get("hub_type"),
-                    intern_format(doc.get("format")), _content_sha(doc))
+                    intern_format(doc.get("format")), _content_sha(doc)))
         except PyMongoError as exc:
             raise self._unavailable(exc) from None
-        return state
 
     def find(self, logical: str, query: dict | None = None, projection: dict | None = None,
              sort: list | None = None) -> Iterator[dict]:
