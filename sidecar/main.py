@@ -174,8 +174,10 @@ class Daemon:
                 self.pending.mark(event.path, 0.0)
                 outcome = "written"
             else:
+                # sync frames wait for MongoDB's ack; async ones may be coalesced.
+                mirror = self.mirror.mirror_bytes if event.ack else self.mirror.offer_bytes
                 outcome = await loop.run_in_executor(
-                    None, self.mirror.mirror_bytes, event.path, event.data, event.mtime_ns or 0)
+                    None, mirror, event.path, event.data, event.mtime_ns or 0)
         except Exception:
             self.status.shim_events.labels(status="error").inc()
             # The watcher still sees the file: make sure it is looked at.

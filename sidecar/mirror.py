@@ -222,6 +222,20 @@ class Mirror:
         return [note_event("restored_from_mongo", rel, source, now, reason="empty_hub_refused")]
 
     # --- the shim's path ----------------------------------------------------------------
+    def offer_bytes(self, rel: str, data: bytes, mtime_ns: int) -> str:
+        """An async frame: nobody waits for its outcome. Mirrored at once when the
+        writer is idle (the lowest latency); while a flush holds the writer, the
+        path joins ``Pending`` instead ("queued"), so a burst of frames is
+        coalesced like the watcher's events rather than costing one MongoDB write
+        and one event insert per frame on the cores the API runs on."""
+        if not self.lock.acquire(blocking=False):
+            self.pending.mark(rel, 0.0)
+            return "queued"
+        try:
+            return self.mirror_bytes(rel, data, mtime_ns)
+        finally:
+            self.lock.release()
+
     def mirror_bytes(self, rel: str, data: bytes, mtime_ns: int) -> str:
         """Mirror bytes handed over by the in-process shim. Returns written|unchanged|stale.
 

@@ -1,7 +1,8 @@
 """The sidecar's end of the shim socket (wire format: shim/PROTOCOL.md).
 
 Standard library only and self-contained: the daemon plugs in an ``async``
-handler that mirrors one event and returns "written", "unchanged" or "stale".
+handler that mirrors one event and returns "written", "unchanged", "stale"
+or (async frames only) "queued".
 
     server = ShimServer(config.socket_path, handler)
     await server.start()
@@ -39,7 +40,10 @@ MAX_BODY = 256 * 1024 * 1024
 MAX_PATH = 4096
 # Hashing a large body would stall every other connection: do it off-loop.
 _HASH_INLINE_MAX = 1024 * 1024
-STATUSES = ("written", "unchanged", "stale")
+# "queued": an async frame handed to the coalescing writer (never the reply to
+# a sync frame, which waits for the write).
+STATUSES = ("written", "unchanged", "stale", "queued")
+DURABLE = ("written", "unchanged", "stale")  # the store holds this version or a newer one
 
 _LEN = struct.Struct(">I")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
@@ -137,7 +141,7 @@ def parse_header(raw: bytes, max_body: int = MAX_BODY) -> dict[str, Any]:
 
 
 def encode_reply(status: str, error: str | None = None) -> bytes:
-    reply = {"ok": status in STATUSES, "status": status, "error": error}
+    reply = {"ok": status in DURABLE, "status": status, "error": error}
     raw = json.dumps(reply, separators=(",", ":")).encode("utf-8")
     return _LEN.pack(len(raw)) + raw
 
@@ -147,7 +151,7 @@ class ShimServer:
 
     ``stats`` counts: connections, connections_rejected, frames (valid),
     bad_frames, replies, handler_errors, and one counter per status
-    (written, unchanged, stale, error).
+    (written, unchanged, stale, queued, error).
     """
 
     def __init__(
@@ -182,6 +186,7 @@ class ShimServer:
                 "written",
                 "unchanged",
                 "stale",
+                "queued",
                 "error",
             ),
             0,

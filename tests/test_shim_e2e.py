@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -161,3 +162,31 @@ def test_late_frame_never_regresses_even_with_the_same_mtime(data_dir, daemon):
     assert daemon.daemon.mirror.mirror_bytes("scheduled_jobs.json", old, mtime - 1) == "stale"
     assert files.find_one({"_id": "scheduled_jobs.json"})["content"] == [{"id": "job-1", "v": 2}]
     assert daemon.daemon.mirror.mirror_bytes("scheduled_jobs.json", new, mtime) == "unchanged"
+
+
+def test_async_frames_are_coalesced_while_the_writer_is_busy(data_dir, daemon):
+    """An async frame is written at once when the writer is idle; during a flush
+    it only queues its path, and the writer then mirrors the newest bytes."""
+    mirror = daemon.daemon.mirror
+    files = daemon.daemon.store.db[daemon.config.sidecar_files_collection]
+    path = data_dir / "scheduled_jobs.json"
+
+    def frame(v: int) -> bytes:
+        data = json.dumps([{"id": "job-1", "v": v}], indent=2).encode()
+        path.write_bytes(data)
+        return data
+
+    data = frame(1)
+    assert mirror.offer_bytes("scheduled_jobs.json", data, path.stat().st_mtime_ns) in ("written", "unchanged")
+    assert files.find_one({"_id": "scheduled_jobs.json"})["content"] == [{"id": "job-1", "v": 1}]
+    with mirror.lock:  # what a flush in progress holds
+        outcomes = []
+        for v in (2, 3, 4):
+            data = frame(v)
+            # From another thread, as the shim server's executor calls it (the lock is reentrant).
+            with ThreadPoolExecutor(1) as pool:
+                outcomes.append(pool.submit(mirror.offer_bytes, "scheduled_jobs.json", data,
+                                            path.stat().st_mtime_ns).result(timeout=10))
+        assert outcomes == ["queued"] * 3
+        assert files.find_one({"_id": "scheduled_jobs.json"})["content"] == [{"id": "job-1", "v": 1}]
+    wait_for(lambda: files.find_one({"_id": "scheduled_jobs.json", "content.0.v": 4}), 10, what="v4 mirrored")
