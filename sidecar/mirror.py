@@ -224,11 +224,13 @@ class Mirror:
     # --- the shim's path ----------------------------------------------------------------
     def offer_bytes(self, rel: str, data: bytes, mtime_ns: int) -> str:
         """An async frame: nobody waits for its outcome. Mirrored at once when the
-        writer is idle (the lowest latency); while a flush holds the writer, the
-        path joins ``Pending`` instead ("queued"), so a burst of frames is
-        coalesced like the watcher's events rather than costing one MongoDB write
-        and one event insert per frame on the cores the API runs on."""
-        if not self.lock.acquire(blocking=False):
+        writer is idle (nothing pending, no flush running: the lowest latency);
+        otherwise the path joins ``Pending`` ("queued"), so a burst of frames is
+        coalesced like the watcher's events (which usually queued this very
+        write already) rather than costing one MongoDB write and one event
+        insert per frame on the cores the API runs on. The writer re-reads the
+        file, so it mirrors this version or a newer one."""
+        if len(self.pending) or not self.lock.acquire(blocking=False):
             self.pending.mark(rel, 0.0)
             return "queued"
         try:

@@ -99,8 +99,8 @@ def test_async_legacy_process_reaches_parity(data_dir, sock, daemon):
     assert out["stats"]["sent"] > 0
     daemon.wait_parity(timeout=20)
     seen = sum(daemon.daemon.status.shim_events.labels(status=s)._value.get()
-               for s in ("written", "unchanged", "stale"))
-    assert seen > 0  # the frames reached the sidecar (the watcher de-duplicates the rest)
+               for s in ("written", "unchanged", "stale", "queued"))
+    assert seen > 0  # the frames reached the sidecar (the writer coalesces them with the watcher's)
 
 
 def test_sync_mode_write_is_in_mongodb_when_the_call_returns(data_dir, sock, daemon, mongo_url, db_name):
@@ -177,8 +177,11 @@ def test_async_frames_are_coalesced_while_the_writer_is_busy(data_dir, daemon):
         return data
 
     data = frame(1)
-    assert mirror.offer_bytes("scheduled_jobs.json", data, path.stat().st_mtime_ns) in ("written", "unchanged")
-    assert files.find_one({"_id": "scheduled_jobs.json"})["content"] == [{"id": "job-1", "v": 1}]
+    wait_for(lambda: files.find_one({"_id": "scheduled_jobs.json", "content.0.v": 1}), 10, what="v1 mirrored")
+    wait_for(lambda: len(mirror.pending) == 0, 10, what="nothing pending")
+    with mirror.lock:  # no flush running (reentrant: this thread may still take it)
+        # Idle writer: handled at once (here: the watcher already wrote these bytes).
+        assert mirror.offer_bytes("scheduled_jobs.json", data, path.stat().st_mtime_ns) == "unchanged"
     with mirror.lock:  # what a flush in progress holds
         outcomes = []
         for v in (2, 3, 4):
@@ -190,3 +193,9 @@ def test_async_frames_are_coalesced_while_the_writer_is_busy(data_dir, daemon):
         assert outcomes == ["queued"] * 3
         assert files.find_one({"_id": "scheduled_jobs.json"})["content"] == [{"id": "job-1", "v": 1}]
     wait_for(lambda: files.find_one({"_id": "scheduled_jobs.json", "content.0.v": 4}), 10, what="v4 mirrored")
+    # Something already pending (usually the watcher's event for this very write): queued too.
+    with mirror.lock:
+        mirror.pending.mark("scheduled_jobs.json", 60.0)
+        assert mirror.offer_bytes("scheduled_jobs.json", frame(5), path.stat().st_mtime_ns) == "queued"
+        mirror.pending.mark("scheduled_jobs.json", 0.0)
+    wait_for(lambda: files.find_one({"_id": "scheduled_jobs.json", "content.0.v": 5}), 10, what="v5 mirrored")
