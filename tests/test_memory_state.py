@@ -112,6 +112,7 @@ def test_warm_start_from_mongodb_finds_no_changes_and_parity_matches(legacy_dir,
     # the manifest's run_id and the episodes key are one object
     fs = state.files["episodes/skeleton_r3.json"]
     assert next(k for k in state.episodes if k == "r3") is fs.doc_id
+    assert state.episodes["r3"][1] is fs.version
     # Hashes recomputed from the stored values equal the files' (hex) hashes: nothing to write.
     ops, view = Reconciler(config).scan(state, "test")
     assert ops == []
