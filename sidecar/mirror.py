@@ -230,13 +230,19 @@ class Mirror:
         write already) rather than costing one MongoDB write and one event
         insert per frame on the cores the API runs on. The writer re-reads the
         file, so it mirrors this version or a newer one."""
+        if self.queue_if_busy(rel):
+            return "queued"
+        return self.mirror_bytes(rel, data, mtime_ns)
+
+    def queue_if_busy(self, rel: str) -> bool:
+        """Queue ``rel`` for the writer if it is busy (something pending or a flush
+        running). Never blocks, so the shim server calls it on its event loop and
+        only hands the idle case to a thread."""
         if len(self.pending) or not self.lock.acquire(blocking=False):
             self.pending.mark(rel, 0.0)
-            return "queued"
-        try:
-            return self.mirror_bytes(rel, data, mtime_ns)
-        finally:
-            self.lock.release()
+            return True
+        self.lock.release()
+        return False
 
     def mirror_bytes(self, rel: str, data: bytes, mtime_ns: int) -> str:
         """Mirror bytes handed over by the in-process shim. Returns written|unchanged|stale.
