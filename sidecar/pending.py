@@ -56,8 +56,13 @@ class Pending:
                 if deadline - now <= 0:
                     return None, {}
                 self._cond.wait(max(wait, 0.001))
+            # Linger only for a burst that is just starting: work that became
+            # ready while the writer was busy (a flush in progress) has waited
+            # long enough already, and lingering on it would only add latency.
             if linger > 0 and self._full is None and len(self._paths) < limit:
-                self._cond.wait(linger)
+                oldest = min((e[1] for e in self._paths.values() if e[1] <= now), default=now)
+                if now - oldest < linger:
+                    self._cond.wait(linger - (now - oldest))
             now = time.monotonic()
             full, self._full = self._full, None
             taken = {}

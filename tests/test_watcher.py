@@ -347,6 +347,33 @@ def test_pending_delay_is_honoured_by_take():
     assert p.take(timeout=0.05) == (None, {})
 
 
+def _record_waits(p: Pending) -> list:
+    waits = []
+    real = p._cond.wait
+    p._cond.wait = lambda timeout=None: waits.append(timeout) or real(0)
+    return waits
+
+
+def test_pending_lingers_for_a_fresh_burst_only(monkeypatch):
+    import sidecar.pending as pending_mod
+
+    p = Pending()
+    waits = _record_waits(p)
+    p.mark("fresh.json")
+    _, taken = p.take(timeout=1, linger=30)
+    assert list(taken) == ["fresh.json"]
+    assert waits and waits[-1] > 29  # a burst just starting gathers for up to the linger
+    # Work that became ready while the writer was busy (a flush took a minute here)
+    # is taken at once: it has waited long enough.
+    p.mark("queued.json")
+    waits.clear()
+    real = time.monotonic
+    monkeypatch.setattr(pending_mod.time, "monotonic", lambda: real() + 60)
+    _, taken = p.take(timeout=1, linger=30)
+    assert list(taken) == ["queued.json"]
+    assert waits == []
+
+
 def test_pending_limit_and_full_reconcile():
     p = Pending()
     for i in range(5):
