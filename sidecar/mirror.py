@@ -22,7 +22,7 @@ from .events import build_events, note_event
 from .model import utcnow
 from .pending import Pending
 from .reconcile import Problem, Reconciler
-from .restore import _hub_bytes, write_atomic
+from .restore import hub_bytes, write_atomic
 from .source import SourceError, read_file, sha256_hex
 from .status import Status
 from .store import MongoUnavailable, Store
@@ -215,7 +215,7 @@ class Mirror:
 
     def _restore_hub(self, rel: str, source: str, now) -> list[dict]:
         """mongo mode: MongoDB is the truth; a hub re-created as {} is filled back in."""
-        data = _hub_bytes(self.store, hub_type_of(rel), None)
+        data = hub_bytes(self.store, hub_type_of(rel), None)
         write_atomic(self.config.data_dir, rel, data)
         self.status.restored_files += 1
         log.info("restored %s from MongoDB (file was re-created empty)", rel)

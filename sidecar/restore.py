@@ -47,7 +47,7 @@ class RestoreResult:
         }
 
 
-def _hub_bytes(store: Store, hub_type: str, fmt: dict | None) -> bytes:
+def hub_bytes(store: Store, hub_type: str, fmt: dict | None) -> bytes:
     docs = list(store.find(HUBS, {"hub_type": hub_type}, {"item_key": 1, "payload": 1, "_sidecar.pos": 1}))
     docs.sort(key=lambda d: (((d.get("_sidecar") or {}).get("pos") is None),
                              (d.get("_sidecar") or {}).get("pos") or 0, str(d.get("item_key"))))
@@ -74,7 +74,7 @@ def plan_files(store: Store, include_deleted: bool = False) -> Iterator[tuple[st
         yield rel, _producer(store, man)
     # Data that has no manifest: written by a Mongo-backed Mentorix directly.
     for hub_type in sorted({str(d.get("hub_type")) for d in store.find(HUBS, {}, {"hub_type": 1})} - seen_hubs):
-        yield hub_path(hub_type), (lambda t=hub_type: _hub_bytes(store, t, None))
+        yield hub_path(hub_type), (lambda t=hub_type: hub_bytes(store, t, None))
     for doc in store.find(EPISODES, {}, {"run_id": 1}):
         run_id = str(doc.get("run_id"))
         if run_id not in seen_runs:
@@ -89,7 +89,7 @@ def plan_files(store: Store, include_deleted: bool = False) -> Iterator[tuple[st
 def _producer(store: Store, man: dict) -> Callable[[], bytes]:
     kind, fmt, rel = man.get("kind"), man.get("format"), man["_id"]
     if kind == Kind.HUB.value:
-        return lambda: _hub_bytes(store, man.get("hub_type"), fmt)
+        return lambda: hub_bytes(store, man.get("hub_type"), fmt)
     if kind == Kind.SNAPSHOT.value:
         def snapshot() -> bytes:
             doc = store.find_one(SNAPSHOTS, {"_id": man.get("doc_id")}) or store.find_one(
