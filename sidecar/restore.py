@@ -48,6 +48,7 @@ class RestoreResult:
 
 
 def hub_bytes(store: Store, hub_type: str, fmt: dict | None) -> bytes:
+    """One hub file's bytes from its documents, entries in their recorded order."""
     docs = list(store.find(HUBS, {"hub_type": hub_type}, {"item_key": 1, "payload": 1, "_sidecar.pos": 1}))
     docs.sort(key=lambda d: (((d.get("_sidecar") or {}).get("pos") is None),
                              (d.get("_sidecar") or {}).get("pos") or 0, str(d.get("item_key"))))
