@@ -158,7 +158,9 @@ class Mirror:
         fresh = self.store.load_state()
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
-        ops, view = self.rec.scan(self.state, "reconcile",
+        # hashes=False: only problems and present paths are used here, and every
+        # file's hash held for the whole scan was the start-up's memory peak.
+        ops, view = self.rec.scan(self.state, "reconcile", hashes=False,
                                   flush=lambda chunk: self._write(chunk, [], [], "reconcile", {}))
         problem_paths = {p.path for p in view.problems}
         # A file caught mid-write gets the same re-check as on the event path.

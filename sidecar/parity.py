@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .classify import Kind, episode_path, hub_path
-from .diff import FILES, MirrorState, unpack_hash
+from .diff import FILES, MirrorState, pack_hash, unpack_hash
 from .model import EPISODES, HUBS, SNAPSHOTS
 from .reconcile import SourceView
 from .store import Store
@@ -22,14 +22,15 @@ SAMPLE = 20  # keys listed per category; counts are always complete
 GENERIC_KINDS = [Kind.RUN.value, Kind.JOBS.value, Kind.OTHER.value]
 
 
-def checksum(pairs: dict[str, str]) -> str:
+def checksum(pairs: dict[str, Any]) -> str:
     return _checksum_sorted((key, pairs[key]) for key in sorted(pairs))
 
 
-def _checksum_sorted(items: Iterable[tuple[str, str]]) -> str:
+def _checksum_sorted(items: Iterable[tuple[str, Any]]) -> str:
+    """Over key and hex hash per line (hashes are compared as digests, reported as hex)."""
     h = hashlib.sha256()
     for key, value in items:
-        h.update(f"{key}\t{value}\n".encode())
+        h.update(f"{key}\t{unpack_hash(value)}\n".encode())
     return h.hexdigest()
 
 
@@ -119,14 +120,14 @@ def compute(store: Store, view: SourceView, pending: set[str] | None = None,
     for row in rows:
         coll = row[0]
         if coll == HUBS:
-            hubs_t.add(f"{row[1]}/{row[2]}", unpack_hash(row[3]))
+            hubs_t.add(f"{row[1]}/{row[2]}", pack_hash(row[3]))
         elif coll == EPISODES:
-            eps_t.add(row[1], unpack_hash(row[2]))
+            eps_t.add(row[1], pack_hash(row[2]))
         elif coll == SNAPSHOTS:
             snapshot_history += 1
             # Only the current snapshot is compared; the others are history.
             if row[1] in snap_src:
-                snap_t.add(row[1], unpack_hash(row[2]))
+                snap_t.add(row[1], pack_hash(row[2]))
         else:
             rel, fs = row[1], row[2]
             if fs.deleted:
@@ -136,7 +137,7 @@ def compute(store: Store, view: SourceView, pending: set[str] | None = None,
                 elif fs.kind == Kind.EPISODE.value:
                     retained_runs.add(str(fs.doc_id))
             elif fs.kind in GENERIC_KINDS:
-                files_t.add(rel, fs.content_sha or "unreadable")
+                files_t.add(rel, pack_hash(fs.content_sha) or "unreadable")
 
     # Entries of hub files we could not read are unknown on the source side:
     # they are neither missing nor extra, and the kind cannot match.

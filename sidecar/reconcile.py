@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .classify import Kind, classify, hub_type_of, is_ignored
+from .classify import Kind, classify, episode_path, hub_type_of, is_ignored
 from .config import Config
-from .diff import EmptyHubRefused, MirrorState, Op, deletion_ops, diff_plan
+from .diff import EmptyHubRefused, MirrorState, Op, deletion_ops, diff_plan, pack_hash
 from .model import FilePlan, HubMemo, build_plan, utcnow
 from .parse import BadInput
 from .source import SourceError, Skipped, read_file, walk
@@ -33,34 +33,44 @@ class Problem:
 
 @dataclass
 class SourceView:
-    """What the files say, as hashes: the source side of a parity check."""
+    """What the files say, as hashes: the source side of a parity check.
 
-    hubs: dict[str, dict[str, str]] = field(default_factory=dict)
+    Hashes are kept as 32-byte digests (``pack_hash``): at 50k files a view of
+    hex strings cost ~2.5 MB more, for the length of a ``/parity`` call.
+    ``hashes=False`` (the daemon's reconcile, which only needs the problems and
+    the paths present) records no hashes at all."""
+
+    hubs: dict[str, dict[str, bytes]] = field(default_factory=dict)
     hub_bad_entries: dict[str, list[str]] = field(default_factory=dict)
     bad_hubs: set[str] = field(default_factory=set)
-    episodes: dict[str, str] = field(default_factory=dict)
+    episodes: dict[str, bytes] = field(default_factory=dict)
+    # Only episodes whose file is not ``episode_path(run_id)`` (the usual name).
     episode_paths: dict[str, str] = field(default_factory=dict)
     bad_episodes: set[str] = field(default_factory=set)
-    snapshot: tuple[str, str] | None = None
+    snapshot: tuple[str, bytes] | None = None
     snapshot_bad: bool = False
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
     bad_files: set[str] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
     present: set[str] = field(default_factory=set)
     fresh_volume: bool = False
+    hashes: bool = True
 
     def add_plan(self, plan: FilePlan) -> None:
+        if not self.hashes:
+            return
         if plan.kind is Kind.HUB:
-            self.hubs[plan.hub_type] = {e.key: e.hash for e in plan.entries}
+            self.hubs[plan.hub_type] = {e.key: pack_hash(e.hash) for e in plan.entries}
             if plan.entry_errors:
                 self.hub_bad_entries[plan.hub_type] = list(plan.entry_errors)
         elif plan.kind is Kind.EPISODE:
-            self.episodes[plan.doc_id] = plan.doc_hash
-            self.episode_paths[plan.doc_id] = plan.rel
+            self.episodes[plan.doc_id] = pack_hash(plan.doc_hash)
+            if plan.rel != episode_path(plan.doc_id):
+                self.episode_paths[plan.doc_id] = plan.rel
         elif plan.kind is Kind.SNAPSHOT:
-            self.snapshot = (plan.doc_id, plan.doc_hash)
+            self.snapshot = (plan.doc_id, pack_hash(plan.doc_hash))
         else:
-            self.files[plan.rel] = plan.content_hash
+            self.files[plan.rel] = pack_hash(plan.content_hash)
 
     def add_bad(self, rel: str) -> None:
         kind = classify(rel)
@@ -131,6 +141,7 @@ class Reconciler:
     def scan(
         self, state: MirrorState, source: str, progress: Callable[[str], None] | None = None,
         flush: Callable[[list[Op]], None] | None = None, chunk: int = 1000, view_only: bool = False,
+        hashes: bool = True,
     ) -> tuple[list[Op], SourceView]:
         """Diff the whole data dir against ``state``.
 
@@ -138,7 +149,7 @@ class Reconciler:
         With ``flush``, ops are handed over every ``chunk`` files instead of all
         at the end, so a reconcile of a large dir never holds every document of
         it in memory at once (the daemon's start-up on 50k files)."""
-        view = SourceView()
+        view = SourceView(hashes=hashes)
         ops: list[Op] = []
         now = utcnow()
         skipped_dirs: list[str] = []

@@ -157,3 +157,27 @@ def test_parity_streamed_from_mongodb_sees_changes_behind_the_sidecars_back(lega
     ops, _ = Reconciler(config).scan(state, "test")
     assert {(op.coll, op.id) for op in ops} >= {
         ("episodic_memory", "r1"), ("episodic_memory", "r2"), (FILES, "runs/run_b.json")}
+
+
+@pytest.mark.integration
+def test_source_view_is_compact_and_pending_finds_renamed_episodes(legacy_dir, config, store, db):
+    _corpus(legacy_dir)
+    # An episode whose file name does not follow skeleton_<run_id>.json.
+    (legacy_dir / "episodes" / "skeleton_odd.json").write_text(
+        json.dumps({"run_id": "renamed", "nodes": []}, indent=2))
+    run_sync(config, store)
+    _, view = Reconciler(config).scan(MirrorState(), "parity", view_only=True)
+    assert all(type(h) is bytes for h in view.episodes.values())
+    assert all(type(h) is bytes for h in view.files.values())
+    # Only the unusual name is kept; the usual ones are derived when needed.
+    assert view.episode_paths == {"renamed": "episodes/skeleton_odd.json"}
+    # Its document changes behind the sidecar's back while its file is queued: pending, not mismatch.
+    db.episodic_memory.update_one({"_id": "renamed"}, {"$set": {"nodes": [1]}})
+    db.episodic_memory.update_one({"_id": "r0"}, {"$set": {"nodes": [1]}})
+    report = parity.compute(store, view, pending={"episodes/skeleton_odd.json", "episodes/skeleton_r0.json"})
+    assert report["kinds"]["episodes"]["pending"] == 2
+    assert report["kinds"]["episodes"]["mismatch"] == 0
+    # The daemon's reconcile keeps no hashes at all, only problems and the paths present.
+    _, lean = Reconciler(config).scan(store.load_state(), "reconcile", hashes=False)
+    assert not (lean.episodes or lean.files or lean.hubs or lean.episode_paths or lean.snapshot)
+    assert "episodes/skeleton_odd.json" in lean.present
