@@ -55,6 +55,11 @@ class SourceView:
     present: set[str] = field(default_factory=set)
     fresh_volume: bool = False
     hashes: bool = True
+    paths: bool = True  # record ``present`` (what deletion detection needs; parity does not)
+
+    def saw(self, rel: str) -> None:
+        if self.paths:
+            self.present.add(rel)
 
     def add_plan(self, plan: FilePlan) -> None:
         if not self.hashes:
@@ -108,11 +113,11 @@ class Reconciler:
                 return self.deleted(rel, state), []
             problems.append(self._problem(rel, exc.reason, exc.message))
             if view is not None:
-                view.present.add(rel)
+                view.saw(rel)
                 view.add_bad(rel)
             return [], problems
         if view is not None:
-            view.present.add(rel)
+            view.saw(rel)
         try:
             prior = state.files.get(rel)
             known = prior.fmt if prior and not prior.deleted and prior.sha256 == read.sha256 else None
@@ -149,7 +154,7 @@ class Reconciler:
         With ``flush``, ops are handed over every ``chunk`` files instead of all
         at the end, so a reconcile of a large dir never holds every document of
         it in memory at once (the daemon's start-up on 50k files)."""
-        view = SourceView(hashes=hashes)
+        view = SourceView(hashes=hashes, paths=not view_only)
         ops: list[Op] = []
         now = utcnow()
         skipped_dirs: list[str] = []
@@ -157,7 +162,7 @@ class Reconciler:
             if isinstance(item, Skipped):
                 # Not followed, but not gone either: what it replaced stays mirrored.
                 view.problems.append(self._problem(item.rel, item.reason, item.message))
-                view.present.add(item.rel)
+                view.saw(item.rel)
                 view.add_bad(item.rel)
                 skipped_dirs.append(item.rel + "/")
                 continue
@@ -169,14 +174,14 @@ class Reconciler:
             if flush is not None and len(ops) >= chunk:
                 flush(ops)
                 ops = []
+        if view_only:
+            return [], view
         gone = [
             rel for rel, fs in state.files.items()
             if not fs.deleted and rel not in view.present
             and not rel.startswith(tuple(skipped_dirs))
             and not is_ignored(rel, self.config.ignore_globs)
         ]
-        if view_only:
-            return [], view
         if gone and not view.present:
             # Nothing at all on disk while MongoDB holds files: a fresh volume, not
             # a mass deletion. Record nothing as deleted; restore fills the dir.

@@ -171,6 +171,7 @@ def test_source_view_is_compact_and_pending_finds_renamed_episodes(legacy_dir, c
     assert all(type(h) is bytes for h in view.files.values())
     # Only the unusual name is kept; the usual ones are derived when needed.
     assert view.episode_paths == {"renamed": "episodes/skeleton_odd.json"}
+    assert view.present == set()  # a parity scan detects no deletions: it keeps no path set
     # Its document changes behind the sidecar's back while its file is queued: pending, not mismatch.
     db.episodic_memory.update_one({"_id": "renamed"}, {"$set": {"nodes": [1]}})
     db.episodic_memory.update_one({"_id": "r0"}, {"$set": {"nodes": [1]}})
