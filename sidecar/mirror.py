@@ -38,6 +38,12 @@ TRANSIENT_DELAY = 0.3
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 PING_EVERY = 2.0
 MAX_UNSENT_EVENTS = 10_000
+# Under steady load the writer's events are sent in batches of this many, or
+# when the oldest is this old, or as soon as the writer has nothing queued: an
+# insert of 5-8 events cost the server 2-3x more per event than one of 50
+# (~7 % of a core at 200 writes/s), all of it on the writer's critical path.
+EVENTS_BATCH = 50
+EVENTS_MAX_AGE = 0.5
 
 
 class Mirror:
@@ -57,8 +63,10 @@ class Mirror:
         self._last_error_log = 0.0
         self._last_ping = 0.0
         # Events whose documents were written but which MongoDB did not take
-        # (it went away in between): sent first on the next successful write.
+        # (it went away in between), or which wait for a batch (EVENTS_BATCH):
+        # sent first on the next successful write.
         self._unsent: list[dict] = []
+        self._unsent_since = 0.0
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -75,6 +83,10 @@ class Mirror:
             full, taken = self.pending.take(0, ignore_delay=True)
             if not self.flush(full, taken):
                 break
+        try:
+            self._flush_events()
+        except MongoUnavailable:
+            log.warning("shutdown: %d events not recorded (MongoDB unavailable)", len(self._unsent))
         left = len(self.pending)
         if left:
             log.warning("shutdown: %d changed paths not mirrored (the next start reconciles them)", left)
@@ -92,6 +104,11 @@ class Mirror:
                 continue
             if not self.flush(full, taken):
                 self._stop.wait(self._backoff)
+            elif self._unsent and not len(self.pending):
+                try:
+                    self._flush_events()  # nothing queued: the writer would idle, send them now
+                except MongoUnavailable as exc:
+                    self._mongo_down(str(exc))
             self._update_gauges()
 
     def _idle(self) -> None:
@@ -102,9 +119,7 @@ class Mirror:
             try:
                 self.store.ping()
                 self.status.set_mongo(True)
-                if self._unsent:
-                    with self.lock:
-                        self._send_events([])
+                self._flush_events()
             except MongoUnavailable as exc:
                 self.status.set_mongo(False, str(exc))
 
@@ -187,11 +202,23 @@ class Mirror:
             self._transient.pop(rel, None)
         for p in problems:
             events.extend(self._problem(p, source, now, taken))
-        self._send_events(events)
+        # A watch flush with more work queued behind it defers small batches.
+        self._send_events(events, defer=source == "watch" and bool(len(self.pending)))
 
-    def _send_events(self, events: list[dict]) -> None:
+    def _flush_events(self) -> None:
+        """Send the deferred events now. Raises MongoUnavailable (they stay kept)."""
+        if self._unsent:
+            with self.lock:
+                self._send_events([])
+
+    def _send_events(self, events: list[dict], defer: bool = False) -> None:
+        if events and not self._unsent:
+            self._unsent_since = time.monotonic()
         pending, self._unsent = self._unsent + events, []
         if not pending:
+            return
+        if defer and len(pending) < EVENTS_BATCH and time.monotonic() - self._unsent_since < EVENTS_MAX_AGE:
+            self._unsent = pending
             return
         try:
             self.store.record_events(pending)
