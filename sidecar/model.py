@@ -16,6 +16,7 @@ what restore needs (entry position, the file's own field order).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -44,11 +45,39 @@ REDACTED = "***REDACTED***"
 INLINE_MAX_BYTES = 8 * 1024 * 1024
 
 
-@dataclass(slots=True)
 class HubEntry:
-    key: str
-    value: Any
-    hash: str
+    """One hub entry: key, value and content hash.
+
+    An entry that came out of ``HubMemo`` unchanged carries its exact bytes
+    instead of a parsed value and parses them only if the value is asked for:
+    only changed entries are ever written, so the other values are not needed
+    (and are not kept in memory between versions)."""
+
+    __slots__ = ("key", "_value", "hash", "_raw", "_redact")
+
+    def __init__(self, key: str, value: Any, hash: str, raw: bytes | None = None,
+                 redact_keys: frozenset[str] = frozenset()) -> None:
+        self.key = key
+        self._value = value
+        self.hash = hash
+        self._raw = raw  # the entry's bytes from after its key's opening quote (see _entry_bytes)
+        self._redact = redact_keys
+
+    @property
+    def value(self) -> Any:
+        if self._raw is None:
+            return self._value
+        return redact(json.loads(b'{"' + self._raw + b"}")[self.key], self._redact)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HubEntry):
+            return NotImplemented
+        return (self.key, self.hash, self.value) == (other.key, other.hash, other.value)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:  # never the value
+        return f"HubEntry(key={self.key!r}, hash={self.hash!r})"
 
 
 @dataclass(slots=True)
@@ -114,23 +143,27 @@ def _hash_checked(value: Any) -> str:
 
 
 class HubMemo:
-    """What the previous versions of each hub file taught us, per entry.
+    """What the previous version of each hub file taught us, per entry.
 
     A learner signal rewrites a whole hub file to change one entry; proving the
-    other entries unchanged by re-validating, re-hashing and re-rendering all of
-    them (the format check) cost ~9 ms per 500-entry file. In an indented file
+    other entries unchanged by parsing, validating, hashing and re-rendering all
+    of them (the format check) cost ~9 ms per 500-entry file. In an indented file
     every top-level entry is its own byte range (``,\n  "`` cannot occur deeper,
     where lines are indented further, nor inside a string, where newlines are
     escaped), rendered exactly as the entry alone would be. So the memo keeps,
-    per file and for the format it was verified in, a digest of each entry's
-    exact bytes and that entry's content hash. It is a pure function of the
-    bytes: an entry whose bytes are the same is the same entry, whatever
-    MongoDB holds, so the memo can never go stale, only miss. Only entries
-    whose bytes changed are parsed, validated, hashed and format-checked.
+    per file and for the format it was proven in, the previous version's entry
+    byte ranges and what each one gave (an entry with its hash, or its error).
+    Ranges equal to the previous version's at the same place from the start, or
+    from the end, are the same entries; only the ranges in between (usually one)
+    are parsed, validated, hashed and format-checked. It is a pure function of
+    the bytes: whatever MongoDB holds, the memo can never go stale, only miss,
+    and on a miss (another layout, a duplicate key, anything not provably the
+    memo's format) the full checks run.
     """
 
     def __init__(self) -> None:
-        self._files: dict[str, tuple[dict[str, Any], dict[str, tuple[bytes, str]]]] = {}
+        # rel -> (format, entry byte ranges, HubEntry or (key, BadInput) per range)
+        self._files: dict[str, tuple[dict[str, Any], list[bytes], list[Any]]] = {}
         self.hits = 0  # plans made from the memo (the tests check it is really used)
 
     def __len__(self) -> int:
@@ -139,46 +172,59 @@ class HubMemo:
     def forget(self, rel: str) -> None:
         self._files.pop(rel, None)
 
-    def plan_entries(self, plan: FilePlan, value: dict[str, Any], data: bytes,
-                     redact_keys: frozenset[str]) -> bool:
+    def plan_entries(self, plan: FilePlan, data: bytes, redact_keys: frozenset[str]) -> bool:
         """Fill ``plan.entries``/``entry_errors``/``fmt`` from the memo; False (plan
         untouched) when the file cannot be proven to keep the memo's format."""
         known = self._files.get(plan.rel)
         if known is None:
             return False
-        fmt, memo = known
+        fmt, old_parts, old_items = known
         parts = _entry_bytes(data, fmt)
-        if parts is None or len(parts) != len(value):
+        if parts is None:
             return False
-        entries: list[HubEntry] = []
-        errors: dict[str, BadInput] = {}
-        fresh: dict[str, tuple[bytes, str]] = {}
+        n, m = len(parts), len(old_parts)
+        lim = min(n, m)
+        i = 0
+        while i < lim and parts[i] == old_parts[i]:
+            i += 1
+        j = 0
+        while j < lim - i and parts[n - 1 - j] == old_parts[m - 1 - j]:
+            j += 1
+        fresh: list[Any] = []
         head = b"{\n" + b" " * fmt["indent"] + b'"'
-        for (key, raw_val), part in zip(value.items(), parts):
-            digest = _digest(part)
-            hit = memo.get(key)
-            val = redact(raw_val, redact_keys)
-            if hit is not None and hit[0] == digest:
-                entries.append(HubEntry(key, val, hit[1]))
-                fresh[key] = hit
-                continue
-            # Changed bytes: the full checks, for this entry alone.
-            if render({key: raw_val}, dict(fmt, newline=False)) != head + part + b"\n}":
+        entry_fmt = dict(fmt, newline=False)
+        for part in parts[i:n - j]:
+            # Changed bytes: the full checks, for this entry alone. Anything odd
+            # (not one key, not JSON, not this layout) goes to the full path,
+            # which gives the proper error.
+            try:
+                obj = json.loads(b'{"' + part + b"}", parse_constant=_no_constant)
+            except (ValueError, RecursionError):
                 return False
+            if len(obj) != 1:
+                return False
+            (key, raw_val), = obj.items()
+            if render({key: raw_val}, entry_fmt) != head + part + b"\n}":
+                return False
+            val = redact(raw_val, redact_keys)
             try:
                 validate(val)
-                entry_hash = _hash_checked(val)
+                fresh.append(HubEntry(key, None, _hash_checked(val), part, redact_keys))
             except BadInput as exc:
-                errors[key] = exc
-                continue
-            entries.append(HubEntry(key, val, entry_hash))
-            fresh[key] = (digest, entry_hash)
-        plan.entries, plan.entry_errors, plan.fmt = entries, errors, fmt
-        self._files[plan.rel] = (fmt, fresh)
+                fresh.append((key, exc))
+        items = old_items[:i] + fresh + old_items[m - j:]
+        keys = [it.key if type(it) is HubEntry else it[0] for it in items]
+        if len(set(keys)) != len(keys):
+            return False  # a duplicate key: json.loads keeps the last one; the full path decides
+        plan.entries = [it for it in items if type(it) is HubEntry]
+        plan.entry_errors = {it[0]: it[1] for it in items if type(it) is not HubEntry}
+        plan.fmt = fmt
+        self._files[plan.rel] = (fmt, parts, items)
         self.hits += 1
         return True
 
-    def learn(self, plan: FilePlan, value: dict[str, Any], data: bytes) -> None:
+    def learn(self, plan: FilePlan, value: dict[str, Any], data: bytes,
+              redact_keys: frozenset[str]) -> None:
         """Record a fully checked plan (its format proven for the whole file)."""
         fmt = plan.fmt
         parts = _entry_bytes(data, fmt) if fmt is not None else None
@@ -186,13 +232,16 @@ class HubMemo:
             self._files.pop(plan.rel, None)
             return
         hashes = {e.key: e.hash for e in plan.entries}
-        self._files[plan.rel] = (fmt, {
-            key: (_digest(part), hashes[key]) for key, part in zip(value, parts) if key in hashes
-        })
+        items: list[Any] = [
+            HubEntry(key, None, hashes[key], part, redact_keys) if key in hashes
+            else (key, plan.entry_errors[key])
+            for key, part in zip(value, parts)
+        ]
+        self._files[plan.rel] = (fmt, parts, items)
 
 
-def _digest(part: bytes) -> bytes:
-    return hashlib.blake2b(part, digest_size=16).digest()
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN/Infinity: the full path reports it
 
 
 def _entry_bytes(data: bytes, fmt: dict[str, Any]) -> list[bytes] | None:
@@ -222,10 +271,10 @@ def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset(),
     # The very same bytes passed validation when they were mirrored.
     check = (lambda value: None) if known_fmt is not None else validate
     if kind is Kind.HUB:
-        value = _object(loads(read.data), "a hub file")
         plan.hub_type = hub_type_of(read.rel)
-        if memo is not None and memo.plan_entries(plan, value, read.data, redact_keys):
+        if memo is not None and memo.plan_entries(plan, read.data, redact_keys):
             return plan
+        value = _object(loads(read.data), "a hub file")
         for key, raw_val in value.items():
             val = redact(raw_val, redact_keys)
             try:
@@ -237,7 +286,7 @@ def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset(),
             plan.entries.append(HubEntry(key, val, entry_hash))
         plan.fmt = detect(value, read.data)
         if memo is not None:
-            memo.learn(plan, value, read.data)
+            memo.learn(plan, value, read.data, redact_keys)
     elif kind in (Kind.SNAPSHOT, Kind.EPISODE):
         value = _object(loads(read.data), f"{kind.value} file")
         obj = redact(value, redact_keys)
