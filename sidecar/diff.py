@@ -181,21 +181,24 @@ class EmptyHubRefused(Exception):
 def _positions(keys: list[str], base: dict[str, HubState]) -> list[int]:
     """Keep old positions when the order is unchanged and new keys were appended
     (the legacy writer's pattern), so an edit never rewrites its neighbours."""
-    old = [base[k].pos for k in keys if k in base]
-    first_new = next((i for i, k in enumerate(keys) if k not in base), len(keys))
-    appended_only = all(k not in base for k in keys[first_new:])
-    increasing = all(p is not None for p in old) and all(a < b for a, b in zip(old, old[1:]))
-    if not (appended_only and increasing):
-        return list(range(len(keys)))
-    nxt = max((s.pos for s in base.values() if s.pos is not None), default=-1) + 1
-    out = []
-    for k in keys:
-        if k in base:
-            out.append(base[k].pos)
+    old: list[int] = []
+    first_new = len(keys)
+    get = base.get
+    for i, k in enumerate(keys):
+        s = get(k)
+        if s is None:
+            if first_new == len(keys):
+                first_new = i
+        elif first_new != len(keys) or s.pos is None:
+            return list(range(len(keys)))  # an old key after a new one, or no position
         else:
-            out.append(nxt)
-            nxt += 1
-    return out
+            old.append(s.pos)
+    if any(a >= b for a, b in zip(old, old[1:])):
+        return list(range(len(keys)))
+    if first_new == len(keys):
+        return old
+    nxt = max((s.pos for s in base.values() if s.pos is not None), default=-1) + 1
+    return old + list(range(nxt, nxt + len(keys) - first_new))
 
 
 def diff_plan(
@@ -249,16 +252,20 @@ def _diff_hub(
     if not plan.entries and not plan.entry_errors and base and not allow_empty_hub:
         raise EmptyHubRefused(plan.rel, len(base))
     ops: list[Op] = []
+    get = base.get
     for entry, pos in zip(plan.entries, _positions(keys, base)):
-        prev = base.get(entry.key)
-        _id = hub_id(plan.hub_type, entry.key)
+        prev = get(entry.key)
         if prev is None:
-            ops.append(Op(HUBS, "insert", _id, plan.version, hub_doc(plan, entry, pos, source, now),
-                          after=entry.hash, pos=pos))
-        elif prev.hash != entry.hash:
-            ops.append(Op(HUBS, "update", _id, plan.version, hub_doc(plan, entry, pos, source, now),
-                          before=prev.hash, after=entry.hash, pos=pos))
+            ops.append(Op(HUBS, "insert", hub_id(plan.hub_type, entry.key), plan.version,
+                          hub_doc(plan, entry, pos, source, now), after=entry.hash, pos=pos))
+            continue
+        packed = prev._hash  # compared without the hex property: this runs for every entry
+        if (packed.hex() if type(packed) is bytes else packed) != entry.hash:
+            ops.append(Op(HUBS, "update", hub_id(plan.hub_type, entry.key), plan.version,
+                          hub_doc(plan, entry, pos, source, now), before=prev.hash, after=entry.hash,
+                          pos=pos))
         elif prev.pos != pos:
+            _id = hub_id(plan.hub_type, entry.key)
             ops.append(Op(HUBS, "setpos", _id, plan.version, None, before=prev.hash,
                           after=prev.hash, pos=pos))
     for key in gone:
