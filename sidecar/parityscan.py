@@ -1,0 +1,88 @@
+"""``GET /parity``'s full scan, run in a short-lived child process.
+
+A parity check reads, parses and hashes every file and streams every document.
+In the daemon's own process that left it ~10 MiB larger for good at 50k files
+(pymalloc keeps a 256 KiB arena while any object in it lives, and the few
+hundred long-lived objects other threads allocate during the scan are enough
+to pin dozens of them), and the scan held the GIL the writer needs. In a child
+both go away with it.
+
+Protocol: the parent writes a pickled ``(Config, pending paths)`` to stdin (a
+pipe between two processes of the same program, never a file or the command
+line, so the MongoDB URL's credentials stay out of ``ps``); the child writes one
+JSON object to stdout: ``{"report": {...}}`` or ``{"error": kind, "message": ...}``
+(messages are scrubbed of credentials like every other).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from typing import Any
+
+from .config import Config
+from .store import MongoUnavailable
+
+TIMEOUT = 900.0  # a scan of 50k files takes ~10 s here; this only stops a hung child
+
+
+def compute(config: Config, pending: set[str] | None) -> dict[str, Any]:
+    """The report, computed in this process."""
+    from . import parity
+    from .diff import MirrorState
+    from .reconcile import Reconciler
+    from .store import Store
+
+    store = Store(config)
+    try:
+        _, view = Reconciler(config).scan(MirrorState(), "parity", view_only=True)
+        report = parity.compute(store, view, pending=pending)
+        report["bad_input"] = [p.as_dict() for p in view.problems[:200]]
+        return report
+    finally:
+        store.close()
+
+
+class ChildFailed(RuntimeError):
+    pass
+
+
+def in_child(config: Config, pending: set[str] | None, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The report, computed by ``python -m sidecar.parityscan``. Raises
+    MongoUnavailable like ``compute``, ChildFailed when the child cannot run or
+    dies (the caller may then compute in process), never with file data."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sidecar.parityscan"],
+            input=pickle.dumps((config, pending)), capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ChildFailed(f"parity child could not run: {type(exc).__name__}") from None
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        raise ChildFailed(f"parity child exited with {proc.returncode} and no report") from None
+    if "report" in out:
+        return out["report"]
+    if out.get("error") == "mongo_unavailable":
+        raise MongoUnavailable(str(out.get("message", "")))
+    raise ChildFailed(f"parity child failed: {out.get('error')}")
+
+
+def main() -> int:
+    config, pending = pickle.load(sys.stdin.buffer)
+    try:
+        report = compute(config, pending)
+    except MongoUnavailable as exc:
+        print(json.dumps({"error": "mongo_unavailable", "message": config.scrub(str(exc))}))
+        return 3
+    except Exception as exc:  # the class name only: a message may quote data
+        print(json.dumps({"error": type(exc).__name__}))
+        return 1
+    print(json.dumps({"report": report}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
