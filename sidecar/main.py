@@ -176,12 +176,11 @@ class Daemon:
                 # Sync frames wait for MongoDB's ack. Async ones join the writer's
                 # queue when it is busy, here on the loop (no thread hand-off per
                 # frame); only an idle writer's frame is mirrored at once.
-                mirror = self.mirror.mirror_bytes if event.ack else self.mirror.offer_bytes
                 if not event.ack and self.mirror.queue_if_busy(event.path):
                     outcome = "queued"
                 else:
                     outcome = await loop.run_in_executor(
-                        None, mirror, event.path, event.data, event.mtime_ns or 0)
+                        None, self.mirror.mirror_bytes, event.path, event.data, event.mtime_ns or 0)
         except Exception:
             self.status.shim_events.labels(status="error").inc()
             # The watcher still sees the file: make sure it is looked at.

@@ -251,22 +251,17 @@ class Mirror:
         return [note_event("restored_from_mongo", rel, source, now, reason="empty_hub_refused")]
 
     # --- the shim's path ----------------------------------------------------------------
-    def offer_bytes(self, rel: str, data: bytes, mtime_ns: int) -> str:
-        """An async frame: nobody waits for its outcome. Mirrored at once when the
-        writer is idle (nothing pending, no flush running: the lowest latency);
-        otherwise the path joins ``Pending`` ("queued"), so a burst of frames is
-        coalesced like the watcher's events (which usually queued this very
-        write already) rather than costing one MongoDB write and one event
-        insert per frame on the cores the API runs on. The writer re-reads the
-        file, so it mirrors this version or a newer one."""
-        if self.queue_if_busy(rel):
-            return "queued"
-        return self.mirror_bytes(rel, data, mtime_ns)
-
     def queue_if_busy(self, rel: str) -> bool:
-        """Queue ``rel`` for the writer if it is busy (something pending or a flush
-        running). Never blocks, so the shim server calls it on its event loop and
-        only hands the idle case to a thread."""
+        """For an async shim frame, which nobody waits for: queue ``rel`` for the
+        writer if it is busy (something pending or a flush running) and say so.
+
+        Only an idle writer's frame is then mirrored at once (``mirror_bytes``, the
+        lowest latency); otherwise the path joins ``Pending``, so a burst of frames
+        is coalesced like the watcher's events (which usually queued this very
+        write already) rather than costing one MongoDB write and one event insert
+        per frame on the cores the API runs on. The writer re-reads the file, so
+        it mirrors this version or a newer one. Never blocks: the shim server
+        calls it on its event loop."""
         if len(self.pending) or not self.lock.acquire(blocking=False):
             self.pending.mark(rel, 0.0)
             return True
