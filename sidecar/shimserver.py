@@ -219,12 +219,15 @@ class ShimServer:
         if server is None:
             return
         server.close()
-        for writer in list(self._writers):
-            writer.close()
-        tasks = [t for t in self._tasks if not t.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
+        await asyncio.sleep(0)  # connections accepted just before run now, and see the server stopped
+        while True:
+            for writer in list(self._writers):
+                writer.close()
+            tasks = [t for t in self._tasks if not t.done()]
+            if not tasks:
+                break
+            for task in tasks:
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
         self._unlink_own_socket()
@@ -309,6 +312,11 @@ class ShimServer:
 
     # -- serving ---------------------------------------------------------------------
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._server is None:
+            # Accepted just before stop(): its task runs after stop's snapshot of
+            # the connections, so it must not start serving (it would outlive the loop).
+            writer.close()
+            return
         if len(self._tasks) >= self.max_connections:
             self.stats["connections_rejected"] += 1
             writer.close()

@@ -277,3 +277,26 @@ def test_stop_closes_open_connections(sockdir):
     finally:
         server.close()
     assert not any(t is server.thread and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_connection_whose_task_starts_after_stop_is_closed_not_served(sockdir):
+    """Accepted just before stop(): its task runs after stop's snapshot of the
+    connections, and must close instead of serving past the loop's end."""
+
+    class Writer:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    async def scenario():
+        server = ShimServer(os.path.join(sockdir, "s.sock"), RecordingHandler())
+        await server.start()
+        await server.stop()
+        writer = Writer()
+        await asyncio.wait_for(server._on_connect(asyncio.StreamReader(), writer), 5)
+        return server, writer
+
+    server, writer = asyncio.run(scenario())
+    assert writer.closed
+    assert server.stats["connections"] == 0 and not server._tasks
