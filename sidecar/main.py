@@ -95,7 +95,7 @@ class Daemon:
         except parityscan.ChildFailed as exc:
             log.warning("%s; computing parity in the daemon instead", exc)
             try:
-                report = parityscan.compute(self.config, pending)
+                report = parityscan.compute(self.config, pending, self.store)
             finally:
                 release_memory()
         report["pending"] = {"paths": len(self.pending), "lag_seconds": round(self.pending.oldest_age(), 3)}

@@ -191,7 +191,7 @@ class HubMemo:
         while j < lim - i and parts[n - 1 - j] == old_parts[m - 1 - j]:
             j += 1
         fresh: list[Any] = []
-        head = b"{\n" + b" " * fmt["indent"] + b'"'
+        head = _entry_head(fmt["indent"])
         entry_fmt = dict(fmt, newline=False)
         for part in parts[i:n - j]:
             # Changed bytes: the full checks, for this entry alone. Anything odd
@@ -244,6 +244,11 @@ def _no_constant(name: str) -> Any:
     raise ValueError(name)  # NaN/Infinity: the full path reports it
 
 
+def _entry_head(indent: int) -> bytes:
+    """What precedes the first entry's key (its opening quote included)."""
+    return b"{\n" + b" " * indent + b'"'
+
+
 def _entry_bytes(data: bytes, fmt: dict[str, Any]) -> list[bytes] | None:
     """Each top-level entry's bytes (after its key's opening quote) of an indented
     hub file, or None when the file is not laid out as ``fmt`` says."""
@@ -251,7 +256,7 @@ def _entry_bytes(data: bytes, fmt: dict[str, Any]) -> list[bytes] | None:
     if not isinstance(indent, int) or indent <= 0 or fmt.get("compact"):
         return None
     pad = b" " * indent
-    head = b"{\n" + pad + b'"'
+    head = _entry_head(indent)
     tail = b"\n}\n" if fmt.get("newline") else b"\n}"
     if not data.startswith(head) or not data.endswith(tail) or len(data) < len(head) + len(tail):
         return None

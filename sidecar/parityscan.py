@@ -28,21 +28,24 @@ from .store import MongoUnavailable
 TIMEOUT = 900.0  # a scan of 50k files takes ~10 s here; this only stops a hung child
 
 
-def compute(config: Config, pending: set[str] | None) -> dict[str, Any]:
-    """The report, computed in this process."""
+def compute(config: Config, pending: set[str] | None, store: Any = None) -> dict[str, Any]:
+    """The report, computed in this process (with ``store`` if given: the daemon's
+    fallback reuses its own client instead of opening another)."""
     from . import parity
     from .diff import MirrorState
     from .reconcile import Reconciler
     from .store import Store
 
-    store = Store(config)
+    own = store is None
+    store = Store(config) if own else store
     try:
         _, view = Reconciler(config).scan(MirrorState(), "parity", view_only=True)
         report = parity.compute(store, view, pending=pending)
         report["bad_input"] = [p.as_dict() for p in view.problems[:200]]
         return report
     finally:
-        store.close()
+        if own:
+            store.close()
 
 
 class ChildFailed(RuntimeError):

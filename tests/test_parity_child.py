@@ -45,3 +45,11 @@ def test_a_child_that_cannot_run_is_reported_as_such(config, monkeypatch):
     monkeypatch.setattr(parityscan.sys, "executable", "/nonexistent/python")
     with pytest.raises(parityscan.ChildFailed):
         parityscan.in_child(config, None)
+
+
+def test_in_process_fallback_reuses_the_given_store_and_leaves_it_open(data_dir, config, store):
+    (data_dir / "scheduled_jobs.json").write_text(json.dumps([{"id": "j"}], indent=2))
+    run_sync(config, store)
+    report = parityscan.compute(config, set(), store)
+    assert report["parity"]["all_match"] is True
+    store.ping()  # still usable: the daemon's client is not closed by its fallback
