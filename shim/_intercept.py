@@ -21,7 +21,9 @@ mode string. A write outside the data dir pays a string prefix test (plus a
 ``getcwd`` for a relative path). ``write_text``/``write_bytes`` inside the dir
 report right after the call returns (the file is closed by then): the inner
 ``io.open`` wrapper sees a per-thread marker and hands back the bare file, so
-write and close stay in C. Other writes spelled inside the dir get a thin
+write and close stay in C; in async mode the event then carries the call's own
+data and the sender thread finishes it (``Shim.report_written``/``settle``), so
+the API thread only queues it. Other writes spelled inside the dir get a thin
 proxy that reports at close. Reading back opens every directory below the
 data dir with ``O_NOFOLLOW | O_DIRECTORY`` and the file with ``O_NOFOLLOW``:
 no symlink is followed, so the descriptor is inside by construction (one
@@ -44,6 +46,7 @@ symlink (never followed, by design).
 from __future__ import annotations
 
 import builtins
+import codecs
 import errno
 import hashlib
 import io
@@ -70,6 +73,7 @@ COUNTERS = (
     "writes",  # write events built (after read-back)
     "deletes",  # delete events built
     "skipped_symlinks",  # writes/deletes not reported: final component is a symlink
+    "superseded",  # async writes not sent: the file was rewritten or removed before the sender got to them
     "sent",  # async frames written to the socket
     "dropped_queue_full",
     "dropped_unavailable",
@@ -109,27 +113,44 @@ class Event:
     not for hashing them.
     """
 
-    __slots__ = ("op", "path", "data", "mtime_ns", "seq", "pid", "_sha256")
+    __slots__ = ("op", "path", "data", "mtime_ns", "seq", "pid", "_sha256", "_owner", "_codec")
 
-    def __init__(self, op: str, path: str, data: bytes | None, mtime_ns: int | None, seq: int, pid: int) -> None:
+    def __init__(self, op: str, path: str, data: Any, mtime_ns: int | None, seq: int, pid: int,
+                 owner: "Shim | None" = None, codec: str | None = None) -> None:
         self.op = op  # "write" | "delete"
         self.path = path  # posix, relative to the resolved data dir
-        self.data = data
+        self.data = data  # bytes; until settled, possibly a str to encode with ``codec``
         self.mtime_ns = mtime_ns
         self.seq = seq
         self.pid = pid
         self._sha256: str | None = None
+        # Set for a write reported without reading the file back, until settled.
+        self._owner = owner
+        self._codec = codec
+
+    def settle(self) -> bool:
+        """Finish the event before it is sent; False: do not send it.
+
+        Only a write reported without a read-back (``Shim.report_written``)
+        has anything left to do; the sender thread does it, off the API's
+        path. Counted in the shim's stats.
+        """
+        owner = self._owner
+        if owner is None:
+            return True
+        self._owner = None
+        return owner.settle(self)
 
     @property
     def sha256(self) -> str | None:
-        if self.data is None:
+        if self.data is None or self._owner is not None:
             return None
         if self._sha256 is None:
             self._sha256 = hashlib.sha256(self.data).hexdigest()
         return self._sha256
 
     def __repr__(self) -> str:  # never show file contents
-        size = None if self.data is None else len(self.data)
+        size = None if self.data is None or self._owner is not None else len(self.data)
         return f"Event(op={self.op!r}, path={self.path!r}, size={size}, seq={self.seq}, pid={self.pid})"
 
 
@@ -163,6 +184,66 @@ def _is_write_mode(mode: Any) -> bool:
 def _has_opener(args: tuple, kwargs: dict) -> bool:
     # io.open(file, mode, buffering, encoding, errors, newline, closefd, opener)
     return kwargs.get("opener") is not None or (len(args) >= 6 and args[5] is not None)
+
+
+# Encodings for which ``str.encode`` gives exactly what TextIOWrapper writes
+# (stateless, no BOM), keyed by the spelling the caller used.
+_PLAIN_CODECS = frozenset(("utf-8", "ascii", "iso8859-1"))
+_codec_of: dict[Any, str | None] = {}
+# newline= values that write "\n" as it is (None means os.linesep).
+_UNTRANSLATED = (None, "", "\n") if os.linesep == "\n" else ("", "\n")
+
+
+def _plain_codec(encoding: Any) -> str | None:
+    codec = _codec_of.get(encoding, False)
+    if codec is not False:
+        return codec  # type: ignore[return-value]
+    codec = None
+    if encoding.__class__ is str:
+        try:
+            name = codecs.lookup(encoding).name
+        except LookupError:
+            name = None
+        codec = name if name in _PLAIN_CODECS else None
+    if len(_codec_of) < 64:  # spellings are few; never grow without bound
+        _codec_of[encoding] = codec
+    return codec
+
+
+def _known_payload(text: bool, data: Any, args: tuple, kwargs: dict) -> tuple[Any, str | None] | None:
+    """What a completed ``Path.write_text``/``write_bytes`` call put in the file,
+    as (str to encode with codec, codec) or (bytes, None), without encoding it.
+
+    None when the bytes cannot be known for sure without reading the file
+    back: a default (locale) or stateful encoding, a non-default error handler
+    or newline translation, an argument this code does not know, a buffer
+    other than bytes/bytearray.
+    """
+    if not text:
+        if data.__class__ is bytes:
+            return data, None
+        # A bytearray can change after the call: keep a copy of what was written.
+        return (bytes(data), None) if data.__class__ is bytearray else None
+    if data.__class__ is not str or len(args) > 3:
+        return None
+    if kwargs:
+        if not kwargs.keys() <= _TEXT_KWARGS:
+            return None
+        encoding = args[0] if args else kwargs.get("encoding")
+        errors = args[1] if len(args) > 1 else kwargs.get("errors")
+        newline = args[2] if len(args) > 2 else kwargs.get("newline")
+    else:
+        n = len(args)
+        encoding = args[0] if n else None
+        errors = args[1] if n > 1 else None
+        newline = args[2] if n > 2 else None
+    if encoding is None or errors not in (None, "strict") or newline not in _UNTRANSLATED:
+        return None
+    codec = _plain_codec(encoding)
+    return None if codec is None else (data, codec)
+
+
+_TEXT_KWARGS = frozenset(("encoding", "errors", "newline"))
 
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -542,6 +623,128 @@ class Shim:
             return
         self._deliver(event, path, suppress)
 
+    def report_written(self, path: str, text: bool, data: Any, args: tuple, kwargs: dict) -> None:
+        """Async report of ``path`` just written whole by a ``write_text`` /
+        ``write_bytes`` call that returned: no read-back on the API thread.
+
+        The event carries the call's own data (a reference: the API's str,
+        not a copy); the sender thread encodes it and looks at the file for
+        its mtime, without following symlinks (``settle``). Reading the file
+        back is most of what reporting costs the API thread (two opens, a
+        read, two closes), and the call's data are what the file holds unless
+        it was written again meanwhile, which ``settle`` sees by the size and
+        the daemon, which checks every async body against the file before
+        using it, sees for sure. Calls whose bytes cannot be known for
+        certain (default encoding, newline translation, ...) and unusual
+        spellings take the read-back, as sync mode always does.
+        """
+        if not self.active:
+            return
+        try:
+            if not self._ready():
+                self.stats.inc("dropped_unavailable")
+                return
+            known = _known_payload(text, data, args, kwargs)
+            rel = None if known is None else self._plain_rel(path)
+            if rel is None:
+                self.report_write(path)
+                return
+            event = Event("write", rel, known[0], None, next(_seq), _pid, self, known[1])
+            self.transport.deliver(event, False)
+        except Exception:
+            self.stats.inc("errors")
+
+    def settle(self, event: Event) -> bool:
+        """Finish a write event of ``report_written`` (on the sender thread).
+
+        Encodes the text, then looks at the file without following any
+        symlink: every directory below the data dir is opened with
+        ``O_NOFOLLOW`` and the name is ``lstat``-ed in the last one. That gives
+        the mtime, and the size says whether the file still holds this
+        write's bytes (if not, it was written again since: that write's own
+        event, or the watcher, reports it; "superseded"). A final component
+        that is a symlink is never reported. When a directory on the way is
+        a symlink the file is read back instead, which resolves where it
+        really is and refuses anything outside the dir.
+        """
+        try:
+            if event._codec is not None:
+                # Cannot fail: the write itself encoded the same text this way.
+                event.data = event.data.encode(event._codec)
+                event._codec = None
+            event.path.encode("utf-8")  # the protocol is JSON: undecodable names stay with the watcher
+            try:
+                st = self._lstat_beneath(event.path)
+            except OSError:
+                self.stats.inc("superseded")  # removed, or a directory on the way replaced
+                return False
+            if st is None:
+                snap = self._read_back(self.real_prefix + event.path)
+                if snap is None:
+                    return False
+                event.path, event.data, event.mtime_ns = snap
+                self.stats.inc("writes")
+                return True
+        except Exception:
+            self.stats.inc("errors")
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            self.stats.inc("skipped_symlinks")
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size != len(event.data):
+            self.stats.inc("superseded")
+            return False
+        event.mtime_ns = st.st_mtime_ns
+        self.stats.inc("writes")
+        return True
+
+    def _lstat_beneath(self, rel: str) -> os.stat_result | None:
+        """lstat of ``rel`` (plain, see ``_plain_rel``) reached through no symlink.
+
+        None when a directory on the way is a symlink (or not the real
+        file system: pyfakefs); OSError when something is missing.
+        """
+        parts = rel.split("/")
+        name = parts.pop()
+        if not parts:
+            return os.lstat(self.real_prefix + name)
+        if not (_WALK and os.open is _REAL_OS_OPEN):
+            return None
+        try:
+            dfd = os.open(self.real_prefix + parts[0], _DIR_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                return None
+            raise
+        try:
+            for part in parts[1:]:
+                try:
+                    sub = os.open(part, _DIR_FLAGS, dir_fd=dfd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        return None
+                    raise
+                os.close(dfd)
+                dfd = sub
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(dfd)
+
+    def _plain_rel(self, path: str) -> str | None:
+        """``path`` relative to the data dir if spelled plainly under it (no
+        ``.``/``..``/empty parts), else None."""
+        for prefix in self.prefixes:
+            if path.startswith(prefix):
+                rel = path[len(prefix):]
+                break
+        else:
+            return None
+        if not rel or rel[-1] == "/" or "//" in rel or "/." in rel or rel[0] == ".":
+            # "." and ".." parts (and, rarely, a name starting with a dot,
+            # which the read-back then handles)
+            return None
+        return rel
+
     def report_delete(self, loc: tuple[str, str], suppress: bool = False) -> None:
         if not self.active:
             return
@@ -717,6 +920,7 @@ class Shim:
 
     def make_path_write(self, orig: Callable[..., Any]) -> Callable[..., Any]:
         shim = self
+        text = getattr(orig, "__name__", "") != "write_bytes"
 
         def path_write(self_: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
             # The whole open-write-close happens inside this call. The inner
@@ -746,7 +950,13 @@ class Shim:
             # Path implementation: report here), or one proxied the file
             # itself (it reports at close).
             if defer[0] or getattr(tls, "n", 0) == before:
-                shim.report_write(path)
+                # In async mode the call's own bytes are what the file holds
+                # (checked by size, and by the daemon against the file): no
+                # read-back, the dearest part of reporting.
+                if shim.sync:
+                    shim.report_write(path)
+                else:
+                    shim.report_written(path, text, data, args, kwargs)
             return result
 
         return _decorate(path_write, orig)

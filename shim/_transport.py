@@ -67,9 +67,12 @@ def encode_header(event: "Event", ack: bool) -> bytes:
     """The length prefix and JSON header of one frame.
 
     Formatted by hand: only the path needs JSON escaping, and this runs
-    once per event on a thread that shares the GIL with the API.
+    once per event on a thread that shares the GIL with the API. Only a sync
+    frame carries the body's sha256: the daemon checks every body against the
+    file before using it, so hashing async bodies here would only spend the
+    API process's CPU.
     """
-    sha = event.sha256
+    sha = event.sha256 if ack else None
     mtime = event.mtime_ns
     raw = (
         '{"v":%d,"op":"%s","path":%s,"size":%d,"sha256":%s,"mtime_ns":%s,"seq":%d,"pid":%d,"ack":%s}'
@@ -319,7 +322,32 @@ class SocketTransport:
         if conn is not None:
             conn.close()
 
+    def _settle(self, batch: list) -> list:
+        """The events of ``batch`` to send, each settled (``Event.settle``).
+
+        A write followed in the same batch by another event on the same path
+        was overwritten (or removed) by then: it is not sent, and not even
+        settled, so a file rewritten in a loop costs the sender one look at
+        the file per batch instead of one per write. Deletes are always sent.
+        """
+        last = {event.path: i for i, event in enumerate(batch)}
+        out = []
+        superseded = 0
+        for i, event in enumerate(batch):
+            if last[event.path] != i and event.op == "write":
+                superseded += 1
+                continue
+            settle = getattr(event, "settle", None)
+            if settle is None or settle():
+                out.append(event)
+        if superseded:
+            self.stats.inc("superseded", superseded)
+        return out
+
     def _send_async(self, conn: _Connection | None, batch: list) -> _Connection | None:
+        batch = self._settle(batch)
+        if not batch:
+            return conn
         if conn is not None and conn.peer_gone():
             conn.close()
             conn = None
@@ -364,6 +392,9 @@ class SocketTransport:
 
     # -- sync -------------------------------------------------------------
     def _send_sync(self, event: "Event") -> None:
+        settle = getattr(event, "settle", None)
+        if settle is not None and not settle():
+            raise DeliveryError("the file changed before it could be reported")
         # One connection per thread: a reply always belongs to the frame its
         # own thread sent, without a lock serialising all API threads.
         deadline = time.monotonic() + self.timeout_s

@@ -54,7 +54,7 @@ class ShimEvent:
     op: str  # "write" | "delete"
     path: str  # posix, relative to the data dir, validated
     data: bytes | None  # the file's exact bytes (write); None (delete)
-    sha256: str | None  # hex of data, verified (write); None (delete)
+    sha256: str | None  # hex of data, verified (write); None (delete, or an async write sent without it)
     mtime_ns: int | None
     seq: int  # per writing process, increasing
     pid: int
@@ -123,7 +123,14 @@ def parse_header(raw: bytes, max_body: int = MAX_BODY) -> dict[str, Any]:
         raise BadFrame("body too large")
     sha = header.get("sha256")
     if op == "write":
-        if type(sha) is not str or not _SHA256_HEX.match(sha):
+        # Optional on async frames: nobody waits for them and the daemon checks
+        # the bytes against the file before using them, so hashing on the API's
+        # side would only cost its process CPU. A sync frame's reply vouches for
+        # exactly these bytes, so it carries the hash.
+        if sha is None:
+            if header["ack"]:
+                raise BadFrame("a sync write carries its sha256")
+        elif type(sha) is not str or not _SHA256_HEX.match(sha):
             raise BadFrame("sha256 must be 64 lowercase hex digits")
     else:
         if size != 0 or sha is not None:
@@ -378,22 +385,21 @@ class ShimServer:
             body = await reader.readexactly(size) if size else b""
         except asyncio.IncompleteReadError:
             return await self._reject(writer, False, "truncated frame")
-        if header["op"] == "write":
+        sha: str | None = header.get("sha256")
+        data: bytes | None = body if header["op"] == "write" else None
+        if sha is not None:
             if size > _HASH_INLINE_MAX:
                 digest = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
             else:
                 digest = hashlib.sha256(body).hexdigest()
-            if digest != header["sha256"]:
+            if digest != sha:
                 return await self._reject(writer, ack, "sha256 does not match the body")
-            data: bytes | None = body
-        else:
-            data = None
         self.stats["frames"] += 1
         event = ShimEvent(
             op=header["op"],
             path=header["path"],
             data=data,
-            sha256=header["sha256"],
+            sha256=sha,
             mtime_ns=header["mtime_ns"] if "mtime_ns" in header else None,
             seq=header["seq"],
             pid=header["pid"],

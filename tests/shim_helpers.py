@@ -30,11 +30,17 @@ class Recorder:
     def __init__(self, fail: BaseException | None = None) -> None:
         self.events: list[Any] = []
         self.sync_flags: list[bool] = []
+        self.unsent: list[str] = []  # paths of events settle() refused
         self.fail = fail
 
     def deliver(self, event: Any, sync: bool) -> None:
         if self.fail is not None:
             raise self.fail
+        # What the real sender does before sending: finish an event that was
+        # reported without reading the file back.
+        if not event.settle():
+            self.unsent.append(event.path)
+            return
         self.events.append(event)
         self.sync_flags.append(sync)
 

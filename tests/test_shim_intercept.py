@@ -578,16 +578,110 @@ def test_real_fs_proxies_keep_io_isinstance(real):
     assert sorted(p for _, p in recorder.summary) == ["b.bin", "r.bin", "t.txt"]
 
 
-def test_real_fs_symlink_out_of_the_dir(real, tmp_path):
+# utf-8: the call's own bytes are reported (no read-back); None: the locale's
+# encoding is not assumed, the file is read back.
+@pytest.mark.parametrize("encoding", [None, "utf-8"])
+def test_real_fs_symlink_out_of_the_dir(real, tmp_path, encoding):
     recorder, data = real
     secret = tmp_path / "outside" / "secret.json"
     secret.write_text("secret")
     (data / "link.json").symlink_to(secret)
     (data / "dirlink").symlink_to(tmp_path / "outside")
-    (data / "link.json").write_text("overwritten through the link")
-    (data / "dirlink" / "new.json").write_text("x")
+    (data / "link.json").write_text("overwritten through the link", encoding=encoding)
+    (data / "dirlink" / "new.json").write_text("x", encoding=encoding)
+    (data / "dirlink" / "new.bin").write_bytes(b"x")
     os.replace(tmp_path / "outside" / "new.json", data / "dirlink" / "moved.json")
     assert recorder.events == []
+    assert shim.stats()["skipped_symlinks"] >= 1
+
+
+@pytest.mark.parametrize("encoding", [None, "utf-8"])
+def test_real_fs_symlinked_dir_inside_reports_the_resolved_path(real, encoding):
+    recorder, data = real
+    (data / "real").mkdir()
+    (data / "alias").symlink_to(data / "real")
+    (data / "alias" / "x.json").write_text("x", encoding=encoding)
+    assert [(e.path, e.data) for e in recorder.events] == [("real/x.json", b"x")]
+
+
+@pytest.fixture
+def read_backs(real, monkeypatch):
+    """Paths the shim read back (instead of reporting the call's own bytes)."""
+    seen = []
+    orig = shim._shim._read_back
+
+    def spy(path):
+        seen.append(os.path.basename(path))
+        return orig(path)
+
+    monkeypatch.setattr(shim._shim, "_read_back", spy)
+    return seen
+
+
+WRITE_CALLS = [
+    # (name, call, bytes on disk, read back?)
+    ("utf8.json", lambda p: p.write_text("é\n", encoding="utf-8"), "é\n".encode(), False),
+    ("UTF8.json", lambda p: p.write_text("é", "UTF8"), "é".encode(), False),
+    ("latin.json", lambda p: p.write_text("é", encoding="latin-1", errors="strict"), b"\xe9", False),
+    ("ascii.json", lambda p: p.write_text("a\n", encoding="ascii", newline="\n"), b"a\n", False),
+    ("bytes.bin", lambda p: p.write_bytes(b"\x00\x01"), b"\x00\x01", False),
+    ("locale.json", lambda p: p.write_text("a"), b"a", True),
+    ("sig.json", lambda p: p.write_text("a", encoding="utf-8-sig"), b"\xef\xbb\xbfa", True),
+    ("utf16.json", lambda p: p.write_text("a", encoding="utf-16"), "a".encode("utf-16"), True),
+    ("crlf.json", lambda p: p.write_text("a\nb", encoding="utf-8", newline="\r\n"), b"a\r\nb", True),
+    ("replace.json", lambda p: p.write_text("é", encoding="ascii", errors="replace"), b"?", True),
+    ("view.bin", lambda p: p.write_bytes(memoryview(b"mv")), b"mv", True),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "expected", "read_back"), WRITE_CALLS, ids=[c[0] for c in WRITE_CALLS])
+def test_real_fs_write_text_and_bytes_report_the_calls_own_bytes(real, read_backs, name, call, expected, read_back):
+    # Reading the file back is most of what a report costs the API thread:
+    # when the bytes of the call are known for sure they are sent instead
+    # (the daemon checks every async body against the file anyway).
+    recorder, data = real
+    call(data / name)
+    assert (data / name).read_bytes() == expected
+    assert [(e.path, e.data) for e in recorder.events] == [(name, expected)]
+    assert recorder.events[0].mtime_ns == (data / name).stat().st_mtime_ns
+    assert read_backs == ([name] if read_back else [])
+
+
+def test_real_fs_a_bytearray_changed_after_the_call_is_reported_as_written(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    held = []
+
+    class Holding(Recorder):  # the sender has not run yet
+        def deliver(self, event, sync):
+            held.append(event)
+
+    shim.install(transport=Holding(), data_dir=str(data), mode="async")
+    buf = bytearray(b"first")
+    (data / "b.bin").write_bytes(buf)
+    buf[:] = b"FIRST"
+    assert held[0].settle() and held[0].data == b"first"
+
+
+def test_real_fs_a_write_overwritten_before_the_sender_looks_is_not_sent(tmp_path):
+    data = tmp_path / "data"
+    (data / "hubs").mkdir(parents=True)
+    held = []
+
+    class Holding(Recorder):
+        def deliver(self, event, sync):
+            held.append(event)
+
+    shim.install(transport=Holding(), data_dir=str(data), mode="async")
+    (data / "hubs" / "a.json").write_text("one", encoding="utf-8")
+    (data / "hubs" / "b.json").write_text("two", encoding="utf-8")
+    with open(data / "hubs" / "a.json", "w") as f:  # another write, not via pathlib, longer
+        f.write("one, then more")
+    os.remove(data / "hubs" / "b.json")
+    first, second = held[0], held[1]
+    assert not first.settle() and not second.settle()
+    assert shim.stats()["superseded"] == 2 and shim.stats()["writes"] == 1  # the open() write's own event
+    assert held[2].settle() and held[2].data == b"one, then more"
 
 
 def test_real_fs_data_dir_reached_through_a_symlink(tmp_path):

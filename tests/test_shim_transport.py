@@ -78,7 +78,7 @@ def test_async_delivers_in_order_with_exact_bytes(env):
     env.install(mode="async")
     expected = []
     for i in range(30):
-        name = f"hub{i % 3}.json"
+        name = f"hub{i}.json"
         body = json.dumps({"i": i, "text": "é" * i}, indent=2)
         (env.data / name).write_text(body, encoding="utf-8")
         expected.append(("write", name, body.encode()))
@@ -91,12 +91,31 @@ def test_async_delivers_in_order_with_exact_bytes(env):
     assert [(e.op, e.path, e.data) for e in events] == expected
     seqs = [e.seq for e in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert all(e.sha256 == hashlib.sha256(e.data).hexdigest() for e in events if e.op == "write")
+    assert all(e.sha256 is None for e in events)  # async bodies are checked against the file instead
     assert {e.pid for e in events} == {os.getpid()}
     assert all(not e.ack for e in events)
     stats = shim.stats()
     assert stats["sent"] == len(expected)
     assert stats["dropped_unavailable"] == stats["dropped_queue_full"] == stats["errors"] == 0
+
+
+def test_async_rewrites_of_one_file_may_coalesce_but_the_last_version_arrives(env):
+    # The sender settles an event (lstat) after the call returned: a version
+    # already overwritten by the time it looks is not sent (counted
+    # "superseded"); the newer write's own event carries the file.
+    handler = RecordingHandler()
+    env.serve(handler)
+    env.install(mode="async")
+    bodies = [json.dumps({"i": i, "pad": "x" * i}) for i in range(50)]  # all sizes differ
+    for body in bodies:
+        (env.data / "hot.json").write_text(body, encoding="utf-8")
+    assert shim.flush(WAIT)
+    stats = shim.stats()
+    assert stats["sent"] + stats["superseded"] == len(bodies) == stats["writes"] + stats["superseded"]
+    events = handler.wait_for(stats["sent"])
+    assert events[-1].data == bodies[-1].encode()
+    assert all(e.data in {b.encode() for b in bodies} for e in events)
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
 
 
 def test_async_without_sidecar_drops_counts_and_does_not_reconnect_per_write(env, monkeypatch):
@@ -234,6 +253,7 @@ def test_sync_returns_only_after_the_sidecar_acknowledged(env):
     (env.data / "hub.json").write_text('{"a": 1}')
     assert acked.is_set()
     assert handler.events[0].ack and handler.events[0].data == b'{"a": 1}'
+    assert handler.events[0].sha256 == hashlib.sha256(b'{"a": 1}').hexdigest()  # a sync reply vouches for these bytes
     assert shim.stats()["sync_ok"] == 1
 
 

@@ -85,6 +85,21 @@ def test_many_frames_on_one_connection_in_order(served):
     assert server.server.stats["frames"] == 6 and server.server.stats["replies"] == 1
 
 
+def test_async_write_may_leave_the_hash_out_but_a_given_one_is_checked(served):
+    # The async shim sends no sha256 (the daemon checks the bytes against the
+    # file); when a client does send one, it must still match.
+    server, handler = served
+    with connect(server.server.path) as s:
+        s.sendall(good_frame(path="nohash.json", body=b"abc", sha256=None, ack=False))
+        s.sendall(good_frame(path="sync.json"))
+        assert read_reply(s)["status"] == "written"
+    events = handler.wait_for(2)
+    assert (events[0].path, events[0].data, events[0].sha256) == ("nohash.json", b"abc", None)
+    assert_rejected(server, good_frame(path="bad.json", body=b"abc", sha256="0" * 64, ack=False),
+                    expect_reply=False)
+    assert len(handler.events) == 2
+
+
 def test_handler_error_replies_with_the_class_name_only(served):
     server, handler = served
     handler.raises = KeyError("learner-42 secret preferences")
@@ -128,7 +143,7 @@ BAD_HEADERS = {
     "negative size": header(size=-1),
     "sha upper": header(sha256="A" * 64),
     "sha short": header(sha256="abc"),
-    "sha missing": header(sha256=None),
+    "sha missing on a sync write": header(sha256=None),
     "mtime type": header(mtime_ns="now"),
     "seq negative": header(seq=-1),
     "pid zero": header(pid=0),
