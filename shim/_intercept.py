@@ -210,36 +210,43 @@ def _plain_codec(encoding: Any) -> str | None:
     return codec
 
 
+def _text_args(args: tuple, kwargs: dict) -> tuple[Any, Any, Any] | None:
+    """(encoding, errors, newline) of ``write_text(data, *args, **kwargs)``,
+    None for an argument it does not take."""
+    n = len(args)
+    if n > 3:
+        return None
+    if not kwargs:
+        return (args[0] if n else None, args[1] if n > 1 else None, args[2] if n > 2 else None)
+    if not kwargs.keys() <= _TEXT_KWARGS:
+        return None
+    get = kwargs.get
+    return (args[0] if n else get("encoding"), args[1] if n > 1 else get("errors"),
+            args[2] if n > 2 else get("newline"))
+
+
+def _known_codec(encoding: Any, errors: Any, newline: Any) -> str | None:
+    """The codec whose ``str.encode`` gives exactly the bytes a text file opened
+    with these arguments writes, or None if that is not certain: a default
+    (locale) or stateful encoding, another error handler, newline translation."""
+    if encoding is None or errors not in (None, "strict") or newline not in _UNTRANSLATED:
+        return None
+    return _plain_codec(encoding)
+
+
 def _known_payload(text: bool, data: Any, args: tuple, kwargs: dict) -> tuple[Any, str | None] | None:
     """What a completed ``Path.write_text``/``write_bytes`` call put in the file,
-    as (str to encode with codec, codec) or (bytes, None), without encoding it.
-
-    None when the bytes cannot be known for sure without reading the file
-    back: a default (locale) or stateful encoding, a non-default error handler
-    or newline translation, an argument this code does not know, a buffer
-    other than bytes/bytearray.
-    """
+    as (str to encode with codec, codec) or (bytes, None), without encoding it;
+    None when that cannot be known for sure without reading the file back."""
     if not text:
         if data.__class__ is bytes:
             return data, None
         # A bytearray can change after the call: keep a copy of what was written.
         return (bytes(data), None) if data.__class__ is bytearray else None
-    if data.__class__ is not str or len(args) > 3:
+    if data.__class__ is not str:
         return None
-    if kwargs:
-        if not kwargs.keys() <= _TEXT_KWARGS:
-            return None
-        encoding = args[0] if args else kwargs.get("encoding")
-        errors = args[1] if len(args) > 1 else kwargs.get("errors")
-        newline = args[2] if len(args) > 2 else kwargs.get("newline")
-    else:
-        n = len(args)
-        encoding = args[0] if n else None
-        errors = args[1] if n > 1 else None
-        newline = args[2] if n > 2 else None
-    if encoding is None or errors not in (None, "strict") or newline not in _UNTRANSLATED:
-        return None
-    codec = _plain_codec(encoding)
+    targs = _text_args(args, kwargs)
+    codec = None if targs is None else _known_codec(*targs)
     return None if codec is None else (data, codec)
 
 
@@ -421,6 +428,10 @@ class Shim:
         self._ready: Callable[[], bool] = getattr(transport, "ready", None) or (lambda: True)
         self._patches: list[tuple[Any, str, bool, Any, Any]] = []
         self._use_proc = True
+        # (CPython's Path.open, our io.open wrapper) when write_text/write_bytes
+        # can take the short route (_write_direct); set by patch().
+        self._direct: tuple[Any, Any] | None = None
+        self._real_open: Any = None
         self._last_warning = float("-inf")
         self._warn_lock = threading.Lock()
 
@@ -921,8 +932,15 @@ class Shim:
     def make_path_write(self, orig: Callable[..., Any]) -> Callable[..., Any]:
         shim = self
         text = getattr(orig, "__name__", "") != "write_bytes"
+        direct = self._direct
 
         def path_write(self_: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+            if direct is not None and self_.__class__.open is direct[0] and io.open is direct[1]:
+                # CPython's own pathlib (Path.open is io.open) and our io.open
+                # wrapper still in place: take the short route when it applies.
+                done = shim._write_direct(self_, text, data, args, kwargs)
+                if done is not None:
+                    return done[0]
             # The whole open-write-close happens inside this call. The inner
             # open wrapper (CPython's pathlib goes through io.open) recognises
             # the Path in ``defer`` and, instead of deciding again or proxying
@@ -960,6 +978,63 @@ class Shim:
             return result
 
         return _decorate(path_write, orig)
+
+    def _write_direct(self, path_obj: Any, text: bool, data: Any, args: tuple, kwargs: dict) -> tuple[Any] | None:
+        """``write_text``/``write_bytes`` of CPython's pathlib, done here, in
+        async mode, for a path inside the dir whose bytes are known: (result,).
+
+        CPython's versions are "type check, then ``with self.open(...) as f:
+        return f.write(data)``", and ``Path.open`` is ``io.open(self, ...)``;
+        this opens with the original ``io.open`` itself, so the call skips
+        three Python layers (write_text, Path.open, our io.open wrapper and
+        its per-thread bookkeeping), and queues the event with the call's own
+        data. It is what the API thread runs for every Mentorix write, and
+        on a mostly idle API each layer is paid with cold caches. None: not
+        applicable (sync mode, outside the dir, bytes not certain, an odd
+        spelling): the caller takes the general route.
+        """
+        if self.sync or not self.active:
+            return None
+        try:
+            p = os.fspath(path_obj)
+            if p.__class__ is not str or not p.startswith(self.prefixes):
+                return None
+            rel = self._plain_rel(p)
+            if rel is None:
+                return None
+            if text:
+                if data.__class__ is not str:
+                    return None
+                targs = _text_args(args, kwargs)
+                if targs is None:
+                    return None
+                codec = _known_codec(*targs)
+                if codec is None:
+                    return None
+            elif data.__class__ is not bytes or args or kwargs:
+                return None
+        except Exception:
+            self.stats.inc("errors")
+            return None
+        if text:
+            f = self._real_open(path_obj, "w", -1, *targs)
+        else:
+            f = self._real_open(path_obj, "wb")
+        try:
+            with f:
+                result = f.write(data)
+        except BaseException:
+            # Opened (so truncated): report what is there, as the general route does.
+            self.report_write(p, suppress=True)
+            raise
+        try:
+            if not self._ready():
+                self.stats.inc("dropped_unavailable")
+            else:
+                self.transport.deliver(Event("write", rel, data, None, next(_seq), _pid, self, codec if text else None), False)
+        except Exception:
+            self.stats.inc("errors")
+        return (result,)
 
     def make_path_unlink(self, orig: Callable[..., Any]) -> Callable[..., Any]:
         shim = self
@@ -1007,6 +1082,7 @@ class Shim:
         try:
             # Both, even though they are one object in CPython: pathlib and
             # code doing `import io` look the name up on io.
+            self._real_open = io.open
             self._patch(builtins, "open", self.make_open)
             self._patch(io, "open", self.make_open)
             self._patch(os, "replace", self.make_move)
@@ -1018,7 +1094,12 @@ class Shim:
             # already sees it, and every Path.open would pay a second wrapper
             # for nothing. Other implementations (pyfakefs, a future pathlib)
             # get the pathlib wrapper.
-            if not _calls(getattr(path_cls, "open", None), "io", io, "open"):
+            path_open = getattr(path_cls, "open", None)
+            if _calls(path_open, "io", io, "open"):
+                # Path.write_text/write_bytes may then open with io.open's
+                # original themselves (_write_direct).
+                self._direct = (path_open, io.open)
+            else:
                 self._patch(path_cls, "open", self.make_path_open)
             self._patch(path_cls, "write_text", self.make_path_write)
             self._patch(path_cls, "write_bytes", self.make_path_write)

@@ -647,6 +647,69 @@ def test_real_fs_write_text_and_bytes_report_the_calls_own_bytes(real, read_back
     assert read_backs == ([name] if read_back else [])
 
 
+def test_real_fs_write_text_short_route_only_for_cpythons_own_pathlib(real, monkeypatch):
+    # The Mentorix write (write_text with an explicit utf-8) opens the file
+    # with io.open's original itself: our io.open wrapper (which counts write
+    # opens per thread) is not involved. Anything else takes the general route.
+    recorder, data = real
+
+    def opens():
+        return getattr(_intercept._tls, "n", 0)
+
+    before = opens()
+    (data / "short.json").write_text('{"a": 1}', encoding="utf-8")
+    (data / "short.bin").write_bytes(b"b")
+    assert opens() == before
+    (data / "general.json").write_text("x")  # locale encoding: read back
+    assert opens() == before + 1
+
+    class Custom(type(data)):
+        def open(self, *args, **kwargs):  # a subclass's own open is honoured
+            opened.append(self.name)
+            return super().open(*args, **kwargs)
+
+    opened = []
+    Custom(data / "custom.json").write_text("c", encoding="utf-8")
+    assert opened == ["custom.json"]
+
+    seen = []
+    inner = io.open
+
+    def outer_wrapper(*args, **kwargs):  # somebody patched io.open after us
+        seen.append(1)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(io, "open", outer_wrapper)
+    (data / "wrapped.json").write_text("w", encoding="utf-8")
+    assert seen == [1]
+    assert recorder.summary == [("write", n) for n in
+                                ("short.json", "short.bin", "general.json", "custom.json", "wrapped.json")]
+    assert [e.data for e in recorder.events] == [b'{"a": 1}', b"b", b"x", b"c", b"w"]
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_real_fs_failing_writes_fail_as_without_the_shim(tmp_path, installed):
+    data = tmp_path / "data"
+    data.mkdir()
+    recorder = Recorder()
+    if installed:
+        shim.install(transport=recorder, data_dir=str(data), mode="async")
+    with pytest.raises(FileNotFoundError):
+        (data / "missing" / "x.json").write_text("x", encoding="utf-8")
+    with pytest.raises(TypeError):
+        (data / "t.json").write_text(b"bytes", encoding="utf-8")
+    with pytest.raises(TypeError):
+        (data / "b.bin").write_bytes("text")
+    (data / "e.json").write_text("old", encoding="ascii")
+    with pytest.raises(UnicodeEncodeError):
+        (data / "e.json").write_text("é", encoding="ascii")
+    assert (data / "e.json").read_bytes() == b""  # opened, so truncated, then the encode failed
+    assert not (data / "t.json").exists() and not (data / "b.bin").exists()
+    if installed:
+        # the truncation is reported like any write that reached the disk
+        assert [(e.path, e.data) for e in recorder.events] == [("e.json", b"old"), ("e.json", b"")]
+
+
 def test_real_fs_a_bytearray_changed_after_the_call_is_reported_as_written(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
