@@ -980,46 +980,46 @@ class Shim:
         return _decorate(path_write, orig)
 
     def _write_direct(self, path_obj: Any, text: bool, data: Any, args: tuple, kwargs: dict) -> tuple[Any] | None:
-        """``write_text``/``write_bytes`` of CPython's pathlib, done here, in
-        async mode, for a path inside the dir whose bytes are known: (result,).
+        """``write_text``/``write_bytes`` of CPython's pathlib, done here: (result,).
 
         CPython's versions are "type check, then ``with self.open(...) as f:
         return f.write(data)``", and ``Path.open`` is ``io.open(self, ...)``;
         this opens with the original ``io.open`` itself, so the call skips
         three Python layers (write_text, Path.open, our io.open wrapper and
-        its per-thread bookkeeping), and queues the event with the call's own
-        data. It is what the API thread runs for every Mentorix write, and
-        on a mostly idle API each layer is paid with cold caches. None: not
-        applicable (sync mode, outside the dir, bytes not certain, an odd
+        its per-thread bookkeeping). Inside the dir (async mode, bytes known
+        for certain) it then queues the event with the call's own data;
+        outside it only writes. It is what the API thread runs for every
+        Mentorix write, and on a mostly idle API each layer is paid with cold
+        caches. None: not applicable (the default encoding, whose resolution
+        may warn; sync mode or bytes not certain inside the dir; an unusual
         spelling): the caller takes the general route.
         """
-        if self.sync or not self.active:
-            return None
         try:
-            p = os.fspath(path_obj)
-            if p.__class__ is not str or not p.startswith(self.prefixes):
-                return None
-            rel = self._plain_rel(p)
-            if rel is None:
-                return None
             if text:
                 if data.__class__ is not str:
                     return None
                 targs = _text_args(args, kwargs)
-                if targs is None:
-                    return None
-                codec = _known_codec(*targs)
-                if codec is None:
+                if targs is None or targs[0] is None:
                     return None
             elif data.__class__ is not bytes or args or kwargs:
                 return None
+            p = self.candidate(path_obj) if self.active else None
+            if p is not None:
+                if self.sync:
+                    return None
+                rel = self._plain_rel(p)
+                if rel is None:
+                    return None
+                codec = _known_codec(*targs) if text else None
+                if text and codec is None:
+                    return None
         except Exception:
             self.stats.inc("errors")
             return None
-        if text:
-            f = self._real_open(path_obj, "w", -1, *targs)
-        else:
-            f = self._real_open(path_obj, "wb")
+        f = self._real_open(path_obj, "w", -1, *targs) if text else self._real_open(path_obj, "wb")
+        if p is None:  # outside the dir: nothing to report
+            with f:
+                return (f.write(data),)
         try:
             with f:
                 result = f.write(data)
@@ -1031,7 +1031,7 @@ class Shim:
             if not self._ready():
                 self.stats.inc("dropped_unavailable")
             else:
-                self.transport.deliver(Event("write", rel, data, None, next(_seq), _pid, self, codec if text else None), False)
+                self.transport.deliver(Event("write", rel, data, None, next(_seq), _pid, self, codec), False)
         except Exception:
             self.stats.inc("errors")
         return (result,)

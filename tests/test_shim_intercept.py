@@ -662,6 +662,11 @@ def test_real_fs_write_text_short_route_only_for_cpythons_own_pathlib(real, monk
     assert opens() == before
     (data / "general.json").write_text("x")  # locale encoding: read back
     assert opens() == before + 1
+    outside = data.parent.parent / "outside"
+    (outside / "o.json").write_text("o", encoding="utf-8")  # outside: only written
+    (outside / "o.bin").write_bytes(b"o")
+    assert opens() == before + 1
+    assert (outside / "o.json").read_text() == "o" and (outside / "o.bin").read_bytes() == b"o"
 
     class Custom(type(data)):
         def open(self, *args, **kwargs):  # a subclass's own open is honoured
