@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import pymongo  # noqa: E402
 
-from common import launch_secantus, pct, stop_process  # noqa: E402  (bench/ is on sys.path: the script's dir)
+from common import code_version, launch_secantus, pct, stop_process  # noqa: E402  (bench/ is on sys.path: the script's dir)
 
 import corpus  # noqa: E402
 
@@ -286,18 +286,6 @@ class Sidecar:
         if self._log:
             self._log.close()
             self._log = None
-
-
-def code_version() -> dict[str, Any]:
-    """Which sidecar code was measured: HEAD and whether sidecar/ had uncommitted edits."""
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-    dirty = git("status", "--porcelain", "--", "sidecar")
-    return {"head": git("rev-parse", "--short", "HEAD"), "sidecar_uncommitted_changes": bool(dirty),
-            "dirty_files": dirty.splitlines()[:20]}
 
 
 def parse_metrics(text: str) -> dict[str, float]:

@@ -57,7 +57,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from common import launch_secantus, pct, stop_process  # bench/ is on sys.path: the script's dir
+from common import code_version, launch_secantus, pct, stop_process  # bench/ is on sys.path: the script's dir
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -640,6 +640,8 @@ def print_report(result: dict[str, Any]) -> None:
     if result["latency"]:
         print_latency(result)
     print(f"data dir on {result['data_fs']}; load average at start {result['machine']['loadavg_at_start']}")
+    code = result.get("code") or {}
+    print(f"code: {code.get('head')}" + (" + uncommitted changes" if code.get("uncommitted_changes") else ""))
     print(f"machine: {result['machine']['cpus']} CPUs, {result['machine']['python']}; "
           f"written to {result['out']}")
 
@@ -799,7 +801,7 @@ def main() -> None:
                              "interval_s": args.slow_interval_ms / 1000, "target": str(data_dir / HUB_REL)},
     }
     result: dict[str, Any] = {
-        "args": vars(args), "payload_bytes": len(pool[0].encode()),
+        "args": vars(args), "payload_bytes": len(pool[0].encode()), "code": code_version(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "loadavg_at_start": os.getloadavg()},
         "data_fs": fs_type(data_root),

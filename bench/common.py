@@ -1,4 +1,4 @@
-"""What every benchmark (and the test fixture) needs: a SecantusDB process on loopback."""
+"""What every benchmark (and the test fixture) needs: a SecantusDB process on loopback, and which code ran."""
 
 from __future__ import annotations
 
@@ -8,6 +8,20 @@ import time
 from pathlib import Path
 
 import pymongo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_version(paths: tuple[str, ...] = ("sidecar", "shim")) -> dict:
+    """Which code was measured: HEAD, and whether ``paths`` had uncommitted edits."""
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    dirty = git("status", "--porcelain", "--", *paths)
+    return {"head": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": bool(dirty),
+            "dirty_files": dirty.splitlines()[:20]}
 
 
 def launch_secantus(port: int, storage: Path, log_path: Path, timeout: float = 60.0) -> subprocess.Popen:
