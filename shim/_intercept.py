@@ -994,25 +994,48 @@ class Shim:
         may warn; sync mode or bytes not certain inside the dir; an unusual
         spelling): the caller takes the general route.
         """
+        # Every Python call here is a cold frame on an idle API: the common
+        # shapes are spelled inline (candidate, _plain_rel, _known_codec).
         try:
             if text:
                 if data.__class__ is not str:
                     return None
-                targs = _text_args(args, kwargs)
-                if targs is None or targs[0] is None:
+                if not args and len(kwargs) == 1 and "encoding" in kwargs:  # write_text(s, encoding=...)
+                    targs = (kwargs["encoding"], None, None)
+                else:
+                    targs = _text_args(args, kwargs)  # type: ignore[assignment]
+                    if targs is None:
+                        return None
+                if targs[0] is None:
                     return None
             elif data.__class__ is not bytes or args or kwargs:
                 return None
-            p = self.candidate(path_obj) if self.active else None
+            p = None
+            if self.active:
+                # a Path caches its str form (what os.fspath returns)
+                p = getattr(path_obj, "_str", None)
+                if p.__class__ is not str or not p.startswith(self.prefixes):
+                    p = self.candidate(path_obj)
             if p is not None:
                 if self.sync:
                     return None
-                rel = self._plain_rel(p)
-                if rel is None:
+                for prefix in self.prefixes:
+                    if p.startswith(prefix):
+                        rel = p[len(prefix):]
+                        break
+                else:  # pragma: no cover - candidate() checked the prefix
                     return None
-                codec = _known_codec(*targs) if text else None
-                if text and codec is None:
-                    return None
+                if not rel or rel[-1] == "/" or "//" in rel or "/." in rel or rel[0] == ".":
+                    return None  # an unusual spelling: the general route resolves it
+                codec = None
+                if text:
+                    if targs[1] not in (None, "strict") or targs[2] not in _UNTRANSLATED:
+                        return None
+                    codec = _codec_of.get(targs[0], False)
+                    if codec is False:
+                        codec = _plain_codec(targs[0])
+                    if codec is None:
+                        return None
         except Exception:
             self.stats.inc("errors")
             return None
