@@ -659,7 +659,11 @@ def test_real_fs_write_text_short_route_only_for_cpythons_own_pathlib(real, monk
     before = opens()
     (data / "short.json").write_text('{"a": 1}', encoding="utf-8")
     (data / "short.bin").write_bytes(b"b")
-    assert opens() == before
+    pathlib.Path("data/system/rel.json").write_text("r", encoding="utf-8")  # relative to the cwd
+    (data / "x").mkdir()
+    pathlib.Path(str(data), "x", "..", "odd.json").write_text("o", encoding="utf-8")  # resolved by the general route
+    assert opens() == before + 1
+    before = opens()
     (data / "general.json").write_text("x")  # locale encoding: read back
     assert opens() == before + 1
     outside = data.parent.parent / "outside"
@@ -687,9 +691,9 @@ def test_real_fs_write_text_short_route_only_for_cpythons_own_pathlib(real, monk
     monkeypatch.setattr(io, "open", outer_wrapper)
     (data / "wrapped.json").write_text("w", encoding="utf-8")
     assert seen == [1]
-    assert recorder.summary == [("write", n) for n in
-                                ("short.json", "short.bin", "general.json", "custom.json", "wrapped.json")]
-    assert [e.data for e in recorder.events] == [b'{"a": 1}', b"b", b"x", b"c", b"w"]
+    assert recorder.summary == [("write", n) for n in ("short.json", "short.bin", "rel.json", "odd.json",
+                                                       "general.json", "custom.json", "wrapped.json")]
+    assert [e.data for e in recorder.events] == [b'{"a": 1}', b"b", b"r", b"o", b"x", b"c", b"w"]
 
 
 @pytest.mark.parametrize("installed", [False, True])
