@@ -535,23 +535,31 @@ class Shim:
     def _open_beneath(self, path: str) -> tuple[int, str] | None:
         """(descriptor, relative path) of the file, reached without any symlink.
 
-        Every directory below the data dir is opened with O_NOFOLLOW, so the
-        file is inside by construction: no /proc lookup. None (take the slow
-        path) for an odd spelling or when a directory on the way is a symlink
-        or missing; a symlinked final component raises ELOOP as usual.
+        The file is inside by construction (``_beneath``): no /proc lookup.
+        None (take the slow path) for an unusual spelling or when a directory
+        on the way is a symlink or missing; a symlinked final component
+        raises ELOOP as usual.
         """
-        for prefix in self.prefixes:
-            if path.startswith(prefix):
-                rel = path[len(prefix):]
-                break
-        else:
+        rel = self._plain_rel(path)
+        if rel is None:
             return None
+        fd = self._beneath(rel, lambda name, dir_fd: os.open(name, _READ_FLAGS, dir_fd=dir_fd))
+        return None if fd is None else (fd, rel)
+
+    def _beneath(self, rel: str, call: Callable[[str, int | None], Any]) -> Any:
+        """``call(name, dir_fd)`` on the last component of ``rel`` (plain, see
+        ``_plain_rel``) in its directory, reached through no symlink.
+
+        Every directory below the data dir is opened one level at a time with
+        ``O_PATH | O_DIRECTORY | O_NOFOLLOW``, which fails on a symlink; the
+        data dir itself was resolved at install time. A top-level file gets
+        its full path and no descriptor. None when a directory on the way is
+        a symlink, missing or not a directory.
+        """
         parts = rel.split("/")
         name = parts.pop()
-        if name in ("", ".", "..") or "" in parts or "." in parts or ".." in parts:
-            return None
         if not parts:
-            return os.open(self.real_prefix + name, _READ_FLAGS), rel
+            return call(self.real_prefix + name, None)
         try:
             dfd = os.open(self.real_prefix + parts[0], _DIR_FLAGS)
         except OSError:
@@ -564,7 +572,7 @@ class Shim:
                     return None
                 os.close(dfd)
                 dfd = sub
-            return os.open(name, _READ_FLAGS, dir_fd=dfd), rel
+            return call(name, dfd)
         finally:
             os.close(dfd)
 
@@ -690,8 +698,12 @@ class Shim:
                 self.stats.inc("superseded")  # removed, or a directory on the way replaced
                 return False
             if st is None:
-                snap = self._read_back(self.real_prefix + event.path)
-                if snap is None:
+                try:
+                    snap = self._read_back(self.real_prefix + event.path)
+                except OSError:  # removed meanwhile
+                    self.stats.inc("superseded")
+                    return False
+                if snap is None:  # a symlink, or not inside after all: never reported
                     return False
                 event.path, event.data, event.mtime_ns = snap
                 self.stats.inc("writes")
@@ -712,34 +724,13 @@ class Shim:
     def _lstat_beneath(self, rel: str) -> os.stat_result | None:
         """lstat of ``rel`` (plain, see ``_plain_rel``) reached through no symlink.
 
-        None when a directory on the way is a symlink (or not the real
-        file system: pyfakefs); OSError when something is missing.
+        None when a directory on the way is a symlink or missing, or below
+        the top level on a file system without ``O_PATH`` walks (pyfakefs);
+        OSError when the file itself is missing.
         """
-        parts = rel.split("/")
-        name = parts.pop()
-        if not parts:
-            return os.lstat(self.real_prefix + name)
-        if not (_WALK and os.open is _REAL_OS_OPEN):
+        if "/" in rel and not (_WALK and os.open is _REAL_OS_OPEN):
             return None
-        try:
-            dfd = os.open(self.real_prefix + parts[0], _DIR_FLAGS)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                return None
-            raise
-        try:
-            for part in parts[1:]:
-                try:
-                    sub = os.open(part, _DIR_FLAGS, dir_fd=dfd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        return None
-                    raise
-                os.close(dfd)
-                dfd = sub
-            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        finally:
-            os.close(dfd)
+        return self._beneath(rel, lambda name, dir_fd: os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
 
     def _plain_rel(self, path: str) -> str | None:
         """``path`` relative to the data dir if spelled plainly under it (no
