@@ -392,9 +392,6 @@ class SocketTransport:
 
     # -- sync -------------------------------------------------------------
     def _send_sync(self, event: "Event") -> None:
-        settle = getattr(event, "settle", None)
-        if settle is not None and not settle():
-            raise DeliveryError("the file changed before it could be reported")
         # One connection per thread: a reply always belongs to the frame its
         # own thread sent, without a lock serialising all API threads.
         deadline = time.monotonic() + self.timeout_s
