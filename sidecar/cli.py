@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--include-deleted", action="store_true",
                    help="also restore files whose deletion was recorded")
 
+    dv = sub.add_parser("divergences", help="list held removals (exit 1 while any is held); "
+                        "`divergences accept [PATH...]` applies them")
+    dv.add_argument("action", nargs="?", choices=["accept"], help="apply the held removals")
+    dv.add_argument("paths", nargs="*", help="with accept: only these paths (default: every one held)")
+
     sub.add_parser("parity", help="compare files and MongoDB, no writes (exit 1 on mismatch)")
     sub.add_parser("indexes", help="ensure the indexes and list them")
     sub.add_parser("config", help="print the effective settings (credentials hidden)")
@@ -135,6 +140,23 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return EXIT_MONGO
 
 
+def _ask_daemon_to_reconcile(config: Config) -> bool:
+    """A running daemon re-reads MongoDB's state after an accept done beside it."""
+    import urllib.error
+    import urllib.request
+
+    if not config.token:
+        return False
+    host = config.sidecar_http_host if config.sidecar_http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    req = urllib.request.Request(f"http://{host}:{config.sidecar_http_port}/reconcile", method="POST",
+                                 headers={"Authorization": f"Bearer {config.token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return resp.status == 202
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def _one_shot(args: argparse.Namespace, config: Config) -> int:
     from .store import Store
 
@@ -150,6 +172,19 @@ def _one_shot(args: argparse.Namespace, config: Config) -> int:
             from .sync import run_parity
 
             report, code = run_parity(config, store)
+            _print(report)
+            return code
+        if args.command == "divergences":
+            from .sync import run_divergences
+
+            if args.paths and args.action != "accept":
+                print("memory-sidecar: paths are only taken by `divergences accept`", file=sys.stderr)
+                return EXIT_USAGE
+            accepting = args.action == "accept"
+            report, code = run_divergences(config, store, accept=args.paths or None,
+                                           accept_all=accepting and not args.paths)
+            if accepting:
+                report["daemon_notified"] = _ask_daemon_to_reconcile(config)
             _print(report)
             return code
         if args.command == "indexes":

@@ -66,6 +66,11 @@ class Config(BaseSettings):
     sidecar_ignore: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sidecar_redact_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sidecar_propagate_file_deletes: bool = False
+    # The mass-removal guard (rsync's --max-delete): one change that removes more
+    # hub entries, or files within a minute, than this is held as a divergence.
+    # The legacy writers never remove a key or a file, so a legitimate removal is
+    # an operator's, one or a few at a time; a wiped or swapped dir removes many.
+    sidecar_max_removals: int = Field(default=10, ge=0)
     # "majority" (a replica set's default durability) or a node count.
     sidecar_write_concern: str = "majority"
     sidecar_write_timeout_ms: int = Field(default=10_000, ge=0)

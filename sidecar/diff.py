@@ -8,6 +8,7 @@ most one op per document.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -202,11 +203,15 @@ def _positions(keys: list[str], base: dict[str, HubState]) -> list[int]:
 
 
 def diff_plan(
-    plan: FilePlan, state: MirrorState, source: str, now: datetime, allow_empty_hub: bool = False
+    plan: FilePlan, state: MirrorState, source: str, now: datetime, allow_empty_hub: bool = False,
+    remove: Collection[str] = frozenset(),
 ) -> list[Op]:
+    """``remove``: the hub keys missing from the file whose removal may be mirrored
+    (the deletion model decides which: ``sidecar/lineage.py``). Every other key
+    MongoDB holds and the file lacks is left alone: nothing is removed by default."""
     ops: list[Op] = []
     if plan.kind is Kind.HUB:
-        ops.extend(_diff_hub(plan, state, source, now, allow_empty_hub))
+        ops.extend(_diff_hub(plan, state, source, now, allow_empty_hub, remove))
     elif plan.kind is Kind.SNAPSHOT:
         if plan.doc_id not in state.snapshots:
             doc = snapshot_doc(plan, source, now)
@@ -242,13 +247,23 @@ def diff_plan(
     return ops
 
 
+def gone_keys(plan: FilePlan, state: MirrorState) -> list[str]:
+    """Keys MongoDB holds for this hub that the file does not (bad entries count as present)."""
+    base = state.hubs.get(plan.hub_type, {})
+    if not base:
+        return []
+    wanted = {e.key for e in plan.entries}
+    wanted.update(plan.entry_errors)
+    return [k for k in base if k not in wanted]
+
+
 def _diff_hub(
-    plan: FilePlan, state: MirrorState, source: str, now: datetime, allow_empty_hub: bool
+    plan: FilePlan, state: MirrorState, source: str, now: datetime, allow_empty_hub: bool,
+    remove: Collection[str],
 ) -> list[Op]:
     base = state.hubs.get(plan.hub_type, {})
     keys = [e.key for e in plan.entries]
-    wanted = set(keys) | set(plan.entry_errors)
-    gone = [k for k in base if k not in wanted]
+    gone = [k for k in gone_keys(plan, state) if k in remove]
     if not plan.entries and not plan.entry_errors and base and not allow_empty_hub:
         raise EmptyHubRefused(plan.rel, len(base))
     ops: list[Op] = []

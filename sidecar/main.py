@@ -3,10 +3,13 @@
 Start-up order matters and is the whole no-missed-write argument:
   1. HTTP up at once (``/healthz`` 200, ``/readyz`` 503 until ready);
   2. wait for MongoDB (backoff, never exit), ensure indexes;
-  3. mongo mode + empty data dir: restore the files from MongoDB;
-  4. start the watcher *before* reconciling, so a write during the reconcile
-     is queued rather than missed;
-  5. full reconcile, then the writer drains what queued meanwhile; ready.
+  3. start the watcher *before* anything touches the files, so a write the API
+     makes during the restore or the reconcile is queued rather than missed;
+  4. mongo mode: restore every file MongoDB holds that is missing on disk (and
+     whose deletion was never accepted), whatever the API created meanwhile is
+     kept; a restore killed halfway simply resumes here at the next start;
+  5. full reconcile (removals it notices are held, or in mongo mode healed
+     toward MongoDB), then the writer drains what queued meanwhile; ready.
 On SIGTERM: stop taking shim frames, stop the watcher, final flush with a
 bounded deadline (whatever is left is reconciled at the next start: the files
 on disk are the journal).
@@ -28,9 +31,10 @@ from . import parityscan, server
 from .classify import is_ignored
 from .config import Config
 from .diff import MirrorState
+from .divergence import DivergenceBook
 from .mirror import BACKOFF_MAX, Mirror
 from .pending import Pending
-from .restore import is_empty, restore
+from .restore import clean_temp_files, restore
 from .shimserver import ShimEvent, ShimServer
 from .status import Status
 from .store import MongoUnavailable, Store
@@ -74,7 +78,9 @@ class Daemon:
         self.store = store or Store(config)
         self.pending = Pending()
         self.state = MirrorState()
-        self.mirror = Mirror(config, self.store, self.status, self.pending, self.state)
+        self.divergences = DivergenceBook()
+        self.status.divergences = self.divergences
+        self.mirror = Mirror(config, self.store, self.status, self.pending, self.state, self.divergences)
         self.status.live_pending = lambda: (len(self.pending), self.pending.oldest_age())
         self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status)
         self.shim: ShimServer | None = None
@@ -99,10 +105,14 @@ class Daemon:
             finally:
                 release_memory()
         report["pending"] = {"paths": len(self.pending), "lag_seconds": round(self.pending.oldest_age(), 3)}
+        report["divergences"] = self.divergences.summary()
         return report
 
     def request_reconcile(self) -> None:
         self.pending.mark_full()
+
+    def accept_divergences(self, paths: list[str] | None) -> dict[str, Any]:
+        return self.mirror.accept(paths)
 
     # --- start-up (blocking; runs in a worker thread) -----------------------------------
     def startup(self) -> None:
@@ -123,15 +133,25 @@ class Daemon:
             return
         root = self.config.data_dir
         root.mkdir(parents=True, exist_ok=True)
-        if self.config.memory_store_backend == "mongo" and is_empty(root, self._ignored):
+        self.watcher.start()
+        if self.config.memory_store_backend == "mongo":
             self.status.phase = "restoring"
-            result = self._retry(lambda: restore(self.store, root, force=True, ignore=self._ignored))
+            self.status.restore_progress = {"done": 0}
+            clean_temp_files(root)  # what a killed restore or heal left behind
+
+            def progress(result) -> None:
+                self.status.restore_progress = {"done": len(result.written)}
+
+            result = self._retry(lambda: restore(self.store, root, missing_only=True, ignore=self._ignored,
+                                                 progress=progress))
             if result is None:
                 return
             self.status.restored_files += len(result.written)
-            log.info("fresh volume: restored %d files from MongoDB", len(result.written))
+            for item in result.skipped:
+                self.status.problem(item["path"], "restore_skipped", item["reason"])
+            if result.written:
+                log.info("restored %d missing files from MongoDB", len(result.written))
         self.status.phase = "reconciling"
-        self.watcher.start()
         if self._retry(self.mirror.reconcile, locked=True) is False:
             return
         # The reconcile's reads, parses and source view are freed: give the pages back.

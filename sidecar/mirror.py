@@ -11,19 +11,23 @@ writes the newest content.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
+from collections import deque
 
-from .classify import hub_type_of
+from .classify import UnsafePath
 from .config import Config
 from .diff import MirrorState, Op
+from .divergence import DIR_REPLACED, MASS_REMOVAL, Divergence, DivergenceBook
 from .events import build_events, note_event
+from .heal import Healer
 from .model import utcnow
 from .pending import Pending
 from .reconcile import Problem, Reconciler
-from .restore import hub_bytes, write_atomic
-from .source import SourceError, read_file, sha256_hex
+from .restore import restore_file
+from .source import FileRead, SourceError, parent_ino, read_file, sha256_hex
 from .status import Status
 from .store import MongoUnavailable, Store
 
@@ -44,17 +48,31 @@ MAX_UNSENT_EVENTS = 10_000
 # (~7 % of a core at 200 writes/s), all of it on the writer's critical path.
 EVENTS_BATCH = 50
 EVENTS_MAX_AGE = 0.5
+# A watched file's removal is mirrored only once it has stayed gone this long,
+# and only if its directory and the data dir are still the ones it was in:
+# ``rm -rf`` of a directory or of the data dir deletes the files first, and
+# inside this window it is seen as what it is (a directory gone: held).
+REMOVAL_SETTLE_S = 1.0
+# File removals mirrored within this window count together against
+# SIDECAR_MAX_REMOVALS (a slow ``find -delete`` is still one mass removal).
+REMOVAL_WINDOW_S = 60.0
 
 
 class Mirror:
     def __init__(self, config: Config, store: Store, status: Status, pending: Pending,
-                 state: MirrorState) -> None:
+                 state: MirrorState, book: DivergenceBook | None = None) -> None:
         self.config = config
         self.store = store
         self.status = status
         self.pending = pending
         self.state = state
+        self.book = book if book is not None else DivergenceBook()
         self.rec = Reconciler(config)
+        self.healer = Healer(config.data_dir, store, self._observe_own)
+        self._vanished: dict[str, float] = {}  # watched files gone, settling (monotonic first seen)
+        self._removed_at: deque[float] = deque()  # file removals mirrored (REMOVAL_WINDOW_S)
+        self._root_id: tuple[int, int] | None = None
+        self._touched: set[str] | None = None  # paths a running full reconcile looked at
         self.lock = threading.RLock()  # one writer at a time: the loop, the shim, shutdown
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,6 +108,7 @@ class Mirror:
         left = len(self.pending)
         if left:
             log.warning("shutdown: %d changed paths not mirrored (the next start reconciles them)", left)
+        self.healer.close()
 
     def _run(self) -> None:
         flush_s = self.config.sidecar_flush_interval_ms / 1000
@@ -104,7 +123,9 @@ class Mirror:
                 continue
             if not self.flush(full, taken):
                 self._stop.wait(self._backoff)
-            elif self._unsent and not len(self.pending):
+                continue
+            self._check_heals()
+            if self._unsent and not len(self.pending):
                 try:
                     self._flush_events()  # nothing queued: the writer would idle, send them now
                 except MongoUnavailable as exc:
@@ -113,6 +134,7 @@ class Mirror:
 
     def _idle(self) -> None:
         self._update_gauges()
+        self._check_heals()
         now = time.monotonic()
         if now - self._last_ping >= PING_EVERY:
             self._last_ping = now
@@ -166,22 +188,95 @@ class Mirror:
                 problems.extend(file_problems)
             else:
                 good.append(rel)
+        vanished, self.rec.vanished = self.rec.vanished, []
+        for rel in taken:
+            if rel not in vanished:
+                self._vanished.pop(rel, None)  # there again (or never gone)
+        ops.extend(self._settle_removals(vanished, taken))
         self._write(ops, problems, good, "watch", taken)
 
+    # --- file removals: settle, directory checks, the mass-removal guard ---------------------
+    def _root_now(self) -> tuple[int, int] | None:
+        try:
+            st = os.lstat(self.config.data_dir)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _settle_removals(self, vanished: list[str], taken: dict[str, float]) -> list[Op]:
+        now = time.monotonic()
+        ready: list[str] = []
+        for rel in vanished:
+            first = self._vanished.setdefault(rel, now)
+            wait = REMOVAL_SETTLE_S - (now - first)
+            if wait > 0:
+                self.pending.mark(rel, wait, taken.get(rel))
+            else:
+                ready.append(rel)
+        if not ready:
+            return []
+        root_same = self._root_id is not None and self._root_now() == self._root_id
+        keep: list[str] = []
+        for rel in ready:
+            self._vanished.pop(rel, None)
+            seen_dir = self.rec.lineage.dir_ino(rel)
+            if not root_same or seen_dir is None or parent_ino(self.config.data_dir, rel) != seen_dir:
+                self._hold_file(rel, DIR_REPLACED)
+            else:
+                keep.append(rel)
+        while self._removed_at and now - self._removed_at[0] > REMOVAL_WINDOW_S:
+            self._removed_at.popleft()
+        if len(keep) + len(self._removed_at) > self.config.sidecar_max_removals:
+            for rel in keep:
+                self._hold_file(rel, MASS_REMOVAL)
+            return []
+        ops: list[Op] = []
+        for rel in keep:
+            ops.extend(self.rec.removal_ops(rel, self.state))
+            self.rec.resolved.append((rel, None))
+            self._removed_at.append(now)
+        return ops
+
+    def _hold_file(self, rel: str, reason: str) -> None:
+        self.rec.lineage.forget(rel)
+        prev = self.state.files.get(rel)
+        self.rec.held.append(Divergence(rel, prev.kind if prev else "other", reason, missing_file=True))
+
+    def root_replaced(self) -> None:
+        """The data dir was replaced: whatever it holds now is a new lineage; look at all of it."""
+        with self.lock:
+            self.rec.lineage.forget_all()
+            self._vanished.clear()
+            self._root_id = None
+        self.pending.mark_full()
+
     def reconcile(self) -> None:
-        """Full pass over the data dir (start-up, overflow, on request)."""
+        """Full pass over the data dir (start-up, overflow, on request). Every removal
+        it notices is held (nobody saw it happen), or in mongo mode resolved toward MongoDB."""
         fresh = self.store.load_state()
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
-        # hashes=False: only problems and present paths are used here, and every
-        # file's hash held for the whole scan was the start-up's memory peak.
-        ops, view = self.rec.scan(self.state, "reconcile", hashes=False,
-                                  flush=lambda chunk: self._write(chunk, [], [], "reconcile", {}))
-        problem_paths = {p.path for p in view.problems}
-        # A file caught mid-write gets the same re-check as on the event path.
-        transient = {p.path: time.monotonic() for p in view.problems if p.reason in TRANSIENT}
-        self._write(ops, view.problems, [r for r in view.present if r not in problem_paths], "reconcile",
-                    transient)
+        if self._root_id is None:
+            self._root_id = self._root_now()
+        self.rec.drain()
+        self._touched = set()
+        try:
+            # hashes=False: only problems and present paths are used here, and every
+            # file's hash held for the whole scan was the start-up's memory peak.
+            ops, view = self.rec.scan(self.state, "reconcile", hashes=False,
+                                      flush=lambda chunk: self._write(chunk, [], [], "reconcile", {}))
+            problem_paths = {p.path for p in view.problems}
+            # A file caught mid-write gets the same re-check as on the event path.
+            transient = {p.path: time.monotonic() for p in view.problems if p.reason in TRANSIENT}
+            self._write(ops, view.problems, [r for r in view.present if r not in problem_paths], "reconcile",
+                        transient)
+            touched = self._touched
+        finally:
+            self._touched = None
+        for div in self.book.items():
+            if div.path not in touched:
+                self.book.resolve(div.path)  # neither held nor seen: it no longer applies
+        self._update_divergence_gauges()
         self.status.last_reconcile_at = utcnow().isoformat()
 
     def _write(self, ops: list[Op], problems: list[Problem], good: list[str], source: str,
@@ -202,6 +297,7 @@ class Mirror:
             self._transient.pop(rel, None)
         for p in problems:
             events.extend(self._problem(p, source, now, taken))
+        events.extend(self._divergences(source, now))
         # A watch flush with more work queued behind it defers small batches.
         self._send_events(events, defer=source == "watch" and bool(len(self.pending)))
 
@@ -235,20 +331,109 @@ class Mirror:
             if tries <= TRANSIENT_RETRIES:
                 self.pending.mark(p.path, TRANSIENT_DELAY, taken[p.path])
                 return []
-        if p.reason == "empty_hub_refused" and self.config.memory_store_backend == "mongo":
-            return self._restore_hub(p.path, source, now)
         if self.status.problem(p.path, p.reason, p.message):
             log.warning("bad input: %s (%s)", p.message, p.reason)
             return [note_event("bad_input", p.path, source, now, reason=p.reason)]
         return []
 
-    def _restore_hub(self, rel: str, source: str, now) -> list[dict]:
-        """mongo mode: MongoDB is the truth; a hub re-created as {} is filled back in."""
-        data = hub_bytes(self.store, hub_type_of(rel), None)
-        write_atomic(self.config.data_dir, rel, data)
-        self.status.restored_files += 1
-        log.info("restored %s from MongoDB (file was re-created empty)", rel)
-        return [note_event("restored_from_mongo", rel, source, now, reason="empty_hub_refused")]
+    # --- divergences: held, or in mongo mode resolved toward MongoDB ---------------------------
+    def _divergences(self, source: str, now) -> list[dict]:
+        held, resolved, _ = self.rec.drain()
+        touched = self._touched
+        for rel, keys in resolved:
+            self.book.resolve(rel, keys)
+            if touched is not None:
+                touched.add(rel)
+        events: list[dict] = []
+        mongo = self.config.memory_store_backend == "mongo"
+        for div in held:
+            if touched is not None:
+                touched.add(div.path)
+            if mongo and self._toward_mongo(div):
+                self.book.resolve(div.path)
+                self.status.restored_files += 1
+                events.append(note_event("restored_from_mongo", div.path, source, now, reason=div.reason,
+                                         count=div.count))
+                continue
+            if self.book.hold(div):
+                self.status.divergence(div.reason)
+                log.warning("divergence held: %s (%s, %d %s); MongoDB keeps the data, "
+                            "accept with `memory-sidecar divergences accept %s`", div.path, div.reason,
+                            div.count, "file" if div.missing_file else "entries", div.path)
+                events.append(note_event("divergence_held", div.path, source, now, reason=div.reason,
+                                         count=div.count, keys=sorted(div.keys)[:50]))
+        self._update_divergence_gauges()
+        return events
+
+    def _update_divergence_gauges(self) -> None:
+        items = self.book.items()
+        self.status.set_divergences(sum(1 for d in items if d.missing_file),
+                                    sum(d.count for d in items if not d.missing_file))
+
+    def _toward_mongo(self, div: Divergence) -> bool:
+        """mongo mode: give the file MongoDB's data back. False: held (reported) for now."""
+        rel = div.path
+        try:
+            if not div.missing_file:
+                prev = self.state.files.get(rel)
+                outcome = self.healer.heal_hub(rel, prev.fmt if prev else None)
+                if outcome == "retry":
+                    self.pending.mark(rel, TRANSIENT_DELAY)  # mid-write or raced: look again
+                    return False
+                if outcome != "missing":
+                    return True
+            written = restore_file(self.store, self.config.data_dir, rel)
+            if written:
+                log.info("restored %s from MongoDB (%s)", rel, div.reason)
+            return True
+        except (UnsafePath, LookupError, OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("could not restore %s from MongoDB: %s", rel, type(exc).__name__)
+            return False
+
+    def _observe_own(self, read: FileRead) -> None:
+        self.rec.own_writes[read.rel] = read.sha256
+        self.rec.lineage.observe(read, keep_keys=True)
+
+    def _check_heals(self) -> None:
+        if not len(self.healer):
+            return
+        with self.lock:
+            try:
+                again = self.healer.check_old_inodes(
+                    lambda rel: self.state.files[rel].fmt if rel in self.state.files else None)
+            except MongoUnavailable as exc:
+                self._mongo_down(str(exc))
+                return
+        for rel in again:
+            self.pending.mark(rel, 0.0)
+
+    def accept(self, paths: list[str] | None = None, source: str = "accept") -> dict:
+        """Apply held divergences (all, or those of ``paths``): the operator said so.
+        Each is checked against the disk first; one that no longer holds is dropped."""
+        with self.lock:
+            chosen = [d for d in self.book.items() if paths is None or d.path in set(paths)]
+            ops: list[Op] = []
+            accepted, gone = [], []
+            for div in chosen:
+                div_ops = self.rec.accept_ops(div, self.state)
+                if div_ops is None:
+                    gone.append(div.path)
+                    continue
+                ops.extend(div_ops)
+                accepted.append(div)
+            self._write(ops, [], [], source, {})
+            now = utcnow()
+            events = []
+            for div in accepted:
+                self.book.resolve(div.path)
+                events.append(note_event("divergence_accepted", div.path, source, now, reason=div.reason,
+                                         count=div.count, keys=sorted(div.keys)[:50]))
+            for rel in gone:
+                self.book.resolve(rel)
+            self._update_divergence_gauges()
+            self._send_events(events)
+        return {"accepted": [d.path for d in accepted], "no_longer_held": gone,
+                "documents": sum(1 for op in ops if op.action != "track")}
 
     # --- the shim's path ----------------------------------------------------------------
     def queue_if_busy(self, rel: str) -> bool:

@@ -14,10 +14,16 @@ from datetime import datetime
 
 from .classify import Kind, classify, episode_path, hub_type_of, is_ignored
 from .config import Config
-from .diff import EmptyHubRefused, MirrorState, Op, deletion_ops, diff_plan, pack_hash
-from .model import FilePlan, HubMemo, build_plan, utcnow
-from .parse import BadInput
-from .source import SourceError, Skipped, read_file, walk
+from .diff import MirrorState, Op, deletion_ops, diff_plan, gone_keys, pack_hash
+from .divergence import DIR_REPLACED, EMPTIED, MASS_REMOVAL, NOT_SEEN, NOTICED_AT_START, RECREATED, Divergence
+from .lineage import Lineage
+from .model import HUBS, FilePlan, HubMemo, build_plan, hub_id, utcnow
+from .parse import BadInput, loads
+from .source import DataDirMissing, FileRead, SourceError, Skipped, exists, read_file, walk
+
+# Sources whose reads follow an event the daemon saw (a write it watched):
+# only these can carry a removal as an edit of the lineage they continue.
+WATCHED = frozenset({"watch", "shim"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +95,31 @@ class SourceView:
             self.bad_files.add(rel)
 
 
+def _hub_keys_on_disk(read: FileRead) -> list[str]:
+    value = loads(read.data)
+    if not isinstance(value, dict):
+        raise BadInput("not_object", "a hub file must be a JSON object")
+    return list(value)
+
+
 class Reconciler:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.root = config.data_dir
         self.redact = frozenset(k.lower() for k in config.sidecar_redact_keys)
         self.memo = HubMemo()
+        self.lineage = Lineage()
+        self.max_removals = config.sidecar_max_removals
+        # What the last calls found, drained by the caller (Mirror, sync):
+        self.held: list[Divergence] = []  # removals not mirrored
+        self.resolved: list[tuple[str, set[str] | None]] = []  # (path, keys present again | None: whole file)
+        self.vanished: list[str] = []  # watched files gone: the caller decides (settle, guards)
+        self.own_writes: dict[str, str] = {}  # rel -> sha256 of bytes the sidecar wrote itself (heal)
+
+    def drain(self) -> tuple[list[Divergence], list[tuple[str, set[str] | None]], list[str]]:
+        held, resolved, vanished = self.held, self.resolved, self.vanished
+        self.held, self.resolved, self.vanished = [], [], []
+        return held, resolved, vanished
 
     def _problem(self, rel: str, reason: str, message: str) -> Problem:
         return Problem(rel, reason, message, classify(rel).value)
@@ -108,9 +133,15 @@ class Reconciler:
         problems: list[Problem] = []
         try:
             read = read or read_file(self.root, rel)
+        except DataDirMissing as exc:
+            # The data dir itself is gone or not followed: that is never a deletion.
+            problems.append(self._problem(rel, exc.reason, exc.message))
+            return [], problems
         except SourceError as exc:
             if exc.reason == "vanished":
-                return self.deleted(rel, state), []
+                if not view_only:
+                    self.file_gone(rel, state, source)
+                return [], []
             problems.append(self._problem(rel, exc.reason, exc.message))
             if view is not None:
                 view.saw(rel)
@@ -122,14 +153,11 @@ class Reconciler:
             prior = state.files.get(rel)
             known = prior.fmt if prior and not prior.deleted and prior.sha256 == read.sha256 else None
             plan = build_plan(read, self.redact, known, self.memo)
-            ops = [] if view_only else diff_plan(plan, state, source, now)
+            remove = frozenset() if view_only else self._hub_removals(plan, read, state, source)
+            ops = [] if view_only else diff_plan(plan, state, source, now, allow_empty_hub=True,
+                                                 remove=remove)
         except BadInput as exc:
             problems.append(self._problem(rel, exc.reason, f"{rel}: {exc.message}"))
-            if view is not None:
-                view.add_bad(rel)
-            return [], problems
-        except EmptyHubRefused as exc:
-            problems.append(self._problem(rel, "empty_hub_refused", str(exc)))
             if view is not None:
                 view.add_bad(rel)
             return [], problems
@@ -137,10 +165,100 @@ class Reconciler:
             problems.append(self._problem(rel, exc.reason, f"{rel}: entry {key!r}: {exc.message}"))
         if view is not None:
             view.add_plan(plan)
+        if not view_only:
+            self._observe(plan, read, state)
         return ops, problems
 
-    def deleted(self, rel: str, state: MirrorState) -> list[Op]:
+    # --- the deletion model (DESIGN §5; sidecar/lineage.py, sidecar/divergence.py) ---------
+    def _why_not_lineage(self, read: FileRead, source: str) -> str | None:
+        """None when ``read`` continues the lineage this daemon watched; else the reason."""
+        if source not in WATCHED:
+            return NOTICED_AT_START
+        if self.lineage.same(read):
+            return None
+        seen_dir = self.lineage.dir_ino(read.rel)
+        if seen_dir is not None and read.dir_ino and seen_dir != read.dir_ino:
+            return DIR_REPLACED
+        return RECREATED
+
+    def _hub_removals(self, plan: FilePlan, read: FileRead, state: MirrorState, source: str) -> frozenset[str]:
+        """Which of the keys MongoDB holds and the file lacks may be removed; the
+        rest are held. An edit may only remove keys this daemon saw in the same
+        inode's previous version, at most ``max_removals`` at once, and never all."""
+        if plan.kind is not Kind.HUB:
+            return frozenset()
+        gone = gone_keys(plan, state)
+        if not gone:
+            self.resolved.append((plan.rel, None))
+            return frozenset()
+        reason = self._why_not_lineage(read, source)
+        removable: set[str] = set()
+        if reason is None:
+            seen = self.lineage.hub_keys(plan.rel)
+            removable = {k for k in gone if k in seen}
+            if len(removable) < len(gone):
+                reason = NOT_SEEN  # the others were already missing from what we saw
+            if removable and not plan.entries and not plan.entry_errors:
+                reason, removable = EMPTIED, set()
+            elif len(removable) > self.max_removals:
+                reason, removable = MASS_REMOVAL, set()
+        held = [k for k in gone if k not in removable]
+        if held:
+            self.held.append(Divergence(plan.rel, Kind.HUB.value, reason or RECREATED, keys=held))
+        else:
+            self.resolved.append((plan.rel, None))
+        return frozenset(removable)
+
+    def _observe(self, plan: FilePlan, read: FileRead, state: MirrorState) -> None:
+        keys = None
+        if plan.kind is Kind.HUB:
+            keys = frozenset(e.key for e in plan.entries) | frozenset(plan.entry_errors)
+        own = self.own_writes.get(plan.rel)
+        keep = own is not None and own == read.sha256
+        if own is not None and not keep:
+            self.own_writes.pop(plan.rel, None)  # the writer has written since
+        self.lineage.observe(read, keys, keep_keys=keep)
+        if plan.kind is not Kind.HUB:
+            self.resolved.append((plan.rel, None))  # present: not a missing file any more
+
+    def file_gone(self, rel: str, state: MirrorState, source: str) -> None:
+        """A file MongoDB holds is not on disk. Held unless the daemon watched it go."""
         self.memo.forget(rel)
+        prev = state.files.get(rel)
+        if prev is None or prev.deleted:
+            self.lineage.forget(rel)
+            return
+        if source in WATCHED and self.lineage.knows(rel):
+            self.vanished.append(rel)  # the caller settles it and applies the guards
+            return
+        self.lineage.forget(rel)
+        self.held.append(Divergence(rel, prev.kind, NOTICED_AT_START if source not in WATCHED else RECREATED,
+                                    missing_file=True))
+
+    def accept_ops(self, div: Divergence, state: MirrorState) -> list[Op] | None:
+        """The ops that apply an accepted divergence, checked against the disk now
+        (None when it no longer holds: the file or the keys came back)."""
+        if div.missing_file:
+            if exists(self.root, div.path):
+                return None
+            return self.removal_ops(div.path, state)
+        try:
+            on_disk = set(_hub_keys_on_disk(read_file(self.root, div.path)))
+        except SourceError as exc:
+            if exc.reason != "vanished":
+                return None
+            on_disk = set()
+        except BadInput:
+            return None
+        base = state.hubs.get(hub_type_of(div.path), {})
+        version = time.time_ns()
+        return [Op(HUBS, "delete", hub_id(hub_type_of(div.path), key), version, before=base[key].hash,
+                   rel=div.path) for key in div.keys if key in base and key not in on_disk]
+
+    def removal_ops(self, rel: str, state: MirrorState) -> list[Op]:
+        """Mirror a file's removal (it passed the deletion model, or was accepted)."""
+        self.memo.forget(rel)
+        self.lineage.forget(rel)
         return deletion_ops(rel, state, self.config.sidecar_propagate_file_deletes, time.time_ns())
 
     def scan(
@@ -183,14 +301,13 @@ class Reconciler:
             and not is_ignored(rel, self.config.ignore_globs)
         ]
         if gone and not view.present:
-            # Nothing at all on disk while MongoDB holds files: a fresh volume, not
-            # a mass deletion. Record nothing as deleted; restore fills the dir.
+            # Nothing at all on disk while MongoDB holds files: a fresh volume.
             view.fresh_volume = True
             view.problems.append(Problem(".", "fresh_volume", (
                 f"data dir is empty while MongoDB holds {len(gone)} files; "
                 "treated as a fresh volume, nothing marked deleted (run restore)"), "other"))
-        else:
-            for rel in gone:
-                ops.extend(self.deleted(rel, state))
+        # A file missing at a reconcile is never a deletion: nobody saw it go.
+        for rel in gone:
+            self.file_gone(rel, state, "reconcile")
         return ops, view
 

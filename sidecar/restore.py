@@ -176,12 +176,60 @@ def write_atomic(out: Path, rel: str, data: bytes) -> bool:
     return True
 
 
+def write_new(out: Path, rel: str, data: bytes) -> bool:
+    """Create ``rel`` with ``data`` only if nothing is there (False otherwise).
+
+    The temp file is hard-linked into place, which fails if the name exists: a
+    file the API created meanwhile is never overwritten by an older restore."""
+    parent = _safe_dir(out, rel)
+    target = out / rel
+    if os.path.lexists(target):
+        return False
+    tmp = parent / f".sidecar-restore-{os.getpid()}-{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target, follow_symlinks=False)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True
+
+
+def clean_temp_files(out: Path) -> int:
+    """Remove temp files a killed restore or heal left behind (ours only, by name)."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(out):
+        for name in filenames:
+            if name.startswith((".sidecar-restore-", ".sidecar-heal-")):
+                path = os.path.join(dirpath, name)
+                if not os.path.islink(path):
+                    os.unlink(path)
+                    removed += 1
+    return removed
+
+
 def restore(
     store: Store, out: Path, *, force: bool = False, dry_run: bool = False,
     include_deleted: bool = False, ignore: Callable[[str], bool] = lambda rel: False,
-    only: Callable[[str], bool] | None = None,
+    only: Callable[[str], bool] | None = None, missing_only: bool = False,
+    progress: Callable[[RestoreResult], None] | None = None,
 ) -> RestoreResult:
+    """``missing_only``: write only the files that do not exist (mongo mode's start:
+    "restore what is missing"); a file created meanwhile is never overwritten."""
     out = Path(out)
+    if missing_only:
+        force = True
     if not force and not is_empty(out, ignore):
         raise RestoreRefused(f"target {str(out)!r} is not empty; use --force to write into it")
     if not dry_run:
@@ -192,6 +240,10 @@ def restore(
             rel = normalize(rel)
             if only is not None and not only(rel):
                 continue
+            if ignore(rel):
+                continue
+            if missing_only and os.path.lexists(out / rel):
+                continue
             data = produce()
         except (UnsafePath, LookupError) as exc:
             result.skipped.append({"path": str(rel), "reason": str(exc)})
@@ -201,7 +253,7 @@ def restore(
             result.bytes += len(data)
             continue
         try:
-            changed = write_atomic(out, rel, data)
+            changed = write_new(out, rel, data) if missing_only else write_atomic(out, rel, data)
         except UnsafePath as exc:
             result.skipped.append({"path": rel, "reason": str(exc)})
             continue
@@ -210,4 +262,18 @@ def restore(
             continue
         (result.written if changed else result.unchanged).append(rel)
         result.bytes += len(data) if changed else 0
+        if progress is not None:
+            progress(result)
     return result
+
+
+def restore_file(store: Store, out: Path, rel: str) -> bool:
+    """Put one missing file back from MongoDB (mongo mode's resolution of a held
+    divergence). Only if nothing is at ``rel`` now, and only if its deletion was
+    never accepted. True when MongoDB had it (written now, or there already)."""
+    rel = normalize(rel)
+    man = store.find_one(FILES, {"_id": rel})
+    if not isinstance(man, dict) or man.get("deleted_at") is not None:
+        return False
+    write_new(Path(out), rel, _producer(store, man)())
+    return True

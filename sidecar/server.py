@@ -55,7 +55,7 @@ async def readyz(request: web.Request) -> web.Response:
     status = request.app[DAEMON].status
     if status.ready and status.mongo_connected:
         return web.json_response({"ready": True})
-    reason = "starting: " + status.phase if not status.ready else "mongodb unreachable"
+    reason = status.not_ready_reason() if not status.ready else "mongodb unreachable"
     return web.json_response({"ready": False, "reason": reason}, status=503)
 
 
@@ -100,6 +100,36 @@ async def reconcile_view(request: web.Request) -> web.Response:
     return web.json_response({"accepted": True}, status=202)
 
 
+async def divergences_view(request: web.Request) -> web.Response:
+    status = request.app[DAEMON].status
+    return web.json_response(status.divergences.summary() if status.divergences is not None else {"count": 0})
+
+
+async def accept_view(request: web.Request) -> web.Response:
+    denied = _authorized(request)
+    if denied is not None:
+        return denied
+    daemon = request.app[DAEMON]
+    paths = None
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "body must be JSON: {\"paths\": [...]}"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        paths = body.get("paths")
+        if paths is not None and (not isinstance(paths, list) or not all(isinstance(p, str) for p in paths)):
+            return web.json_response({"error": "paths must be a list of strings"}, status=400)
+    from .store import MongoUnavailable
+
+    try:
+        result = await asyncio.get_running_loop().run_in_executor(None, daemon.accept_divergences, paths)
+    except MongoUnavailable as exc:
+        return web.json_response({"error": daemon.config.scrub(str(exc))}, status=503)
+    return web.json_response(result)
+
+
 def _dumps(obj: Any) -> str:
     import json
 
@@ -115,6 +145,8 @@ def build_app(daemon: DaemonView) -> web.Application:
     app.router.add_get("/parity", parity_view)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_post("/reconcile", reconcile_view)
+    app.router.add_get("/divergences", divergences_view)
+    app.router.add_post("/divergences/accept", accept_view)
     return app
 
 

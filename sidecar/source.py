@@ -42,6 +42,11 @@ class FileRead:
     sha256: str
     size: int
     mtime_ns: int
+    # The file's lineage: which inode held these bytes, in which directory inode
+    # (see sidecar/lineage.py). 0 where unknown (bytes handed over without a read).
+    dev: int = 0
+    ino: int = 0
+    dir_ino: int = 0
 
 
 def sha256_hex(data: bytes) -> str:
@@ -110,7 +115,8 @@ def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
                 after.st_mtime_ns,
                 len(data),
             ):
-                return FileRead(rel, data, sha256_hex(data), len(data), after.st_mtime_ns)
+                return FileRead(rel, data, sha256_hex(data), len(data), after.st_mtime_ns,
+                                after.st_dev, after.st_ino, os.fstat(dir_fd).st_ino)
         raise SourceError("unstable", f"{rel}: kept changing while being read")
     finally:
         os.close(dir_fd)
@@ -165,3 +171,17 @@ def walk(root: Path, ignore: tuple[str, ...]) -> Iterator[str | Skipped]:
             else:
                 yield Skipped(rel, "not_regular", f"{rel}: not a regular file")
         stack.extend(reversed(subdirs))
+
+
+def parent_ino(root: Path, rel: str) -> int | None:
+    """The inode of the directory that holds ``rel`` now (links not followed), or
+    None when that directory is gone: a file deletion is only an edit of the
+    lineage the sidecar watched if its directory is still the one it saw."""
+    try:
+        fd, _ = _open_parent(root, rel)
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)

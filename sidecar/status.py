@@ -38,6 +38,11 @@ class Status:
         self.lag = Gauge("sidecar_lag_seconds", "Age of the oldest unmirrored change", registry=r)
         self.mongo_up = Gauge("sidecar_mongo_up", "1 when MongoDB answered the last operation", registry=r)
         self.ready_gauge = Gauge("sidecar_ready", "1 when the daemon is ready", registry=r)
+        self.divergences_held = Gauge("sidecar_divergences_held",
+                                      "Removals held, not mirrored (files missing, hub entries missing)",
+                                      ["what"], registry=r)
+        self.divergences_total = Counter("sidecar_divergences_total", "Divergences held, by reason",
+                                         ["reason"], registry=r)
         self.shim_events = Counter("sidecar_shim_events_total", "Shim frames by outcome", ["status"], registry=r)
         self._lock = threading.Lock()
         self.started_at = _now_iso()
@@ -54,6 +59,9 @@ class Status:
         self.stale_refused = 0
         # Set by the daemon: reads the pending queue live, so views are never stale.
         self.live_pending = None
+        # Set by the daemon: the held divergences (sidecar/divergence.py).
+        self.divergences = None
+        self.restore_progress: dict[str, int] | None = None
 
     # --- updates ---------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
@@ -96,6 +104,19 @@ class Status:
         self.bulk_seconds.observe(seconds)
         self.last_sync_at = _now_iso()
 
+    def divergence(self, reason: str) -> None:
+        self.divergences_total.labels(reason=reason).inc()
+
+    def set_divergences(self, files: int, entries: int) -> None:
+        self.divergences_held.labels(what="files").set(files)
+        self.divergences_held.labels(what="hub_entries").set(entries)
+
+    def not_ready_reason(self) -> str:
+        if self.phase == "restoring" and self.restore_progress:
+            p = self.restore_progress
+            return f"starting: restoring missing files from MongoDB ({p['done']} written)"
+        return "starting: " + self.phase
+
     def set_pending(self, count: int, lag: float) -> None:
         self.pending.set(count)
         self.lag.set(lag)
@@ -127,5 +148,7 @@ class Status:
             "stale_refused": self.stale_refused,
             "errors_by_kind": errors,
             "problems": problems,
+            "divergences": self.divergences.summary() if self.divergences is not None else None,
+            "restore": self.restore_progress,
         }
 

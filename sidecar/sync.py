@@ -22,6 +22,7 @@ from .config import Config
 from .diff import FILES, Op
 from .events import build_events, note_event
 from .model import EPISODES, HUBS, SNAPSHOTS, utcnow
+from .divergence import Divergence, DivergenceBook
 from .reconcile import Problem, Reconciler, SourceView
 from .restore import write_atomic
 from .source import check_root
@@ -75,6 +76,7 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
     bar = _progress(None, "scanning")  # the file count is only known once walked
     ops, view = rec.scan(state, "sync", progress=lambda rel: bar.update(1))
     bar.close()
+    held, _, _ = rec.drain()
     result: ApplyResult | None = None
     if not dry_run and ops:
         result = apply_ops(store, ops, state, view.problems)
@@ -83,10 +85,15 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
         events = build_events(result.applied if result else [], "sync", now, summarize_inserts=True,
                               full_payload=config.sidecar_events_payload == "full")
         events += [note_event("bad_input", p.path, "sync", now, reason=p.reason) for p in view.problems]
+        events += [note_event("divergence_held", d.path, "sync", now, reason=d.reason, count=d.count,
+                              keys=sorted(d.keys)[:50]) for d in held]
         store.record_events(events)
+    for d in held:
+        log.warning("divergence held: %s (%s, %d); MongoDB keeps the data", d.path, d.reason, d.count)
     for p in view.problems:
         log.warning("bad input: %s (%s)", p.message, p.reason)
     report = build_report(config, store, view, result, dry_run, ops, state)
+    report["divergences"] = _summary(held)
     report["duration_s"] = round(time.monotonic() - started, 3)
     path = report_path or root / REPORT_REL
     _write_report(path, report)
@@ -123,13 +130,69 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
     write_atomic(path.parent, path.name, json.dumps(report, indent=2, default=str).encode())
 
 
+def _summary(held: list[Divergence]) -> dict[str, Any]:
+    book = DivergenceBook()
+    for div in held:
+        book.hold(div)
+    return book.summary()
+
+
+def find_divergences(config: Config, store: Store) -> tuple[Reconciler, Any, list[Divergence]]:
+    """What MongoDB holds that the data dir lacks, read now: every such removal is
+    held (this process saw none of them happen)."""
+    check_root(config.data_dir)
+    store.ping()
+    state = store.load_state()
+    rec = Reconciler(config)
+    rec.scan(state, "divergences", view_only=False, hashes=False)
+    held, _, _ = rec.drain()
+    return rec, state, held
+
+
+def run_divergences(config: Config, store: Store, accept: list[str] | None = None,
+                    accept_all: bool = False) -> tuple[dict[str, Any], int]:
+    """``memory-sidecar divergences [accept [PATH...]]``. Listing exits 1 while any is held."""
+    rec, state, held = find_divergences(config, store)
+    if not accept and not accept_all:
+        report = _summary(held)
+        return report, (1 if held else 0)
+    wanted = None if accept_all else set(accept or [])
+    chosen = [d for d in held if wanted is None or d.path in wanted]
+    unknown = sorted(wanted - {d.path for d in held}) if wanted is not None else []
+    ops: list[Op] = []
+    accepted: list[Divergence] = []
+    for div in chosen:
+        div_ops = rec.accept_ops(div, state)
+        if div_ops is not None:
+            ops.extend(div_ops)
+            accepted.append(div)
+    problems: list[Problem] = []
+    result = apply_ops(store, ops, state, problems) if ops else None
+    now = utcnow()
+    events = build_events(result.applied if result else [], "accept", now, summarize_inserts=False,
+                          full_payload=config.sidecar_events_payload == "full")
+    events += [note_event("divergence_accepted", d.path, "accept", now, reason=d.reason, count=d.count,
+                          keys=sorted(d.keys)[:50]) for d in accepted]
+    store.record_events(events)
+    report = {
+        "accepted": [d.path for d in accepted],
+        "not_held": unknown,
+        "writes": writes_summary(result),
+        "failed": [p.as_dict() for p in problems],
+    }
+    return report, (0 if not unknown and not problems else 1)
+
+
 def run_parity(config: Config, store: Store) -> tuple[dict[str, Any], int]:
     """Parity only: the same comparison as sync, no writes, no report file."""
     check_root(config.data_dir)
     store.ping()
     state = store.load_state()
-    ops, view = Reconciler(config).scan(state, "parity")
+    rec = Reconciler(config)
+    ops, view = rec.scan(state, "parity")
+    held, _, _ = rec.drain()
     report = build_report(config, store, view, None, True, ops, state)
+    report["divergences"] = _summary(held)
     report.pop("planned_writes", None)
     report["pending_writes"] = len(ops)
     return report, (0 if report["parity"]["all_match"] else 1)

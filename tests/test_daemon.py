@@ -148,9 +148,10 @@ def test_hub_recreated_as_braces_never_wipes_in_file_mode(legacy_dir, running):
     d = running()
     hub = legacy_dir / "structured_hubs" / "soft_identity.json"
     hub.write_text("{}")
-    wait_for(lambda: "structured_hubs/soft_identity.json" in
-             {p["path"] for p in d.get("/memory/status").json()["sidecar"]["problems"]}, 10,
-             what="the refusal to show in the status")
+    held = wait_for(lambda: d.get("/memory/status").json()["sidecar"]["divergences"]["items"], 10,
+                    what="the held divergence to show in the status")
+    assert [(h["path"], h["count"], h["reason"]) for h in held] == [
+        ("structured_hubs/soft_identity.json", 6, "emptied")]
     assert d.daemon.store.db.memory_hubs.count_documents({"hub_type": "soft_identity"}) == 6
 
 

@@ -127,7 +127,10 @@ def test_one_changed_entry_is_one_update_and_a_state_only_manifest_track():
 
 def test_removed_key_is_a_delete_and_append_is_an_insert_without_setpos():
     state = mirror(MirrorState(), diff_plan(plan_of(HUB, {"a": 1, "b": 2, "c": 3}), MirrorState(), "s", NOW))
-    ops = diff_plan(plan_of(HUB, {"a": 1, "c": 3, "d": 4}, version=2), state, "s", NOW)
+    # Nothing is removed unless the deletion model says so.
+    held = diff_plan(plan_of(HUB, {"a": 1, "c": 3, "d": 4}, version=2), state, "s", NOW)
+    assert summarize(held) == {f"{HUBS}.insert": 1, f"{FILES}.track": 1}
+    ops = diff_plan(plan_of(HUB, {"a": 1, "c": 3, "d": 4}, version=2), state, "s", NOW, remove={"b"})
     assert summarize(ops) == {f"{HUBS}.insert": 1, f"{HUBS}.delete": 1, f"{FILES}.track": 1}
     ins = next(op for op in ops if op.action == "insert")
     assert ins.id == "soft_identity/d" and ins.pos == 3
@@ -152,7 +155,7 @@ def test_empty_hub_over_held_entries_is_refused_unless_allowed():
     with pytest.raises(EmptyHubRefused) as info:
         diff_plan(plan_of(HUB, {}, version=2), state, "s", NOW)
     assert info.value.held == 2 and info.value.rel == HUB
-    ops = diff_plan(plan_of(HUB, {}, version=2), state, "s", NOW, allow_empty_hub=True)
+    ops = diff_plan(plan_of(HUB, {}, version=2), state, "s", NOW, allow_empty_hub=True, remove={"a", "b"})
     assert summarize(ops) == {f"{HUBS}.delete": 2, f"{FILES}.track": 1}
 
 
@@ -334,7 +337,7 @@ def test_request_translation_writes_the_documents(mock_store):
     mirror(state, ops)
     hubs = mock_store.db[HUBS]
     assert hubs.count_documents({}) == 3
-    ops = diff_plan(plan_of(HUB, {"c": 30, "a": 1}, 2), state, "s", NOW)
+    ops = diff_plan(plan_of(HUB, {"c": 30, "a": 1}, 2), state, "s", NOW, remove={"b"})
     assert {op.action for op in ops} == {"update", "setpos", "delete", "track"}
     assert set(execute(mock_store, ops)) == {"ok"}
     mirror(state, ops)
@@ -359,7 +362,7 @@ def test_version_guard_refuses_a_stale_replace_and_delete(mock_store):
     # An older reading of the file (version 5) arrives late: it must not win.
     stale_state = MirrorState(hubs={"soft_identity": {
         "a": HubState(value_hash(1), 0, 10), "b": HubState(value_hash(2), 1, 10)}})
-    ops = [op for op in diff_plan(plan_of(HUB, {"a": "old"}, version=5), stale_state, "s", NOW)
+    ops = [op for op in diff_plan(plan_of(HUB, {"a": "old"}, version=5), stale_state, "s", NOW, remove={"b"})
            if op.coll == HUBS]
     assert [(op.action, op.id) for op in ops] == [("update", "soft_identity/a"), ("delete", "soft_identity/b")]
     # the guarded upsert collides on _id (counted as stale by Store), the delete matches nothing

@@ -16,7 +16,7 @@ from corpus import generate
 
 from sidecar.cli import main
 from sidecar.restore import RestoreRefused, restore
-from sidecar.sync import run_sync
+from sidecar.sync import run_divergences, run_sync
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +43,14 @@ def cli_args(mongo_url, db_name, data_dir):
 def synced(config, store) -> None:
     report, code = run_sync(config, store)
     assert code == 0, report["bad_input"]
+
+
+def accepted(config, store) -> dict:
+    """Sync, then accept every removal it held (what an operator does on purpose)."""
+    run_sync(config, store)
+    report, code = run_divergences(config, store, accept_all=True)
+    assert code == 0, report
+    return report
 
 
 # --- byte identity ---------------------------------------------------------------------
@@ -96,6 +104,7 @@ def test_entry_order_kept_after_edits(legacy_dir, config, store, tmp_path):
     data["appended-2"] = {"last_score": 0.6}
     data[keys[4]] = {"edited": True}  # in place: keeps its position
     path.write_text(json.dumps(data, indent=2))
+    assert accepted(config, store)["writes"]["hubs_deleted"] == 1
     synced(config, store)
     out = tmp_path / "r1"
     restore(store, out)
@@ -277,7 +286,7 @@ def test_recorded_deletions_are_restored_only_with_include_deleted(legacy_dir, c
     before = tree(legacy_dir)
     (legacy_dir / "runs" / "run_r1.json").unlink()
     (legacy_dir / "structured_hubs" / "operating_context.json").unlink()
-    report, code = run_sync(config, store)
+    report = accepted(config, store)
     assert report["writes"]["file_deletions_recorded"] == 2
     out = tmp_path / "plain"
     assert main(cli_args + ["restore", "--out", str(out)]) == 0

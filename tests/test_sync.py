@@ -8,7 +8,7 @@ import pytest
 
 from corpus import LegacyWriter, generate
 from sidecar.cli import main
-from sidecar.sync import run_parity, run_sync
+from sidecar.sync import run_divergences, run_parity, run_sync
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def test_one_changed_entry_writes_one_document(data_dir, config, store, db):
     assert "changed" not in json.dumps(ev, default=str)  # hashes, not values, by default
 
 
-def test_removed_key_is_deleted_and_new_key_appended(legacy_dir, config, store, db):
+def test_removed_key_is_held_then_deleted_when_accepted(legacy_dir, config, store, db):
     run_sync(config, store)
     path = legacy_dir / "structured_hubs" / "operating_context.json"
     data = json.loads(path.read_text())
@@ -96,12 +96,23 @@ def test_removed_key_is_deleted_and_new_key_appended(legacy_dir, config, store, 
     data["new-learner"] = {"recent_adaptation_score": 1.0, "intervention_required": True}
     path.write_text(json.dumps(data, indent=2))
     report, code = run_sync(config, store)
-    assert code == 0, report["kinds"]["hubs"]
-    assert report["writes"]["hubs_deleted"] == 1
+    # A one-shot sync saw no edit happen: the removal is a divergence, held and reported.
+    assert code == 1
+    assert report["writes"]["hubs_deleted"] == 0 and report["writes"]["hubs_upserted"] == 1
     assert report["writes"]["positions_updated"] == 0  # appending keeps neighbours untouched
+    assert report["divergences"]["items"][0]["keys"] == [gone]
+    assert report["divergences"]["items"][0]["reason"] == "noticed_at_reconcile"
+    assert db.memory_hubs.find_one({"_id": f"operating_context/{gone}"}) is not None
+    assert db.memory_events.find_one({"event_type": "divergence_held"})["keys"] == [gone]
+    listed, code = run_divergences(config, store)
+    assert code == 1 and listed["entries"] == 1
+    report, code = run_divergences(config, store, accept=["structured_hubs/operating_context.json"])
+    assert code == 0 and report["writes"]["hubs_deleted"] == 1
     assert db.memory_hubs.count_documents({"hub_type": "operating_context"}) == 6
     assert db.memory_hubs.find_one({"_id": f"operating_context/{gone}"}) is None
     assert db.memory_events.find_one({"event_type": "hub_deleted"})["before"]
+    assert db.memory_events.find_one({"event_type": "divergence_accepted"})["count"] == 1
+    assert run_sync(config, store)[1] == 0
 
 
 def test_hub_emptied_to_braces_never_wipes(legacy_dir, config, store, db):
@@ -110,33 +121,43 @@ def test_hub_emptied_to_braces_never_wipes(legacy_dir, config, store, db):
     report, code = run_sync(config, store)
     assert code == 1
     assert db.memory_hubs.count_documents({"hub_type": "soft_identity"}) == 6
-    assert report["bad_input"]["by_reason"] == {"empty_hub_refused": 1}
+    assert report["divergences"]["entries"] == 6 and report["bad_input"]["count"] == 0
 
 
-def test_deleted_file_recorded_not_propagated(legacy_dir, config, store, db, make_config):
+def test_deleted_file_held_then_recorded_not_propagated(legacy_dir, config, store, db, make_config):
     run_sync(config, store)
     (legacy_dir / "structured_hubs" / "soft_identity.json").unlink()
     report, code = run_sync(config, store)
-    assert report["writes"]["file_deletions_recorded"] == 1
+    assert report["writes"]["file_deletions_recorded"] == 0
+    assert report["divergences"]["files"] == 1 and code == 1
+    report, code = run_divergences(config, store, accept_all=True)
+    assert report["writes"]["file_deletions_recorded"] == 1 and code == 0
     assert db.memory_hubs.count_documents({"hub_type": "soft_identity"}) == 6
     assert db.memory_events.find_one({"event_type": "file_deleted_recorded"})["path"] == \
         "structured_hubs/soft_identity.json"
+    report, code = run_sync(config, store)
     assert code == 0  # a recorded deletion is retained data, not a mismatch
     assert report["kinds"]["hubs"]["retained_deleted"] == 6
+    assert report["divergences"]["count"] == 0
 
 
-def test_deleted_file_propagated_when_configured(legacy_dir, make_config, store, db):
+def test_deleted_file_propagated_when_accepted_and_configured(legacy_dir, make_config, store, db):
     run_sync(make_config(), store)
     (legacy_dir / "episodes").mkdir()
     (legacy_dir / "episodes" / "skeleton_r1.json").write_text(json.dumps({"run_id": "r1"}, indent=2))
     run_sync(make_config(), store)
     (legacy_dir / "structured_hubs" / "soft_identity.json").unlink()
     (legacy_dir / "episodes" / "skeleton_r1.json").unlink()
-    report, code = run_sync(make_config(sidecar_propagate_file_deletes=True), store)
+    config = make_config(sidecar_propagate_file_deletes=True)
+    report, code = run_sync(config, store)
+    assert code == 1 and report["divergences"]["files"] == 2
+    assert db.memory_hubs.count_documents({"hub_type": "soft_identity"}) == 6
+    report, code = run_divergences(config, store, accept_all=True)
     assert code == 0
     assert db.memory_hubs.count_documents({"hub_type": "soft_identity"}) == 0
     assert db.episodic_memory.count_documents({}) == 0
     assert report["writes"]["hubs_deleted"] == 6
+    assert run_sync(config, store)[1] == 0
 
 
 def test_empty_data_dir_is_a_fresh_volume_not_a_mass_delete(legacy_dir, make_config, store, db):
@@ -147,6 +168,7 @@ def test_empty_data_dir_is_a_fresh_volume_not_a_mass_delete(legacy_dir, make_con
     assert report["fresh_volume"] is True
     assert db.memory_hubs.count_documents({}) == 18
     assert db[make_config().sidecar_files_collection].count_documents({"deleted_at": {"$ne": None}}) == 0
+    assert report["divergences"]["files"] == 4
 
 
 def test_generic_files_mirrored_with_hash_and_size(data_dir, config, store, db):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
-from daemon_fixtures import daemon_config, reconcile_now, running  # noqa: F401
+from daemon_fixtures import TOKEN, daemon_config, reconcile_now, running  # noqa: F401
 from sidecar.pending import Pending
 from sidecar.source import sha256_hex
 
@@ -130,19 +130,26 @@ def test_directories_created_moved_in_renamed_and_deleted(data_dir, running, out
     for rel, data in moved.items():
         wait_mirrored(db, rel, data)
 
-    # A directory renamed within the dir: new paths mirrored, old ones recorded deleted.
+    # A directory renamed within the dir: new paths mirrored; the old ones went with
+    # their directory, which is not an edit of a file: held as divergences.
     os.rename(data_dir / "incoming", data_dir / "arrived")
     for rel, data in moved.items():
         wait_mirrored(db, rel.replace("incoming/", "arrived/", 1), data)
-        wait_recorded_deleted(db, rel)
+    held = lambda: {i["path"] for i in d.get("/divergences").json()["items"]}  # noqa: E731
+    wait_for(lambda: set(moved) <= held(), 10, what="the old paths to be held")
 
-    # A directory deleted: a full reconcile records every file in it as deleted.
+    # A directory deleted: a full reconcile holds every file in it, marks none deleted.
     before = quiesced_reconcile_at(d)
     shutil.rmtree(data_dir / "notes")
-    for rel in nested:
-        wait_recorded_deleted(db, rel)
     wait_for(lambda: d.daemon.status.last_reconcile_at != before, 10, what="a full reconcile")
-    assert db.memory_files.count_documents({"_id": {"$regex": "^notes/"}, "deleted_at": None}) == 0
+    wait_for(lambda: set(nested) <= held(), 10, what="the deleted dir's files to be held")
+    assert db.memory_files.count_documents({"_id": {"$regex": "^notes/"}, "deleted_at": None}) == 3
+    # The operator accepts: now they are recorded deleted, and parity holds.
+    accept = d.get("/divergences/accept", "POST", {"Authorization": f"Bearer {TOKEN}"})
+    assert accept.status == 200 and sorted(accept.json()["accepted"]) == sorted(set(moved) | set(nested))
+    for rel in list(nested) + list(moved):
+        wait_recorded_deleted(db, rel)
+    assert d.get("/divergences").json()["count"] == 0
     d.wait_parity()
 
 

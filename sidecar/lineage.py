@@ -1,0 +1,75 @@
+"""What this daemon has seen of each file: the deletion model's evidence.
+
+A removal (a hub key missing, a file gone) may only be mirrored when the
+sidecar saw it happen as an edit of the same file it was watching (DESIGN §5).
+"The same file" is its lineage: the inode that held the previous version, in
+the same directory inode. The legacy writer's ``write_text`` truncates and
+rewrites in place, so its edits keep both; a file re-created (new inode, or
+absent then present), a hub dir re-created or a data dir swapped for another
+give a new lineage, and what they lack is a divergence, never a deletion.
+
+Nothing here is persisted: lineage is what *this* process observed. After a
+restart every file starts a new lineage at its first read, so a removal first
+noticed at start-up is held, as the contract says.
+
+For hub files the lineage also keeps the keys of the last version observed from
+someone else: only those can be removed by an edit. Keys the sidecar wrote back
+itself (mongo mode's heal) join only once the legacy writer has written them
+again, so a writer that read the file before the heal cannot "remove" them.
+"""
+
+from __future__ import annotations
+
+from .source import FileRead
+
+
+def _mark(read: FileRead) -> int:
+    # One int per file (a tuple of three ints costs ~3x as much at 50k files);
+    # a false "same lineage" would need a 64-bit hash collision on one path.
+    return hash((read.dev, read.ino, read.dir_ino))
+
+
+class Lineage:
+    def __init__(self) -> None:
+        self._marks: dict[str, int] = {}
+        self._dirs: dict[str, int] = {}
+        self._dir_objs: dict[int, int] = {}  # a handful of directories: one int object each
+        self._hub_keys: dict[str, frozenset[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+    def knows(self, rel: str) -> bool:
+        return rel in self._marks
+
+    def same(self, read: FileRead) -> bool:
+        """True when ``read`` is the file this daemon last observed at that path
+        (same inode, same directory inode)."""
+        return read.ino != 0 and self._marks.get(read.rel) == _mark(read)
+
+    def dir_ino(self, rel: str) -> int | None:
+        return self._dirs.get(rel)
+
+    def hub_keys(self, rel: str) -> frozenset[str]:
+        return self._hub_keys.get(rel, frozenset())
+
+    def observe(self, read: FileRead, hub_keys: frozenset[str] | None = None,
+                keep_keys: bool = False) -> None:
+        """Record ``read`` as the lineage's latest version. ``keep_keys``: the
+        bytes are the sidecar's own (a heal), keep the keys seen from the writer."""
+        if read.ino == 0:
+            return
+        self._marks[read.rel] = _mark(read)
+        self._dirs[read.rel] = self._dir_objs.setdefault(read.dir_ino, read.dir_ino)
+        if hub_keys is not None and not keep_keys:
+            self._hub_keys[read.rel] = hub_keys
+
+    def forget(self, rel: str) -> None:
+        self._marks.pop(rel, None)
+        self._dirs.pop(rel, None)
+        self._hub_keys.pop(rel, None)
+
+    def forget_all(self) -> None:
+        self._marks.clear()
+        self._dirs.clear()
+        self._hub_keys.clear()
