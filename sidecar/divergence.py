@@ -63,17 +63,18 @@ class DivergenceBook:
         self._items: dict[str, Divergence] = {}
 
     def hold(self, div: Divergence) -> bool:
-        """Record (or update) a held divergence; True when it is new or grew."""
+        """Record what is held at ``div.path`` now (``div.keys`` is the whole set
+        missing); True when something new is held (the caller logs and records it)."""
         with self._lock:
             prev = self._items.get(div.path)
-            if prev is not None and prev.missing_file == div.missing_file and set(div.keys) <= set(prev.keys):
-                return False
+            grew = True
             if prev is not None:
                 div.first_seen = prev.first_seen
-                if not div.missing_file and not prev.missing_file:
-                    div.keys = sorted(set(prev.keys) | set(div.keys))
+                if prev.missing_file == div.missing_file and set(div.keys) <= set(prev.keys):
+                    grew = False
+                    div.reason = prev.reason  # the first reason it was held for
             self._items[div.path] = div
-            return True
+            return grew
 
     def resolve(self, path: str, keys: set[str] | None = None) -> None:
         """The file has the data again (or it was accepted): drop ``keys`` or the whole entry."""

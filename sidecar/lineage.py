@@ -8,6 +8,12 @@ rewrites in place, so its edits keep both; a file re-created (new inode, or
 absent then present), a hub dir re-created or a data dir swapped for another
 give a new lineage, and what they lack is a divergence, never a deletion.
 
+Inode numbers are reused: a file deleted and re-created at once often gets the
+number its predecessor had. So the watcher also reports every event that ends
+a lineage whatever the numbers say (a create, a delete, a rename from or onto
+the path: the legacy in-place ``write_text`` produces none of them) as a
+*break*; a read only continues the lineage when no break came before it.
+
 Nothing here is persisted: lineage is what *this* process observed. After a
 restart every file starts a new lineage at its first read, so a removal first
 noticed at start-up is held, as the contract says.
@@ -19,6 +25,8 @@ again, so a writer that read the file before the heal cannot "remove" them.
 """
 
 from __future__ import annotations
+
+import itertools
 
 from .source import FileRead
 
@@ -35,6 +43,10 @@ class Lineage:
         self._dirs: dict[str, int] = {}
         self._dir_objs: dict[int, int] = {}  # a handful of directories: one int object each
         self._hub_keys: dict[str, frozenset[str]] = {}
+        # rel -> sequence number of the last break not yet followed by a read.
+        # Written by the watcher's thread, read by the writer's (single dict ops).
+        self._breaks: dict[str, int] = {}
+        self._seq = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._marks)
@@ -42,10 +54,18 @@ class Lineage:
     def knows(self, rel: str) -> bool:
         return rel in self._marks
 
+    def broken(self, rel: str) -> None:
+        """The watcher saw the path created, deleted or renamed: a new lineage."""
+        self._breaks[rel] = next(self._seq)
+
+    def token(self, rel: str) -> int:
+        """Taken before a read: which break (if any) the read comes after."""
+        return self._breaks.get(rel, 0)
+
     def same(self, read: FileRead) -> bool:
         """True when ``read`` is the file this daemon last observed at that path
-        (same inode, same directory inode)."""
-        return read.ino != 0 and self._marks.get(read.rel) == _mark(read)
+        (same inode, same directory inode, no create/delete/rename since)."""
+        return read.ino != 0 and read.rel not in self._breaks and self._marks.get(read.rel) == _mark(read)
 
     def dir_ino(self, rel: str) -> int | None:
         return self._dirs.get(rel)
@@ -54,11 +74,16 @@ class Lineage:
         return self._hub_keys.get(rel, frozenset())
 
     def observe(self, read: FileRead, hub_keys: frozenset[str] | None = None,
-                keep_keys: bool = False) -> None:
+                keep_keys: bool = False, token: int | None = None) -> None:
         """Record ``read`` as the lineage's latest version. ``keep_keys``: the
-        bytes are the sidecar's own (a heal), keep the keys seen from the writer."""
+        bytes are the sidecar's own (a heal), keep the keys seen from the writer.
+        ``token``: ``token(rel)`` taken before the read; a break newer than it
+        stays (the read may predate the event it reports)."""
         if read.ino == 0:
             return
+        brk = self._breaks.get(read.rel)
+        if brk is not None and (token is None or brk == token):
+            self._breaks.pop(read.rel, None)
         self._marks[read.rel] = _mark(read)
         self._dirs[read.rel] = self._dir_objs.setdefault(read.dir_ino, read.dir_ino)
         if hub_keys is not None and not keep_keys:
@@ -70,6 +95,7 @@ class Lineage:
         self._hub_keys.pop(rel, None)
 
     def forget_all(self) -> None:
+        self._breaks.clear()
         self._marks.clear()
         self._dirs.clear()
         self._hub_keys.clear()

@@ -82,7 +82,8 @@ class Daemon:
         self.status.divergences = self.divergences
         self.mirror = Mirror(config, self.store, self.status, self.pending, self.state, self.divergences)
         self.status.live_pending = lambda: (len(self.pending), self.pending.oldest_age())
-        self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status)
+        self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status,
+                               lineage_break=self.mirror.rec.lineage.broken)
         self.shim: ShimServer | None = None
         self.http_port: int | None = None
         self._stopping = threading.Event()

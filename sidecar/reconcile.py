@@ -131,6 +131,7 @@ class Reconciler:
         """Ops that bring MongoDB in line with one file, and the problems seen."""
         now = now or utcnow()
         problems: list[Problem] = []
+        token = self.lineage.token(rel)
         try:
             read = read or read_file(self.root, rel)
         except DataDirMissing as exc:
@@ -166,7 +167,7 @@ class Reconciler:
         if view is not None:
             view.add_plan(plan)
         if not view_only:
-            self._observe(plan, read, state)
+            self._observe(plan, read, token)
         return ops, problems
 
     # --- the deletion model (DESIGN §5; sidecar/lineage.py, sidecar/divergence.py) ---------
@@ -209,7 +210,7 @@ class Reconciler:
             self.resolved.append((plan.rel, None))
         return frozenset(removable)
 
-    def _observe(self, plan: FilePlan, read: FileRead, state: MirrorState) -> None:
+    def _observe(self, plan: FilePlan, read: FileRead, token: int) -> None:
         keys = None
         if plan.kind is Kind.HUB:
             keys = frozenset(e.key for e in plan.entries) | frozenset(plan.entry_errors)
@@ -217,7 +218,7 @@ class Reconciler:
         keep = own is not None and own == read.sha256
         if own is not None and not keep:
             self.own_writes.pop(plan.rel, None)  # the writer has written since
-        self.lineage.observe(read, keys, keep_keys=keep)
+        self.lineage.observe(read, keys, keep_keys=keep, token=token)
         if plan.kind is not Kind.HUB:
             self.resolved.append((plan.rel, None))  # present: not a missing file any more
 

@@ -54,12 +54,15 @@ class _OverflowHook(logging.Handler):
 
 class Watcher(FileSystemEventHandler):
     def __init__(self, root: Path, ignore: tuple[str, ...], pending: Pending, status: Status,
-                 quiet: float = 0.1) -> None:
+                 quiet: float = 0.1, lineage_break=None) -> None:
         self.root = str(Path(root))
         self.ignore = ignore
         self.pending = pending
         self.status = status
         self.quiet = quiet
+        # Called with a path created, deleted or renamed (sidecar/lineage.py): those
+        # end a file's lineage, whatever inode number the next file gets.
+        self.lineage_break = lineage_break or (lambda rel: None)
         self.observer: Observer | None = None
         self._hook = _OverflowHook(self.overflow)
 
@@ -104,9 +107,11 @@ class Watcher(FileSystemEventHandler):
             return None
         return rel
 
-    def _mark(self, rel: str | None, event: str, delay: float) -> None:
+    def _mark(self, rel: str | None, event: str, delay: float, breaks: bool = False) -> None:
         if rel is None:
             return
+        if breaks:
+            self.lineage_break(rel)
         self.status.events.labels(kind=classify(rel).value, event=event).inc()
         self.pending.mark(rel, delay)
 
@@ -121,13 +126,15 @@ class Watcher(FileSystemEventHandler):
         src = self._rel(event.src_path)
         if isinstance(event, FileClosedEvent):
             self._mark(src, "closed", 0.0)
-        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+        elif isinstance(event, FileCreatedEvent):
+            self._mark(src, event.event_type, self.quiet, breaks=True)
+        elif isinstance(event, FileModifiedEvent):
             self._mark(src, event.event_type, self.quiet)
         elif isinstance(event, FileDeletedEvent):
-            self._mark(src, "deleted", 0.0)
+            self._mark(src, "deleted", 0.0, breaks=True)
         elif isinstance(event, FileMovedEvent):
-            self._mark(src, "moved_from", 0.0)
-            self._mark(self._rel(event.dest_path), "moved_to", 0.0)
+            self._mark(src, "moved_from", 0.0, breaks=True)
+            self._mark(self._rel(event.dest_path), "moved_to", 0.0, breaks=True)
         elif isinstance(event, DirCreatedEvent):
             self._scan_dir(src)
         elif isinstance(event, DirMovedEvent):
