@@ -86,7 +86,11 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
         store.record_events(events)
     for p in view.problems:
         log.warning("bad input: %s (%s)", p.message, p.reason)
+    # The write path never deletes a GridFS blob; the ones no manifest and no
+    # (unexpired) tombstone names any more go here.
+    blobs_collected = 0 if dry_run else store.gc_blobs()
     report = build_report(config, store, view, result, dry_run, ops, state)
+    report["blobs_collected"] = blobs_collected
     report["duration_s"] = round(time.monotonic() - started, 3)
     path = report_path or root / REPORT_REL
     _write_report(path, report)
