@@ -69,6 +69,14 @@ def _aware(value: Any) -> datetime | None:
     return value if isinstance(value, datetime) and value.tzinfo is not None else None
 
 
+class TombstoneUnusable(LookupError):
+    """A chosen tombstone cannot make its file; ``tid`` names it in the report."""
+
+    def __init__(self, message: str, tid: Any) -> None:
+        super().__init__(message)
+        self.tid = tid
+
+
 @dataclass
 class _Chosen:
     """The tombstone that speaks for one removed document."""
@@ -170,7 +178,7 @@ class Tombstones:
         ts = self.store.find_one(TOMBSTONES, {"_id": chosen.tid})
         doc = ts.get("doc") if isinstance(ts, dict) else None
         if not isinstance(doc, dict):
-            raise LookupError(f"tombstone {chosen.tid} vanished or changed")
+            raise TombstoneUnusable("tombstone vanished or changed", chosen.tid)
         return doc
 
     def merge_hub(self, hub_type: str, docs: list[dict]) -> list[dict]:
@@ -255,7 +263,10 @@ def plan_files(store: Store, include_deleted: bool = False, as_of: datetime | No
             have_snapshot = True
         if not _usable(man, tombs, include_deleted):
             continue
-        yield rel, _producer(store, man, tombs, chosen)
+        produce = _producer(store, man, tombs, chosen)
+        if chosen is not None:
+            produce.tid = chosen.tid  # type: ignore[attr-defined]  # named when skipped
+        yield rel, produce
     # Data that has no manifest: written by a Mongo-backed Mentorix directly.
     hub_types = {str(d.get("hub_type")) for d in store.find(HUBS, {}, {"hub_type": 1})} | set(tombs.hubs)
     for hub_type in sorted(hub_types - seen_hubs):
@@ -300,6 +311,14 @@ def _producer(store: Store, man: dict, tombs: Tombstones, chosen: _Chosen | None
         return lambda: _episode_bytes(tombs, man.get("doc_id"), fmt)
 
     def generic() -> bytes:
+        try:
+            return _generic()
+        except LookupError as exc:
+            if chosen is None or isinstance(exc, TombstoneUnusable):
+                raise
+            raise TombstoneUnusable(str(exc), chosen.tid) from None
+
+    def _generic() -> bytes:
         full = tombs.full(chosen) if chosen is not None else None
         if (full or man).get("encoding") == "gridfs":
             blob_id = (full or man).get("blob_id")
@@ -403,12 +422,15 @@ def restore(
             if rel in written:
                 continue  # two documents claim one file: the first (its manifest) holds it
             data = produce()
-        except (UnsafePath, LookupError) as exc:
-            result.skipped.append({"path": str(rel), "reason": str(exc)})
-            continue
-        except (TypeError, ValueError, AttributeError) as exc:
-            # Documents written by someone else that cannot make a file.
-            result.skipped.append({"path": str(rel), "reason": f"cannot rebuild: {type(exc).__name__}"})
+        except (UnsafePath, LookupError, TypeError, ValueError, AttributeError) as exc:
+            # TypeError & co.: documents written by someone else that cannot make a file.
+            reason = str(exc) if isinstance(exc, (UnsafePath, LookupError)) else \
+                f"cannot rebuild: {type(exc).__name__}"
+            entry = {"path": str(rel), "reason": reason}
+            tid = exc.tid if isinstance(exc, TombstoneUnusable) else getattr(produce, "tid", None)
+            if tid is not None:
+                entry["id"] = str(tid)
+            result.skipped.append(entry)
             continue
         written.add(rel)
         if dry_run:
