@@ -7,8 +7,9 @@ guard fails, the upsert collides on ``_id`` (E11000) and the op is counted as
 refused. Nothing is hard-deleted: a delete is sent only after the document it
 removes is in ``memory_tombstones``, and only for exactly that version; GridFS
 blobs are only ever deleted by ``gc_blobs``. Errors that mean "MongoDB is away"
-are raised as ``MongoUnavailable`` so callers can retry with backoff; errors that belong to one document are
-returned per op so one bad document never blocks the rest.
+are raised as ``MongoUnavailable`` so callers can retry with backoff; errors that
+belong to one document are returned per op so one bad document never blocks the
+rest.
 """
 
 from __future__ import annotations
