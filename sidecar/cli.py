@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="target dir (default: the data dir)")
     r.add_argument("--force", action="store_true", help="write into a non-empty target")
     r.add_argument("--dry-run", action="store_true", help="list what would be written")
-    r.add_argument("--include-deleted", action="store_true",
-                   help="also restore files whose deletion was recorded")
+    when = r.add_mutually_exclusive_group()
+    when.add_argument("--include-deleted", action="store_true",
+                      help="also restore what was deleted: files whose deletion was recorded, and "
+                      "hub entries, episodes and files kept in memory_tombstones")
+    when.add_argument("--as-of", metavar="ISO-TIME", type=_iso_time,
+                      help="the files as they were at this time (ISO 8601, naive = UTC), as far as "
+                      "memory_tombstones (kept SIDECAR_TOMBSTONE_DAYS) can say")
 
     dv = sub.add_parser("divergences", help="list held removals (exit 1 while any is held); "
                         "`divergences accept [PATH...]` applies them")
@@ -62,6 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("indexes", help="ensure the indexes and list them")
     sub.add_parser("config", help="print the effective settings (credentials hidden)")
     return p
+
+
+def _iso_time(text: str) -> datetime:
+    """``--as-of``: ISO 8601; a naive time is UTC (as Mentorix writes its timestamps)."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text[:60]!r} (e.g. 2026-02-21T05:29:24 or 2026-02-21T05:29:24+00:00)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -198,7 +215,7 @@ def _one_shot(args: argparse.Namespace, config: Config) -> int:
             store.ping()
             out = args.out or config.data_dir
             result = restore(store, out, force=args.force, dry_run=args.dry_run,
-                             include_deleted=args.include_deleted,
+                             include_deleted=args.include_deleted, as_of=args.as_of,
                              ignore=lambda rel: is_ignored(rel, config.ignore_globs))
             _print(result.as_dict(args.dry_run))
             return EXIT_OK if not result.skipped else EXIT_MISMATCH

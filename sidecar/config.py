@@ -80,6 +80,8 @@ class Config(BaseSettings):
     # memory_events keep hashes of before/after by default; "full" stores values.
     sidecar_events_payload: Literal["hash", "full"] = "hash"
     sidecar_files_collection: str = "memory_files"
+    # What leaves the live collections is kept this long in memory_tombstones (TTL).
+    sidecar_tombstone_days: int = Field(default=30, ge=1)
     sidecar_log_format: Literal["text", "json"] = "text"
     sidecar_log_level: str = "INFO"
 

@@ -7,6 +7,9 @@ Collections (DESIGN §3):
   episodic_memory    one document per run, _id = run_id
   <files>            one manifest per file, _id = relative path; for generic
                      files it also holds the content (JSON, bytes or GridFS)
+  memory_tombstones  one document per removed document (or replaced GridFS
+                     blob): the removed document as it was, kept for
+                     SIDECAR_TOMBSTONE_DAYS (TTL on expire_at)
 
 Every document the sidecar writes carries ``_sidecar``: source path, content
 hash, the source version (file mtime_ns) that guards against regressions, and
@@ -40,6 +43,7 @@ HUBS = "memory_hubs"
 SNAPSHOTS = "runtime_snapshots"
 EPISODES = "episodic_memory"
 EVENTS = "memory_events"
+TOMBSTONES = "memory_tombstones"
 REDACTED = "***REDACTED***"
 # Generic content larger than this goes to GridFS rather than inline.
 INLINE_MAX_BYTES = 8 * 1024 * 1024

@@ -14,11 +14,13 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from .classify import Kind, UnsafePath, episode_path, hub_path, normalize
+from .classify import Kind, UnsafePath, classify, episode_path, hub_path, normalize
 from .diff import FILES
-from .model import EPISODES, HUBS, SNAPSHOTS, file_fields
+from .model import EPISODES, HUBS, SNAPSHOTS, TOMBSTONES, file_fields
 from .parse import render
 from .store import Store
 
@@ -47,21 +49,210 @@ class RestoreResult:
         }
 
 
-def hub_bytes(store: Store, hub_type: str, fmt: dict | None) -> bytes:
-    """One hub file's bytes from its documents, entries in their recorded order."""
+def _pos(doc: dict) -> int | None:
+    meta = doc.get("_sidecar")
+    pos = meta.get("pos") if isinstance(meta, dict) else None
+    return pos if isinstance(pos, int) and not isinstance(pos, bool) else None
+
+
+def hub_bytes(store: Store, hub_type: str, fmt: dict | None, tombs: Tombstones | None = None) -> bytes:
+    """One hub file's bytes from its documents, entries in their recorded order.
+    With ``tombs``, removed entries are merged back at their recorded position."""
     docs = list(store.find(HUBS, {"hub_type": hub_type}, {"item_key": 1, "payload": 1, "_sidecar.pos": 1}))
-    docs.sort(key=lambda d: (((d.get("_sidecar") or {}).get("pos") is None),
-                             (d.get("_sidecar") or {}).get("pos") or 0, str(d.get("item_key"))))
-    return render({str(d["item_key"]): d.get("payload") for d in docs}, fmt)
+    if tombs is not None and tombs.active:
+        docs = tombs.merge_hub(hub_type, docs)
+    docs.sort(key=lambda d: (_pos(d) is None, _pos(d) or 0, str(d.get("item_key"))))
+    return render({str(d["item_key"]): d.get("payload") for d in docs}, fmt if isinstance(fmt, dict) else None)
 
 
-def plan_files(store: Store, include_deleted: bool = False) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """(relative path, producer of its bytes) for every file MongoDB can rebuild."""
+def _aware(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) and value.tzinfo is not None else None
+
+
+class TombstoneUnusable(LookupError):
+    """A chosen tombstone cannot make its file; ``tid`` names it in the report."""
+
+    def __init__(self, message: str, tid: Any) -> None:
+        super().__init__(message)
+        self.tid = tid
+
+
+@dataclass
+class _Chosen:
+    """The tombstone that speaks for one removed document."""
+
+    tid: Any
+    deleted_at: datetime
+    doc: dict  # projected: identifying fields only (``Tombstones.full`` reads the rest)
+    path: Any = None
+
+
+class Tombstones:
+    """What ``memory_tombstones`` can add to a restore.
+
+    ``include_deleted``: every removed document that is not live, in its last
+    version (the tombstone deleted last). ``as_of``: the data as it stood at that
+    instant, as far as tombstones can say: a tombstone deleted after ``as_of``
+    held the document then (the one deleted first after it wins, over the live
+    one too). Tombstones are documents anyone with database access can write:
+    one that does not make sense is skipped and reported, never trusted."""
+
+    # Only what identifies a tombstone's document: payloads and content are read
+    # for the chosen ones only, when their file is produced.
+    _PROJECTION = {name: 1 for name in (
+        "coll", "doc_id", "path", "deleted_at", "reason", "doc._id", "doc.hub_type", "doc.item_key",
+        "doc.run_id", "doc.kind", "doc.doc_id", "doc.encoding", "doc.format", "doc.blob_id",
+        "doc.deleted_at", "doc.sha256")}
+
+    def __init__(self, store: Store, include_deleted: bool = False, as_of: datetime | None = None,
+                 skipped: list[dict[str, str]] | None = None) -> None:
+        self.store = store
+        self.as_of = as_of
+        self.active = include_deleted or as_of is not None
+        self.skipped = skipped if skipped is not None else []
+        self.hubs: dict[str, dict[str, _Chosen]] = {}
+        self.episodes: dict[str, _Chosen] = {}
+        self.snapshots: dict[str, _Chosen] = {}
+        self.manifests: dict[str, _Chosen] = {}
+        if self.active:
+            self._load()
+
+    def skip(self, tid: Any, path: Any, reason: str) -> None:
+        self.skipped.append({"path": str(path) if path is not None else "", "reason": reason, "id": str(tid)})
+
+    def _choose(self, table: dict, key: Any, chosen: _Chosen) -> None:
+        held = table.get(key)
+        if held is None:
+            table[key] = chosen
+        elif self.as_of is not None:  # the first removal after as_of: what was there at as_of
+            if chosen.deleted_at < held.deleted_at:
+                table[key] = chosen
+        elif chosen.deleted_at > held.deleted_at:  # the last version the document had
+            table[key] = chosen
+
+    def _load(self) -> None:
+        store = self.store
+        files, blobs = store.files_name, store.blobs_name
+        for ts in store.find(TOMBSTONES, {}, self._PROJECTION):
+            tid, path = ts.get("_id"), ts.get("path")
+            deleted_at = _aware(ts.get("deleted_at"))
+            if deleted_at is None:
+                self.skip(tid, path, "tombstone without a deleted_at time")
+                continue
+            if self.as_of is not None and deleted_at <= self.as_of:
+                continue  # already gone at as_of
+            coll, doc = ts.get("coll"), ts.get("doc")
+            if not isinstance(doc, dict):
+                self.skip(tid, path, "tombstone whose doc is not a document")
+                continue
+            chosen = _Chosen(tid, deleted_at, doc, path)
+            if coll == HUBS:
+                hub_type, key = doc.get("hub_type"), doc.get("item_key")
+                if not isinstance(hub_type, str) or not isinstance(key, str):
+                    self.skip(tid, path, "hub tombstone without a hub_type and item_key")
+                    continue
+                self._choose(self.hubs.setdefault(hub_type, {}), key, chosen)
+            elif coll == EPISODES:
+                run_id = doc.get("run_id")
+                if not isinstance(run_id, str) or not run_id:
+                    self.skip(tid, path, "episode tombstone without a run_id")
+                    continue
+                self._choose(self.episodes, run_id, chosen)
+            elif coll == SNAPSHOTS:
+                if not isinstance(doc.get("_id"), str):
+                    self.skip(tid, path, "snapshot tombstone without an _id")
+                    continue
+                self._choose(self.snapshots, doc["_id"], chosen)
+            elif coll in (files, blobs):
+                # A file's manifest as it was before it was deleted, or before a new
+                # version stopped naming its GridFS blob.
+                rel = doc.get("_id")
+                if not isinstance(rel, str) or not rel:
+                    self.skip(tid, path, "file tombstone without the file's path")
+                    continue
+                self._choose(self.manifests, rel, chosen)
+            else:
+                self.skip(tid, path, f"tombstone of an unknown collection {str(coll)[:60]!r}")
+
+    def full(self, chosen: _Chosen) -> dict:
+        ts = self.store.find_one(TOMBSTONES, {"_id": chosen.tid})
+        doc = ts.get("doc") if isinstance(ts, dict) else None
+        if not isinstance(doc, dict):
+            raise TombstoneUnusable("tombstone vanished or changed", chosen.tid)
+        return doc
+
+    def merge_hub(self, hub_type: str, docs: list[dict]) -> list[dict]:
+        chosen = self.hubs.get(hub_type)
+        if not chosen:
+            return docs
+        by_key = {str(d.get("item_key")): d for d in docs}
+        for key, c in chosen.items():
+            if key in by_key and self.as_of is None:
+                continue  # live wins: the key came back
+            doc = self.full(c)
+            if "payload" not in doc:
+                self.skip(c.tid, hub_path(hub_type), f"hub tombstone of {key!r} without a payload")
+                continue
+            by_key[key] = doc
+        return list(by_key.values())
+
+    def episode(self, run_id: str) -> dict | None:
+        """The episode as restore should see it, or None."""
+        c = self.episodes.get(run_id)
+        if c is not None and self.as_of is not None:
+            return self.full(c)
+        live = self.store.find_one(EPISODES, {"run_id": run_id})
+        if live is None and c is not None:
+            return self.full(c)
+        return live
+
+    def snapshot(self, snapshot_id: Any) -> dict | None:
+        c = self.snapshots.get(snapshot_id) if isinstance(snapshot_id, str) else None
+        if c is not None and self.as_of is not None:
+            return self.full(c)
+        live = self.store.find_one(SNAPSHOTS, {"_id": snapshot_id})
+        if live is None and c is not None:
+            return self.full(c)
+        return live
+
+
+def _usable(man: dict, tombs: Tombstones, include_deleted: bool) -> bool:
+    """Did this manifest's file exist (at as_of / now)?"""
+    deleted_at = man.get("deleted_at")
+    if deleted_at is None:
+        return True
+    if tombs.as_of is not None:
+        return _aware(deleted_at) is not None and deleted_at > tombs.as_of
+    return include_deleted
+
+
+def plan_files(store: Store, include_deleted: bool = False, as_of: datetime | None = None,
+               skipped: list[dict[str, str]] | None = None) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """(relative path, producer of its bytes) for every file MongoDB can rebuild.
+
+    ``include_deleted``/``as_of``: see ``Tombstones``; what cannot be used is
+    appended to ``skipped``."""
+    tombs = Tombstones(store, include_deleted, as_of, skipped)
     seen_hubs: set[str] = set()
     seen_runs: set[str] = set()
     have_snapshot = False
+    live_rels: set[str] = set()
     manifests = store.find(FILES, {}, {"content": 0, "raw": 0})
-    for man in manifests:
+
+    def effective() -> Iterator[tuple[dict, _Chosen | None]]:
+        for man in manifests:
+            chosen = tombs.manifests.get(man["_id"]) if tombs.active else None
+            if chosen is not None:
+                live_rels.add(man["_id"])
+                if tombs.as_of is not None:
+                    yield chosen.doc, chosen  # what the file was at as_of
+                    continue
+            yield man, None
+        for rel in sorted(set(tombs.manifests) - live_rels):
+            chosen = tombs.manifests[rel]
+            yield chosen.doc, chosen
+
+    for man, chosen in effective():
         rel = man["_id"]
         kind = man.get("kind")
         if kind == Kind.HUB.value:
@@ -70,49 +261,78 @@ def plan_files(store: Store, include_deleted: bool = False) -> Iterator[tuple[st
             seen_runs.add(str(man.get("doc_id")))
         elif kind == Kind.SNAPSHOT.value:
             have_snapshot = True
-        if man.get("deleted_at") is not None and not include_deleted:
+        if not _usable(man, tombs, include_deleted):
             continue
-        yield rel, _producer(store, man)
+        produce = _producer(store, man, tombs, chosen)
+        if chosen is not None:
+            produce.tid = chosen.tid  # type: ignore[attr-defined]  # named when skipped
+        yield rel, produce
     # Data that has no manifest: written by a Mongo-backed Mentorix directly.
-    for hub_type in sorted({str(d.get("hub_type")) for d in store.find(HUBS, {}, {"hub_type": 1})} - seen_hubs):
-        yield hub_path(hub_type), (lambda t=hub_type: hub_bytes(store, t, None))
+    hub_types = {str(d.get("hub_type")) for d in store.find(HUBS, {}, {"hub_type": 1})} | set(tombs.hubs)
+    for hub_type in sorted(hub_types - seen_hubs):
+        yield hub_path(hub_type), (lambda t=hub_type: hub_bytes(store, t, None, tombs))
+    live_runs = set()
     for doc in store.find(EPISODES, {}, {"run_id": 1}):
         run_id = str(doc.get("run_id"))
+        live_runs.add(run_id)
         if run_id not in seen_runs:
-            yield episode_path(run_id), (lambda r=run_id: render(
-                file_fields(store.find_one(EPISODES, {"run_id": r})), None))
+            yield episode_path(run_id), (lambda r=run_id: _episode_bytes(tombs, r, None))
+    for run_id in sorted(set(tombs.episodes) - seen_runs - live_runs):
+        path = tombs.episodes[run_id].path
+        rel = path if isinstance(path, str) and classify(path) is Kind.EPISODE else episode_path(run_id)
+        yield rel, (lambda r=run_id: _episode_bytes(tombs, r, None))
     if not have_snapshot:
         latest = store.find_one(SNAPSHOTS, {}, sort=[("timestamp", -1)])
         if latest:
             yield "snapshot.json", (lambda: render(file_fields(latest), None))
 
 
-def _producer(store: Store, man: dict) -> Callable[[], bytes]:
+def _episode_bytes(tombs: Tombstones, run_id: str, fmt: Any) -> bytes:
+    doc = tombs.episode(run_id)
+    if doc is None:
+        raise LookupError("episode document missing")
+    return render(file_fields(doc), fmt if isinstance(fmt, dict) else None)
+
+
+def _producer(store: Store, man: dict, tombs: Tombstones, chosen: _Chosen | None = None) -> Callable[[], bytes]:
     kind, fmt, rel = man.get("kind"), man.get("format"), man["_id"]
+    fmt = fmt if isinstance(fmt, dict) else None
     if kind == Kind.HUB.value:
-        return lambda: hub_bytes(store, man.get("hub_type"), fmt)
+        return lambda: hub_bytes(store, man.get("hub_type"), fmt, tombs)
     if kind == Kind.SNAPSHOT.value:
         def snapshot() -> bytes:
-            doc = store.find_one(SNAPSHOTS, {"_id": man.get("doc_id")}) or store.find_one(
+            doc = tombs.snapshot(man.get("doc_id")) or store.find_one(
                 SNAPSHOTS, {}, sort=[("timestamp", -1)])
             if doc is None:
                 raise LookupError("no snapshot document")
             return render(file_fields(doc), fmt)
         return snapshot
     if kind == Kind.EPISODE.value:
-        def episode() -> bytes:
-            doc = store.find_one(EPISODES, {"run_id": man.get("doc_id")})
-            if doc is None:
-                raise LookupError("episode document missing")
-            return render(file_fields(doc), fmt)
-        return episode
+        return lambda: _episode_bytes(tombs, man.get("doc_id"), fmt)
 
     def generic() -> bytes:
-        if man.get("encoding") == "gridfs":
-            return store.read_blob(man.get("blob_id"))
-        full = store.find_one(FILES, {"_id": rel})
+        try:
+            return _generic()
+        except LookupError as exc:
+            if chosen is None or isinstance(exc, TombstoneUnusable):
+                raise
+            raise TombstoneUnusable(str(exc), chosen.tid) from None
+
+    def _generic() -> bytes:
+        full = tombs.full(chosen) if chosen is not None else None
+        if (full or man).get("encoding") == "gridfs":
+            blob_id = (full or man).get("blob_id")
+            if blob_id is None or store.blob_sha256(blob_id) is None:
+                raise LookupError("its GridFS blob is gone")
+            return store.read_blob(blob_id)
+        if full is None:
+            full = store.find_one(FILES, {"_id": rel})
+            if full is None:
+                raise LookupError("manifest vanished")
         if full.get("raw") is not None:
             return bytes(full["raw"])
+        if "content" not in full:
+            raise LookupError("manifest holds no content")
         return render(full.get("content"), fmt)
     return generic
 
@@ -222,12 +442,18 @@ def clean_temp_files(out: Path) -> int:
 def restore(
     store: Store, out: Path, *, force: bool = False, dry_run: bool = False,
     include_deleted: bool = False, ignore: Callable[[str], bool] = lambda rel: False,
-    only: Callable[[str], bool] | None = None, missing_only: bool = False,
-    progress: Callable[[RestoreResult], None] | None = None,
+    only: Callable[[str], bool] | None = None, as_of: datetime | None = None,
+    missing_only: bool = False, progress: Callable[[RestoreResult], None] | None = None,
 ) -> RestoreResult:
-    """``missing_only``: write only the files that do not exist (mongo mode's start:
+    """``include_deleted``: also what was deleted (recorded deletions, tombstones).
+    ``as_of``: the files as they were at that instant (a naive time is UTC), as
+    far as the tombstones (kept ``SIDECAR_TOMBSTONE_DAYS``) can say; it decides
+    on its own what was deleted then, ``include_deleted`` adds nothing to it.
+    ``missing_only``: write only the files that do not exist (mongo mode's start:
     "restore what is missing"); a file created meanwhile is never overwritten."""
     out = Path(out)
+    if as_of is not None and as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=timezone.utc)
     if missing_only:
         force = True
     if not force and not is_empty(out, ignore):
@@ -235,19 +461,30 @@ def restore(
     if not dry_run:
         out.mkdir(parents=True, exist_ok=True)
     result = RestoreResult()
-    for rel, produce in plan_files(store, include_deleted):
+    written: set[str] = set()
+    for rel, produce in plan_files(store, include_deleted, as_of, result.skipped):
         try:
             rel = normalize(rel)
             if only is not None and not only(rel):
                 continue
             if ignore(rel):
                 continue
+            if rel in written:
+                continue  # two documents claim one file: the first (its manifest) holds it
             if missing_only and os.path.lexists(out / rel):
                 continue
             data = produce()
-        except (UnsafePath, LookupError) as exc:
-            result.skipped.append({"path": str(rel), "reason": str(exc)})
+        except (UnsafePath, LookupError, TypeError, ValueError, AttributeError) as exc:
+            # TypeError & co.: documents written by someone else that cannot make a file.
+            reason = str(exc) if isinstance(exc, (UnsafePath, LookupError)) else \
+                f"cannot rebuild: {type(exc).__name__}"
+            entry = {"path": str(rel), "reason": reason}
+            tid = exc.tid if isinstance(exc, TombstoneUnusable) else getattr(produce, "tid", None)
+            if tid is not None:
+                entry["id"] = str(tid)
+            result.skipped.append(entry)
             continue
+        written.add(rel)
         if dry_run:
             result.written.append(rel)
             result.bytes += len(data)
@@ -275,5 +512,5 @@ def restore_file(store: Store, out: Path, rel: str) -> bool:
     man = store.find_one(FILES, {"_id": rel})
     if not isinstance(man, dict) or man.get("deleted_at") is not None:
         return False
-    write_new(Path(out), rel, _producer(store, man)())
+    write_new(Path(out), rel, _producer(store, man, Tombstones(store))())
     return True

@@ -4,9 +4,12 @@ Writes are unordered bulk writes in bounded batches. Every replace/delete is
 guarded by the source version (``_sidecar.version`` not newer than ours) and
 addressed by ``_id``, so a stale op can never overwrite newer data: when the
 guard fails, the upsert collides on ``_id`` (E11000) and the op is counted as
-refused. Errors that mean "MongoDB is away" are raised as ``MongoUnavailable``
-so callers can retry with backoff; errors that belong to one document are
-returned per op so one bad document never blocks the rest.
+refused. Nothing is hard-deleted: a delete is sent only after the document it
+removes is in ``memory_tombstones``, and only for exactly that version; GridFS
+blobs are only ever deleted by ``gc_blobs``. Errors that mean "MongoDB is away"
+are raised as ``MongoUnavailable`` so callers can retry with backoff; errors that
+belong to one document are returned per op so one bad document never blocks the
+rest.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import bson
@@ -27,7 +30,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from .classify import Kind
 from .config import Config
 from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state, pack_hash
-from .model import EPISODES, EVENTS, HUBS, SNAPSHOTS, file_fields, utcnow
+from .model import EPISODES, EVENTS, HUBS, SNAPSHOTS, TOMBSTONES, file_fields, utcnow
 from .parse import intern_format, value_hash
 
 log = logging.getLogger("sidecar.store")
@@ -36,6 +39,13 @@ DUPLICATE_KEY = 11000
 # Documents per cursor batch when loading the state: a server's default batch
 # (up to 16 MB of BSON) decodes into several times that in Python objects at once.
 LOAD_BATCH = 500
+# gc_blobs leaves a blob alone for this long after it was uploaded (or reused):
+# its manifest may still be on its way (uploaded first, manifest written after).
+BLOB_GC_GRACE = timedelta(hours=1)
+# The fields of a live document that any writer changes (ours: _sidecar; Mentorix:
+# updated_at / updated_at_dt; a recorded deletion: deleted_at). A delete is sent only
+# for the document state its tombstone holds: equal on all of them.
+_FINGERPRINT = ("_sidecar", "updated_at", "updated_at_dt", "deleted_at", "sha256")
 
 
 class MongoUnavailable(Exception):
@@ -85,6 +95,31 @@ def _body(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k != "_id"}
 
 
+def _newer_than(doc: dict, version: int) -> bool:
+    """What the version guard (``_guard``) would refuse: a numeric ``_sidecar.version``
+    above ours (MongoDB compares numbers with numbers only)."""
+    meta = doc.get("_sidecar")
+    held = meta.get("version") if isinstance(meta, dict) else None
+    return isinstance(held, (int, float)) and not isinstance(held, bool) and held > version
+
+
+def _tombstone_id(coll: str, doc_id: Any, doc: dict, reason: str) -> bson.ObjectId:
+    """Deterministic: the same removal of the same document state (a retry after
+    MongoDB went away between tombstone and delete, a re-diff with a new op
+    version) upserts the same tombstone instead of adding a second one."""
+    digest = hashlib.sha256(bson.encode({"c": coll, "i": doc_id, "r": reason, "d": doc})).digest()
+    return bson.ObjectId(digest[:12])
+
+
+@dataclass
+class _Removal:
+    """A delete (or a GridFS blob replacement) about to be sent, with its tombstones."""
+
+    op: Op
+    request: Any = None  # the DeleteOne, addressed to exactly the state tombstoned
+    tombstones: list[dict] = field(default_factory=list)
+
+
 class Store:
     def __init__(self, config: Config, client: pymongo.MongoClient | None = None) -> None:
         self.config = config
@@ -101,8 +136,10 @@ class Store:
             EPISODES: self.db[EPISODES],
             EVENTS: self.db[EVENTS],
             FILES: self.db[self.files_name],
+            TOMBSTONES: self.db[TOMBSTONES],
         }
-        self.bucket = gridfs.GridFSBucket(self.db, bucket_name=f"{self.files_name}_blobs")
+        self.blobs_name = f"{self.files_name}_blobs"
+        self.bucket = gridfs.GridFSBucket(self.db, bucket_name=self.blobs_name)
 
     @staticmethod
     def _connect(config: Config) -> pymongo.MongoClient:
@@ -146,6 +183,10 @@ class Store:
             (EVENTS, [("entity_key", 1)], {"name": "ix_events_entity_key"}),
             (EVENTS, [("created_at", -1)], {"name": "ix_events_created_at_desc"}),
             (FILES, [("kind", 1)], {"name": "ix_files_kind"}),
+            # Always on: a tombstone carries its own expiry (deleted_at + SIDECAR_TOMBSTONE_DAYS).
+            (TOMBSTONES, [("expire_at", 1)], {"name": "ix_tombstones_expire_at_ttl", "expireAfterSeconds": 0}),
+            (TOMBSTONES, [("coll", 1), ("doc_id", 1)], {"name": "ix_tombstones_coll_doc_id"}),
+            (TOMBSTONES, [("deleted_at", -1)], {"name": "ix_tombstones_deleted_at_desc"}),
         ]
         if self.config.mongodb_snapshots_ttl_days > 0:
             plan.append((SNAPSHOTS, [("timestamp_dt", -1)], {
@@ -178,9 +219,27 @@ class Store:
             for logical, name in self.TTL_INDEXES.items():
                 if name not in wanted_ttl and name in self.coll[logical].index_information():
                     self.coll[logical].drop_index(name)
+            self._redate_tombstones()
             return self.list_indexes()
         except PyMongoError as exc:
             raise self._unavailable(exc) from None
+
+    def _redate_tombstones(self) -> None:
+        """SIDECAR_TOMBSTONE_DAYS changed: tombstones written with other days get
+        ``expire_at = deleted_at + days`` (the TTL index itself always says 0)."""
+        days = self.config.sidecar_tombstone_days
+        coll = self.coll[TOMBSTONES]
+        requests = []
+        for doc in coll.find({"days": {"$ne": days}}, {"deleted_at": 1}):
+            deleted_at = doc.get("deleted_at")
+            if isinstance(deleted_at, datetime):
+                requests.append(UpdateOne({"_id": doc["_id"]}, {"$set": {
+                    "days": days, "expire_at": deleted_at + timedelta(days=days)}}))
+            if len(requests) >= self.config.sidecar_batch_size:
+                coll.bulk_write(requests, ordered=False)
+                requests = []
+        if requests:
+            coll.bulk_write(requests, ordered=False)
 
     def list_indexes(self) -> dict[str, list[dict]]:
         out = {}
@@ -323,7 +382,7 @@ class Store:
             key = {"run_id": body["run_id"]}
         return ReplaceOne(key, body, upsert=False)
 
-    def _upload_blobs(self, ops: list[Op]) -> None:
+    def _upload_blobs(self, ops: list[Op], now: datetime) -> None:
         for op in ops:
             if op.blob is None or op.doc is None:
                 continue
@@ -331,22 +390,209 @@ class Store:
             if self.blob_sha256(blob_id) is None:
                 self.bucket.upload_from_stream_with_id(
                     blob_id, op.id, op.blob, metadata={"sha256": op.after, "path": op.id})
+            else:
+                # Reused (the same content again): gc_blobs must not take it before
+                # the manifest naming it lands.
+                self.db[f"{self.blobs_name}.files"].update_one(
+                    {"_id": blob_id}, {"$set": {"metadata.claimed_at": now}})
             op.doc["blob_id"] = blob_id
 
-    def _drop_old_blobs(self, ops: list[Op]) -> None:
-        for op in ops:
-            if op.coll == FILES and op.before and op.action in ("update", "delete"):
+    # --- tombstones -------------------------------------------------------------------
+    def _tombstone(self, coll: str, doc_id: Any, path: Any, doc: dict, reason: str, op: Op,
+                   now: datetime) -> dict:
+        days = self.config.sidecar_tombstone_days
+        return {
+            "_id": _tombstone_id(coll, doc_id, doc, reason),
+            "coll": coll,
+            "doc_id": doc_id,
+            "path": path if isinstance(path, str) and path else None,
+            "doc": doc,
+            "deleted_at": now,
+            "expire_at": now + timedelta(days=days),
+            "days": days,
+            "reason": reason,
+            "version": op.version,
+        }
+
+    def _plan_removals(self, logical: str, ops: list[Op], now: datetime,
+                       result: ApplyResult) -> tuple[list[_Removal], list[_Removal]]:
+        """Read what the batch's deletes remove and what its manifest writes replace
+        (GridFS blobs), and build their tombstones. Returns (deletes to send,
+        blob replacements). A delete whose document is gone already is done; one
+        the version guard would refuse is stale: neither gets a tombstone."""
+        coll = self.coll[logical]
+        deletes = [op for op in ops if op.action == "delete"]
+        deletions: list[_Removal] = []
+        if deletes:
+            live = {d["_id"]: d for d in coll.find({"_id": {"$in": [op.id for op in deletes]}})}
+            for op in deletes:
+                doc = live.get(op.id)
+                if doc is None:
+                    result.applied.append(op)  # nothing left to remove (an earlier try did)
+                    continue
+                if _newer_than(doc, op.version):
+                    result.stale.append(op)  # MongoDB holds newer data: the guard refuses
+                    continue
+                exact = dict(_guard(op))
+                for name in _FINGERPRINT:
+                    exact[name] = {"$eq": doc.get(name)}
+                meta = doc.get("_sidecar")
+                path = op.rel or (meta.get("path") if isinstance(meta, dict) else None)
+                if logical == FILES:
+                    path = op.id
+                removal = _Removal(op, DeleteOne(exact), [
+                    self._tombstone(coll.name, op.id, path, doc, "deleted", op, now)])
+                if logical == FILES and doc.get("blob_id") is not None:
+                    removal.tombstones.append(
+                        self._tombstone(self.blobs_name, doc["blob_id"], path, doc, "deleted", op, now))
+                deletions.append(removal)
+        replaced: list[_Removal] = []
+        updates = [op for op in ops if logical == FILES and op.action == "update" and op.doc is not None]
+        if updates:
+            old = {d["_id"]: d for d in coll.find({"_id": {"$in": [op.id for op in updates]},
+                                                   "blob_id": {"$ne": None}})}
+            for op in updates:
+                doc = old.get(op.id)
+                if doc is None or doc.get("blob_id") == op.doc.get("blob_id") or _newer_than(doc, op.version):
+                    continue
+                replaced.append(_Removal(op, None, [self._tombstone(
+                    self.blobs_name, doc["blob_id"], op.id, doc, "blob_replaced", op, now)]))
+        return deletions, replaced
+
+    def _write_tombstones(self, removals: list[_Removal], result: ApplyResult) -> list[_Removal]:
+        """Upsert the tombstones (by their deterministic _id); the removals whose
+        tombstones all landed, in order. The others fail and are not sent."""
+        requests, owner = [], []
+        for i, removal in enumerate(removals):
+            for ts in removal.tombstones:
+                requests.append(ReplaceOne({"_id": ts["_id"]}, ts, upsert=True))
+                owner.append(i)
+        if not requests:
+            return removals
+        bad: dict[int, str] = {}
+        try:
+            self.coll[TOMBSTONES].bulk_write(requests, ordered=False)
+        except BulkWriteError as exc:
+            details = exc.details
+            if details.get("writeConcernErrors"):
+                raise MongoUnavailable("write concern not satisfied: " + self.config.scrub(
+                    str(details["writeConcernErrors"][0].get("errmsg", ""))))
+            for err in details.get("writeErrors", []):
+                bad[owner[err["index"]]] = f"tombstone refused: code {err.get('code')}"
+        except bson.errors.InvalidDocument:
+            if len(removals) > 1:  # find which, one by one
+                out: list[_Removal] = []
+                for removal in removals:
+                    out.extend(self._write_tombstones([removal], result))
+                return out
+            bad[0] = "tombstone too large or not encodable as BSON"
+        if bad:
+            self._drop_tombstones([ts["_id"] for i in bad for ts in removals[i].tombstones])
+        for i, why in bad.items():
+            result.failed.append((removals[i].op, why))
+        return [r for i, r in enumerate(removals) if i not in bad]
+
+    def _drop_tombstones(self, ids: list[Any]) -> None:
+        """Tombstones of removals that did not happen (refused, failed)."""
+        if ids:
+            self.coll[TOMBSTONES].delete_many({"_id": {"$in": ids}})
+
+    def _send_deletes(self, logical: str, removals: list[_Removal], result: ApplyResult) -> None:
+        """The deletes, each addressed to the document state its tombstone holds.
+        One that removed nothing was refused (newer data arrived in between): its
+        tombstone goes again, the op is stale."""
+        if not removals:
+            return
+        coll = self.coll[logical]
+        failed: set[int] = set()
+        try:
+            removed = coll.bulk_write([r.request for r in removals], ordered=False).deleted_count
+        except BulkWriteError as exc:
+            details = exc.details
+            if details.get("writeConcernErrors"):
+                raise MongoUnavailable("write concern not satisfied: " + self.config.scrub(
+                    str(details["writeConcernErrors"][0].get("errmsg", ""))))
+            removed = int(details.get("nRemoved", 0))
+            for err in details.get("writeErrors", []):
+                failed.add(err["index"])
+                removal = removals[err["index"]]
+                result.failed.append((removal.op, f"code {err.get('code')}: {str(err.get('errmsg', ''))[:120]}"))
+        sent = [r for i, r in enumerate(removals) if i not in failed]
+        refused = len(sent) - removed
+        present: set[Any] = set()
+        if refused > 0:
+            present = {d["_id"] for d in coll.find({"_id": {"$in": [r.op.id for r in sent]}}, {"_id": 1})}
+        drop = [ts["_id"] for i in failed for ts in removals[i].tombstones]
+        for removal in sent:
+            if removal.op.id not in present:
+                result.applied.append(removal.op)
+                continue
+            result.stale.append(removal.op)
+            # Still there: refused, unless it was removed and re-created meanwhile,
+            # which only a shortfall smaller than the survivors can tell. Then keep
+            # every tombstone: one too many is better than a lost version.
+            if len(present) <= refused:
+                drop.extend(ts["_id"] for ts in removal.tombstones)
+        self._drop_tombstones(drop)
+
+    def gc_blobs(self, grace: timedelta = BLOB_GC_GRACE) -> int:
+        """Delete the GridFS blobs that no live manifest (``blob_id``) and no
+        tombstone names, uploaded (or last reused) more than ``grace`` ago. The
+        write path never deletes a blob; tombstones expire by TTL, and so the
+        blobs only they kept are freed by the next collection. Returns the count."""
+        try:
+            keep: set[Any] = set()
+
+            def hold(value: Any) -> None:
                 try:
-                    self.bucket.delete(f"{op.id}@{op.before}")
+                    keep.add(value)
+                except TypeError:  # an unhashable id written by someone else: never ours
+                    pass
+            for man in self.coll[FILES].find({"blob_id": {"$ne": None}}, {"blob_id": 1}):
+                hold(man.get("blob_id"))
+            for ts in self.coll[TOMBSTONES].find({"coll": {"$in": [self.files_name, self.blobs_name]}},
+                                                 {"coll": 1, "doc_id": 1, "doc.blob_id": 1}):
+                if ts.get("coll") == self.blobs_name:
+                    hold(ts.get("doc_id"))
+                doc = ts.get("doc")
+                if isinstance(doc, dict):
+                    hold(doc.get("blob_id"))
+            cutoff = utcnow() - grace
+            deleted = 0
+            for meta in self.db[f"{self.blobs_name}.files"].find({}, {"uploadDate": 1, "metadata.claimed_at": 1}):
+                blob_id = meta["_id"]
+                try:
+                    if blob_id in keep:
+                        continue
+                except TypeError:
+                    continue
+                claimed = (meta.get("metadata") or {}).get("claimed_at") if isinstance(
+                    meta.get("metadata"), dict) else None
+                stamps = [t for t in (meta.get("uploadDate"), claimed)
+                          if isinstance(t, datetime) and t.tzinfo is not None]
+                if not stamps or max(stamps) > cutoff:
+                    continue
+                try:
+                    self.bucket.delete(blob_id)
+                    deleted += 1
                 except gridfs.errors.NoFile:
                     pass
+            if deleted:
+                log.info("gc: deleted %d GridFS blobs no manifest or tombstone names", deleted)
+            return deleted
+        except PyMongoError as exc:
+            raise self._unavailable(exc) from None
 
     def apply(self, ops: list[Op], state: MirrorState | None = None) -> ApplyResult:
-        """Write ops; record acknowledged ones in ``state``. Raises MongoUnavailable."""
+        """Write ops; record acknowledged ones in ``state``. Raises MongoUnavailable.
+
+        Nothing is hard-deleted: before a delete is sent, the document it removes
+        is copied to ``memory_tombstones`` (and a GridFS blob a manifest stops
+        naming gets a tombstone too; blobs are only ever deleted by ``gc_blobs``)."""
         result = ApplyResult()
         now = utcnow()
         try:
-            self._upload_blobs([op for op in ops if op.coll == FILES])
+            self._upload_blobs([op for op in ops if op.coll == FILES], now)
             by_coll: dict[str, list[Op]] = {}
             tracked = [op for op in ops if op.action == "track"]
             for op in ops:
@@ -358,8 +604,7 @@ class Store:
                 batch = by_coll.get(logical, [])
                 size = self.config.sidecar_batch_size
                 for start in range(0, len(batch), size):
-                    self._bulk(logical, batch[start:start + size], now, result)
-            self._drop_old_blobs(result.applied)
+                    self._write_batch(logical, batch[start:start + size], now, result)
             result.applied.extend(tracked)  # nothing to send; the state still learns
         except (PyMongoError, gridfs.errors.GridFSError) as exc:
             if isinstance(exc, BulkWriteError):  # pragma: no cover - handled in _bulk
@@ -369,6 +614,27 @@ class Store:
             for op in result.applied:
                 apply_to_state(state, op)
         return result
+
+    def _write_batch(self, logical: str, ops: list[Op], now: datetime, result: ApplyResult) -> None:
+        if not any(op.action == "delete" or (logical == FILES and op.action == "update") for op in ops):
+            self._bulk(logical, ops, now, result)
+            return
+        deletions, replaced = self._plan_removals(logical, ops, now, result)
+        # The tombstones land before anything they describe is removed or replaced;
+        # an op whose tombstone MongoDB refused is not sent at all.
+        failed_before = len(result.failed)
+        written = self._write_tombstones(deletions + replaced, result)
+        refused = {id(op) for op, _ in result.failed[failed_before:]}
+        deletions = [r for r in written if r.request is not None]
+        replaced = [r for r in written if r.request is None]
+        others = [op for op in ops if op.action != "delete" and id(op) not in refused]
+        before = len(result.stale) + len(result.failed)
+        self._bulk(logical, others, now, result)
+        if replaced and len(result.stale) + len(result.failed) > before:
+            # A manifest write refused: it still names its blob, the tombstone lied.
+            undone = {id(op) for op in result.stale} | {id(op) for op, _ in result.failed}
+            self._drop_tombstones([ts["_id"] for r in replaced if id(r.op) in undone for ts in r.tombstones])
+        self._send_deletes(logical, deletions, result)
 
     def _bulk(self, logical: str, ops: list[Op], now: datetime, result: ApplyResult) -> None:
         if not ops:

@@ -92,8 +92,12 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
         log.warning("divergence held: %s (%s, %d); MongoDB keeps the data", d.path, d.reason, d.count)
     for p in view.problems:
         log.warning("bad input: %s (%s)", p.message, p.reason)
+    # The write path never deletes a GridFS blob; the ones no manifest and no
+    # (unexpired) tombstone names any more go here.
+    blobs_collected = 0 if dry_run else store.gc_blobs()
     report = build_report(config, store, view, result, dry_run, ops, state)
     report["divergences"] = _summary(held)
+    report["blobs_collected"] = blobs_collected
     report["duration_s"] = round(time.monotonic() - started, 3)
     path = report_path or root / REPORT_REL
     _write_report(path, report)

@@ -194,3 +194,28 @@ def test_sync_ensures_indexes_but_dry_run_does_not(legacy_dir, config, store, db
         set(db.memory_hubs.index_information()) == {"_id_"}
     run_sync(config, store)
     assert set(CONTRACT) <= set(server_indexes(db))
+
+
+# memory_tombstones (not in Mentorix's contract: the sidecar's own): always a TTL on
+# expire_at (0 s: each tombstone carries its expiry), whatever the other TTL settings.
+TOMBSTONE_INDEXES = {
+    "ix_tombstones_expire_at_ttl": ([("expire_at", 1)], 0),
+    "ix_tombstones_coll_doc_id": ([("coll", 1), ("doc_id", 1)], None),
+    "ix_tombstones_deleted_at_desc": ([("deleted_at", -1)], None),
+}
+
+
+@pytest.mark.parametrize("ttl_days", [0, 3])
+def test_tombstone_indexes(make_config, db, ttl_days):
+    s = Store(make_config(mongodb_snapshots_ttl_days=ttl_days, mongodb_episodes_ttl_days=ttl_days))
+    try:
+        listed = s.ensure_indexes()
+        assert s.ensure_indexes() == listed
+    finally:
+        s.close()
+    got = {spec["name"]: spec for spec in db["memory_tombstones"].list_indexes()}
+    assert set(got) == set(TOMBSTONE_INDEXES) | {"_id_"}
+    for name, (key, ttl) in TOMBSTONE_INDEXES.items():
+        assert list(got[name]["key"].items()) == key, name
+        assert got[name].get("expireAfterSeconds") == ttl, name
+    assert {r["name"] for r in listed["memory_tombstones"]} == set(got)
