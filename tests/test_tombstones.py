@@ -25,7 +25,7 @@ from sidecar.model import HUBS, INLINE_MAX_BYTES, TOMBSTONES
 from sidecar.reconcile import Reconciler
 from sidecar.restore import restore
 from sidecar.store import MongoUnavailable, Store
-from sidecar.sync import run_sync
+from sidecar.sync import run_divergences, run_sync
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +47,26 @@ def tree(root: Path) -> dict[str, str]:
 
 
 def synced(config, store) -> dict:
+    """Sync; the removals these tests make on purpose are then accepted, as an
+    operator would (the deletion model holds what a one-shot sync did not see happen)."""
     report, code = run_sync(config, store)
+    if report["divergences"]["count"]:
+        accepted, acode = run_divergences(config, store, accept_all=True)
+        assert acode == 0, accepted
+        for name, n in accepted["writes"].items():
+            report["writes"][name] += n
+        code = run_sync(config, store)[1]
     assert code == 0, (report["bad_input"], report["parity"])
     return report
+
+
+def scan_with_removals(config, state) -> list:
+    """What a sync plus an accept of every held removal would write."""
+    rec = Reconciler(config)
+    ops, _ = rec.scan(state, "sync")
+    for div in rec.drain()[0]:
+        ops.extend(rec.accept_ops(div, state) or [])
+    return ops
 
 
 def write(root: Path, rel: str, data: bytes | str) -> None:
@@ -307,7 +324,7 @@ def test_a_delete_refused_because_the_document_changed_meanwhile_drops_its_tombs
     key, _ = remove_key(legacy_dir, HUB, 0)
     doc_id = f"soft_identity/{key}"
     state = store.load_state()
-    ops, _ = Reconciler(config).scan(state, "sync")
+    ops = scan_with_removals(config, state)
     real = store._write_tombstones
 
     def then_mentorix_writes(removals, result):
@@ -341,7 +358,7 @@ def test_mongo_gone_between_tombstone_and_delete_keeps_the_doc_and_a_retry_makes
 
     def ops_now():
         state = store.load_state()
-        hub_ops, _ = Reconciler(config).scan(state, "sync")  # the hub edit (and RUN only recorded)
+        hub_ops = scan_with_removals(config, state)  # the hub edit (and RUN's removal, filtered out)
         hub_ops = [op for op in hub_ops if op.coll == HUBS]
         return state, hub_ops + deletion_ops(RUN, state, propagate=True, version=time.time_ns())
 
