@@ -29,7 +29,7 @@ from watchdog.observers import Observer
 
 from .classify import UnsafePath, classify, is_ignored, normalize
 from .pending import Pending
-from .source import Skipped, walk
+from .source import DataDirMissing, Skipped, walk
 from .status import Status
 
 log = logging.getLogger("sidecar.watcher")
@@ -141,7 +141,10 @@ class Watcher(FileSystemEventHandler):
         """A directory appeared (created or moved in): files in it may predate its watch."""
         if rel is None:
             return
-        for item in walk(Path(self.root) / rel, ()):
-            # Globs are relative to the data dir, so match the full path here.
-            self._mark(self._rel(os.path.join(self.root, rel, item.rel if isinstance(item, Skipped) else item)),
-                       "dir_scan", 0.0)
+        try:
+            for item in walk(Path(self.root), (), under=rel):
+                # Globs are relative to the data dir, so match the full path here.
+                self._mark(self._rel(os.path.join(self.root, item.rel if isinstance(item, Skipped) else item)),
+                           "dir_scan", 0.0)
+        except DataDirMissing:
+            pass  # the data dir itself is gone or replaced: the root monitor sees to it
