@@ -75,6 +75,8 @@ class Config(BaseSettings):
     # memory_events keep hashes of before/after by default; "full" stores values.
     sidecar_events_payload: Literal["hash", "full"] = "hash"
     sidecar_files_collection: str = "memory_files"
+    # How often the data dir itself is checked (deleted, re-created, replaced, a symlink).
+    sidecar_root_check_ms: int = Field(default=500, ge=10, le=60_000)
     sidecar_log_format: Literal["text", "json"] = "text"
     sidecar_log_level: str = "INFO"
 
