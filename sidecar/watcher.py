@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from watchdog.events import (
@@ -29,6 +30,7 @@ from watchdog.observers import Observer
 
 from .classify import UnsafePath, classify, is_ignored, normalize
 from .pending import Pending
+from .rootwatch import RootId, root_identity
 from .source import DataDirMissing, Skipped, walk
 from .status import Status
 
@@ -62,26 +64,74 @@ class Watcher(FileSystemEventHandler):
         self.quiet = quiet
         self.observer: Observer | None = None
         self._hook = _OverflowHook(self.overflow)
+        self._lock = threading.Lock()  # attach/detach (the root monitor) vs. stop (shutdown)
+        # The directory the observer was attached to (lstat taken just before
+        # scheduling: a swap in between is seen as a change, never missed).
+        self.attached: RootId | None = None
+        # watchdog reported the root itself deleted (its emitter stops then).
+        self.root_deleted = threading.Event()
+        self.on_root_deleted = None  # set by the root monitor: check now
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        self.observer = Observer()
-        self.observer.name = "sidecar-watcher"
-        self.observer.schedule(self, self.root, recursive=True, event_filter=EVENT_TYPES)
         # The hook must see watchdog's WARNING whatever SIDECAR_LOG_LEVEL is.
         wd_log = logging.getLogger("watchdog.observers")
         if wd_log.getEffectiveLevel() > logging.WARNING:
             wd_log.setLevel(logging.WARNING)
         wd_log.addHandler(self._hook)
-        self.observer.start()
-        self.status.watcher_state = "running"
+        if not self.attach():
+            log.warning("watcher: %s is not a directory to watch (the root monitor retries)", self.root)
 
-    def stop(self) -> None:
-        logging.getLogger("watchdog.observers").removeHandler(self._hook)
+    def attach(self) -> bool:
+        """Watch the directory now at ``root`` with a fresh observer (dropping any old
+        one, which may hold a deleted or moved-away inode). False if there is no
+        real directory there: a symlink is never watched through."""
+        with self._lock:
+            self._detach()
+            ident = root_identity(self.root)
+            if ident is None or not ident.healthy:
+                return False
+            self.root_deleted.clear()
+            observer = Observer()
+            observer.name = "sidecar-watcher"
+            try:
+                observer.schedule(self, self.root, recursive=True, event_filter=EVENT_TYPES)
+                observer.start()
+            except OSError as exc:  # gone again between the lstat and the watch
+                log.warning("watcher: cannot watch %s: %s", self.root, exc.strerror or exc)
+                return False
+            self.observer, self.attached = observer, ident
+            self.status.watcher_state = "running"
+            return True
+
+    def detach(self) -> None:
+        """Stop watching (the root is missing or a symlink); ``attach`` resumes."""
+        with self._lock:
+            self._detach()
+
+    def _detach(self) -> None:
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=10)
             self.observer = None
+        self.attached = None
+        self.status.watcher_state = "detached"
+
+    def alive(self) -> bool:
+        """The observer and its emitter threads still run (a deleted root stops the emitter)."""
+        observer = self.observer
+        if observer is None or not observer.is_alive():
+            return False
+        try:
+            emitters = list(observer.emitters)
+        except RuntimeError:  # changed while copied (being stopped): ask again next time
+            return True
+        return bool(emitters) and all(e.is_alive() for e in emitters)
+
+    def stop(self) -> None:
+        logging.getLogger("watchdog.observers").removeHandler(self._hook)
+        with self._lock:
+            self._detach()
         self.status.watcher_state = "stopped"
 
     def overflow(self) -> None:
@@ -136,6 +186,13 @@ class Watcher(FileSystemEventHandler):
                 self.pending.mark_full()  # files under the old name are gone
         elif isinstance(event, DirDeletedEvent) and src is not None:
             self.pending.mark_full()
+        elif isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == self.root:
+            # The data dir itself was deleted: watchdog stops watching; the root
+            # monitor re-attaches (or reports it missing). Never from this thread:
+            # stopping the observer joins it.
+            self.root_deleted.set()
+            if self.on_root_deleted is not None:
+                self.on_root_deleted()
 
     def _scan_dir(self, rel: str | None) -> None:
         """A directory appeared (created or moved in): files in it may predate its watch."""
