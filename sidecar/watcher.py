@@ -71,6 +71,7 @@ class Watcher(FileSystemEventHandler):
         # watchdog reported the root itself deleted (its emitter stops then).
         self.root_deleted = threading.Event()
         self.on_root_deleted = None  # set by the root monitor: check now
+        self._active = False  # between start() and stop(): only then may attach() watch
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -79,6 +80,7 @@ class Watcher(FileSystemEventHandler):
         if wd_log.getEffectiveLevel() > logging.WARNING:
             wd_log.setLevel(logging.WARNING)
         wd_log.addHandler(self._hook)
+        self._active = True
         if not self.attach():
             log.warning("watcher: %s is not a directory to watch (the root monitor retries)", self.root)
 
@@ -88,6 +90,8 @@ class Watcher(FileSystemEventHandler):
         real directory there: a symlink is never watched through."""
         with self._lock:
             self._detach()
+            if not self._active:
+                return False
             ident = root_identity(self.root)
             if ident is None or not ident.healthy:
                 return False
@@ -131,6 +135,7 @@ class Watcher(FileSystemEventHandler):
     def stop(self) -> None:
         logging.getLogger("watchdog.observers").removeHandler(self._hook)
         with self._lock:
+            self._active = False
             self._detach()
         self.status.watcher_state = "stopped"
 
