@@ -85,7 +85,7 @@ class Daemon:
         self.status.live_pending = lambda: (len(self.pending), self.pending.oldest_age())
         self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status)
         self.rootwatch = RootMonitor(self.watcher, config.sidecar_root_check_ms / 1000, self._on_root_change)
-        self.watcher.on_root_deleted = self.rootwatch.poke
+        self.watcher.on_root_suspect = self.rootwatch.poke
         self.shim: ShimServer | None = None
         self.http_port: int | None = None
         self._stopping = threading.Event()

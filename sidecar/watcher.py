@@ -70,7 +70,7 @@ class Watcher(FileSystemEventHandler):
         self.attached: RootId | None = None
         # watchdog reported the root itself deleted (its emitter stops then).
         self.root_deleted = threading.Event()
-        self.on_root_deleted = None  # set by the root monitor: check now
+        self.on_root_suspect = None  # set by the root monitor: check the root now
         self._active = False  # between start() and stop(): only then may attach() watch
 
     # --- lifecycle -------------------------------------------------------------
@@ -172,7 +172,32 @@ class Watcher(FileSystemEventHandler):
             log.exception("watcher: could not handle a %s event", event.event_type)
             self.status.error("watcher_event")
 
+    def _from_another_dir(self, event: FileSystemEvent) -> bool:
+        """The watch follows an inode: after a move or swap of the data dir, its events
+        name paths under root that are not the files there now. Drop them (reading the
+        path would mirror, or delete, the wrong file) and have the monitor check now;
+        its re-attach looks at the whole new directory anyway."""
+        attached = self.attached
+        if attached is None:
+            return False
+        now = root_identity(self.root)
+        if now is not None and now.healthy and (now.dev, now.ino) == (attached.dev, attached.ino):
+            return False
+        if self.on_root_suspect is not None:
+            self.on_root_suspect()
+        return True
+
     def _dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == self.root:
+            # The data dir itself was deleted: watchdog stops watching; the root
+            # monitor re-attaches (or reports it missing). Never from this thread:
+            # stopping the observer joins it.
+            self.root_deleted.set()
+            if self.on_root_suspect is not None:
+                self.on_root_suspect()
+            return
+        if self._from_another_dir(event):
+            return
         src = self._rel(event.src_path)
         if isinstance(event, FileClosedEvent):
             self._mark(src, "closed", 0.0)
@@ -191,13 +216,6 @@ class Watcher(FileSystemEventHandler):
                 self.pending.mark_full()  # files under the old name are gone
         elif isinstance(event, DirDeletedEvent) and src is not None:
             self.pending.mark_full()
-        elif isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == self.root:
-            # The data dir itself was deleted: watchdog stops watching; the root
-            # monitor re-attaches (or reports it missing). Never from this thread:
-            # stopping the observer joins it.
-            self.root_deleted.set()
-            if self.on_root_deleted is not None:
-                self.on_root_deleted()
 
     def _scan_dir(self, rel: str | None) -> None:
         """A directory appeared (created or moved in): files in it may predate its watch."""

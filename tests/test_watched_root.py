@@ -274,6 +274,32 @@ def test_volume_swap_reattaches_and_ignores_the_old_dir(data_dir, running, tmp_p
     assert db.memory_events.count_documents({"path": "runs/run_from_old.json"}) == 0
 
 
+@pytest.mark.integration
+def test_events_from_the_moved_away_dir_are_dropped_before_the_monitor_polls(data_dir, running, tmp_path):
+    # The poll is far away: only the watcher's own check can notice the swap in time.
+    d = running(sidecar_root_check_ms=60_000)
+    db = d.daemon.store.db
+    files = fill(data_dir)
+    for rel, data in files.items():
+        wait_mirrored(db, rel, data)
+    prepared = tmp_path / "new-volume"
+    kept = write(prepared, RUN, {"run_id": "a", "steps": ["the new volume's"]})
+    old = tmp_path / "old-volume"
+    os.rename(data_dir, old)
+    os.rename(prepared, data_dir)
+    seen = spy_marks(d)
+    # The old watch still follows the moved-away inode and names its files under D:
+    # this event says "runs/run_a.json" and "runs/run_only_old.json" changed.
+    write(old, RUN, {"run_id": "a", "steps": ["the old volume's, written after the swap"]})
+    write(old, "runs/run_only_old.json", {"run_id": "only_old"})
+    wait_attached(d, data_dir, timeout=10)  # the dropped event asked the monitor to check now
+    wait_mirrored(db, RUN, kept)  # the re-attach's full look reads the new volume
+    quiesce(d)
+    assert "runs/run_only_old.json" not in seen
+    assert manifest(db, "runs/run_only_old.json") is None
+    assert db.memory_events.count_documents({"path": "runs/run_only_old.json"}) == 0
+
+
 # --- (c) D replaced by a symlink, then by a real directory again ----------------------------------
 @pytest.mark.integration
 def test_root_replaced_by_a_symlink_is_never_followed(data_dir, running, outside, tmp_path):
