@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     from .restore import RestoreRefused
-    from .source import DataDirMissing
+    from .source import DataDirMissing, check_root
     from .store import MongoConfigError, MongoUnavailable
 
     if args.command == "config":
@@ -140,6 +140,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         if args.command == "run":
             from .main import run_daemon
 
+            check_root(config.data_dir, must_exist=False)  # a missing one is created; a symlink is refused
             return run_daemon(config)
         return _one_shot(args, config)
     except DataDirMissing as exc:

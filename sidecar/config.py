@@ -82,6 +82,8 @@ class Config(BaseSettings):
     sidecar_files_collection: str = "memory_files"
     # What leaves the live collections is kept this long in memory_tombstones (TTL).
     sidecar_tombstone_days: int = Field(default=30, ge=1)
+    # How often the data dir itself is checked (deleted, re-created, replaced, a symlink).
+    sidecar_root_check_ms: int = Field(default=500, ge=10, le=60_000)
     sidecar_log_format: Literal["text", "json"] = "text"
     sidecar_log_level: str = "INFO"
 

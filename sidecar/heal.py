@@ -37,7 +37,7 @@ from typing import Any
 from .classify import hub_type_of
 from .model import HUBS
 from .parse import DEFAULT_FORMAT, detect_format, render
-from .source import _FILE_FLAGS, FileRead, _open_parent, sha256_hex
+from .source import _FILE_FLAGS, FileRead, SourceError, _open_parent, sha256_hex
 from .store import Store
 
 log = logging.getLogger("sidecar.heal")
@@ -115,8 +115,8 @@ class Healer:
         are applied where the file still has ``base``'s value."""
         try:
             dir_fd, name = _open_parent(self.root, rel)
-        except OSError:
-            return "retry"
+        except (OSError, SourceError):
+            return "retry"  # the data dir is missing or a symlink (never followed): later
         fd = -1
         keep_fd = False
         try:

@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -35,7 +36,9 @@ from .divergence import DivergenceBook
 from .mirror import BACKOFF_MAX, Mirror
 from .pending import Pending
 from .restore import clean_temp_files, restore
+from .rootwatch import RootMonitor
 from .shimserver import ShimEvent, ShimServer
+from .source import DataDirMissing, check_root
 from .status import Status
 from .store import MongoUnavailable, Store
 from .watcher import Watcher
@@ -43,6 +46,10 @@ from .watcher import Watcher
 log = logging.getLogger("sidecar")
 
 SHUTDOWN_SECONDS = 10.0
+
+# /readyz reasons while the data dir cannot be watched (the root monitor's events).
+ROOT_REASONS = {"missing": "data dir missing", "symlink": "data dir is a symlink; not followed",
+                "not_dir": "data dir is not a directory"}
 
 
 def _load_malloc_trim():
@@ -84,6 +91,8 @@ class Daemon:
         self.status.live_pending = lambda: (len(self.pending), self.pending.oldest_age())
         self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status,
                                lineage_break=self.mirror.rec.lineage.broken)
+        self.rootwatch = RootMonitor(self.watcher, config.sidecar_root_check_ms / 1000, self._on_root_change)
+        self.watcher.on_root_suspect = self.rootwatch.poke
         self.shim: ShimServer | None = None
         self.http_port: int | None = None
         self._stopping = threading.Event()
@@ -133,8 +142,11 @@ class Daemon:
         if self._stopping.is_set():
             return
         root = self.config.data_dir
+        if not self._wait_root_not_symlink(root):
+            return
         root.mkdir(parents=True, exist_ok=True)
         self.watcher.start()
+        self.rootwatch.start()
         if self.config.memory_store_backend == "mongo":
             self.status.phase = "restoring"
             self.status.restore_progress = {"done": 0}
@@ -162,6 +174,39 @@ class Daemon:
         self.status.set_ready(True)
         self._started.set()
         log.info("ready: watching %s", root)
+
+    # --- the watched root ---------------------------------------------------------------
+    def _wait_root_not_symlink(self, root) -> bool:
+        """A data dir that is a symlink (or not a directory) is never followed, nor
+        written through (mkdir, restore): stay not ready, with the reason, until it
+        is a real directory or missing (then created). False when stopping."""
+        while not self._stopping.is_set():
+            try:
+                check_root(root, must_exist=False)
+            except DataDirMissing as exc:
+                if self.status.root_problem is None:
+                    log.error("%s; not ready until it is a directory", exc.message)
+                self.status.set_root_problem(ROOT_REASONS["symlink" if exc.reason == "data_dir_symlink"
+                                                          else "not_dir"])
+                self._stopping.wait(self.config.sidecar_root_check_ms / 1000)
+                continue
+            self.status.set_root_problem(None)
+            return True
+        return False
+
+    def _on_root_change(self, event: str) -> None:
+        """The root monitor saw the data dir change (runs in its thread)."""
+        self.status.events.labels(kind="root", event=event).inc()
+        if event in ("missing", "symlink"):
+            self.status.error(f"data_dir_{event}")
+            # "symlink" also stands for anything else that is not a directory.
+            kind = "not_dir" if event == "symlink" and not os.path.islink(self.config.data_dir) else event
+            self.status.set_root_problem(ROOT_REASONS[kind])
+            return
+        # "replaced" / "restored": watched again, as a new lineage.
+        self.status.set_root_problem(None)
+        self.status.clear_problem(".")  # a reconcile that found no data dir
+        self.mirror.root_replaced()
 
     def _ignored(self, rel: str) -> bool:
         return is_ignored(rel, self.config.ignore_globs)
@@ -233,6 +278,7 @@ class Daemon:
             await asyncio.wait_for(asyncio.shield(startup), timeout=SHUTDOWN_SECONDS + 30)
             self.status.set_ready(False)
             self.status.phase = "stopping"
+            self.rootwatch.stop()
             self.watcher.stop()
             deadline = time.monotonic() + SHUTDOWN_SECONDS
             await self._loop.run_in_executor(None, self.mirror.stop, deadline)

@@ -386,7 +386,7 @@ class Mirror:
             if written:
                 log.info("restored %s from MongoDB (%s)", rel, div.reason)
             return True
-        except (UnsafePath, LookupError, OSError, ValueError, TypeError, KeyError) as exc:
+        except (UnsafePath, SourceError, LookupError, OSError, ValueError, TypeError, KeyError) as exc:
             log.warning("could not restore %s from MongoDB: %s", rel, type(exc).__name__)
             return False
 
@@ -483,3 +483,7 @@ class Mirror:
             if problems:
                 raise ValueError(problems[0].reason)
         return "written" if ops else "unchanged"
+
+    def root_replaced(self) -> None:
+        """The data dir was replaced: whatever it holds now is a new lineage; look at all of it."""
+        self.pending.mark_full()

@@ -262,6 +262,13 @@ class Reconciler:
         self.lineage.forget(rel)
         return deletion_ops(rel, state, self.config.sidecar_propagate_file_deletes, time.time_ns())
 
+    def _walk(self, no_root: list[DataDirMissing]):
+        """The data dir's files; a root that cannot be opened ends the walk, noted in ``no_root``."""
+        try:
+            yield from walk(self.root, self.config.ignore_globs)
+        except DataDirMissing as exc:
+            no_root.append(exc)
+
     def scan(
         self, state: MirrorState, source: str, progress: Callable[[str], None] | None = None,
         flush: Callable[[list[Op]], None] | None = None, chunk: int = 1000, view_only: bool = False,
@@ -277,7 +284,8 @@ class Reconciler:
         ops: list[Op] = []
         now = utcnow()
         skipped_dirs: list[str] = []
-        for item in walk(self.root, self.config.ignore_globs):
+        no_root: list[DataDirMissing] = []
+        for item in self._walk(no_root):
             if isinstance(item, Skipped):
                 # Not followed, but not gone either: what it replaced stays mirrored.
                 view.problems.append(self._problem(item.rel, item.reason, item.message))
@@ -293,6 +301,11 @@ class Reconciler:
             if flush is not None and len(ops) >= chunk:
                 flush(ops)
                 ops = []
+        if no_root:
+            # No data dir to look at (missing, or a symlink that is not followed):
+            # nothing can be told about any file, least of all that it is gone.
+            view.problems.append(Problem(".", no_root[0].reason, no_root[0].message, "other"))
+            return [], view
         if view_only:
             return [], view
         gone = [

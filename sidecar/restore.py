@@ -349,7 +349,10 @@ def is_empty(out: Path, ignore: Callable[[str], bool] = lambda rel: False) -> bo
 
 
 def _safe_dir(out: Path, rel: str) -> Path:
-    """Create rel's parent directories under out, refusing any symlink on the way."""
+    """Create rel's parent directories under out, refusing any symlink on the way
+    (``out`` itself included: a data dir replaced by a symlink is never written through)."""
+    if os.path.islink(out):
+        raise UnsafePath(f"{rel}: the target dir is a symlink; not written through")
     current = out
     for part in rel.split("/")[:-1]:
         current = current / part

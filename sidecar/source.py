@@ -53,19 +53,57 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_root(root: Path) -> Path:
+def check_root(root: Path, must_exist: bool = True) -> Path:
+    """The data dir must be a real directory: a symlink is refused, never followed.
+
+    ``must_exist=False`` (the daemon, which creates a missing data dir) only
+    refuses what is there and is not a directory."""
     root = Path(root)
-    if not root.exists():
-        raise DataDirMissing("data_dir_missing", f"data dir {str(root)!r} does not exist")
-    if not root.is_dir():
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        if not must_exist:
+            return root
+        raise DataDirMissing("data_dir_missing", f"data dir {str(root)!r} does not exist") from None
+    except OSError as exc:
+        raise DataDirMissing("data_dir_missing", f"data dir {str(root)!r}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise DataDirMissing("data_dir_symlink", f"data dir {str(root)!r} is a symlink; refusing to follow it")
+    if not stat.S_ISDIR(st.st_mode):
         raise DataDirMissing("data_dir_missing", f"data dir {str(root)!r} is not a directory")
     return root
 
 
+def open_root(root: Path) -> int:
+    """An fd on the data dir itself, opened with ``O_NOFOLLOW``: a root that is a
+    symlink (or missing, or not a directory) raises ``DataDirMissing``, never the
+    per-file ``vanished``: callers treat that as a deletion, and a missing root
+    must never look like every file deleted."""
+    try:
+        return os.open(root, _DIR_FLAGS)
+    except OSError as exc:
+        try:
+            is_link = stat.S_ISLNK(os.lstat(root).st_mode)
+        except OSError:
+            is_link = False
+        if is_link or exc.errno == errno.ELOOP:
+            raise DataDirMissing("data_dir_symlink",
+                                 f"data dir {str(root)!r} is a symlink; not followed") from None
+        if exc.errno == errno.ENOENT:
+            raise DataDirMissing("data_dir_missing", f"data dir {str(root)!r} does not exist") from None
+        if exc.errno == errno.ENOTDIR:
+            raise DataDirMissing("data_dir_missing", f"data dir {str(root)!r} is not a directory") from None
+        raise DataDirMissing("data_dir_missing",
+                             f"data dir {str(root)!r} cannot be opened: {exc.strerror}") from None
+
+
 def _open_parent(root: Path, rel: str) -> tuple[int, str]:
-    """Open the directory holding ``rel`` without following links; return (fd, name)."""
+    """Open the directory holding ``rel`` without following links; return (fd, name).
+
+    Raises ``DataDirMissing`` when the root itself cannot be opened, OSError
+    for a component below it."""
     parts = rel.split("/")
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = open_root(root)
     try:
         for part in parts[:-1]:
             nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
@@ -125,7 +163,7 @@ def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
 def exists(root: Path, rel: str) -> bool:
     try:
         dir_fd, name = _open_parent(root, rel)
-    except OSError:
+    except (OSError, SourceError):
         return False
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -143,34 +181,84 @@ class Skipped:
     message: str
 
 
-def walk(root: Path, ignore: tuple[str, ...]) -> Iterator[str | Skipped]:
+def walk(root: Path, ignore: tuple[str, ...], under: str = "") -> Iterator[str | Skipped]:
     """Yield the relative paths of regular files under root, sorted, never following links.
 
     Symlinks and special files are yielded as ``Skipped`` so callers can report them.
+    The walk goes by directory fds (each one opened with ``O_NOFOLLOW`` relative
+    to its parent's), so neither a root that is a symlink nor a subdirectory
+    swapped for one between listing and descending is ever followed. A root that
+    cannot be opened raises ``DataDirMissing``. ``under`` (a relative directory)
+    walks only that part of the tree; paths stay relative to root.
     """
-    stack = [""]
-    while stack:
-        prefix = stack.pop()
+    fd = open_root(root)
+    if under:
         try:
-            with os.scandir(root / prefix if prefix else root) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            for part in under.split("/"):
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
         except OSError as exc:
-            yield Skipped(prefix or ".", "io_error", f"{prefix or '.'}: {exc.strerror}")
+            os.close(fd)
+            yield _skipped_dir(under, exc)
+            return
+    # (prefix, fd, names of its subdirectories still to descend into)
+    stack: list[tuple[str, int, Iterator[str]]] = []
+    prefix: str | None = under
+    try:
+        while prefix is not None:
+            subdirs = yield from _list_dir(fd, prefix, ignore)
+            stack.append((prefix, fd, iter(subdirs)))
+            fd, prefix = -1, None
+            while stack and prefix is None:
+                parent, parent_fd, names = stack[-1]
+                name = next(names, None)
+                if name is None:
+                    stack.pop()
+                    os.close(parent_fd)
+                    continue
+                rel = f"{parent}/{name}" if parent else name
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                except OSError as exc:
+                    yield _skipped_dir(rel, exc)
+                    continue
+                prefix = rel
+    finally:
+        if fd >= 0 and all(fd != entry[1] for entry in stack):
+            os.close(fd)
+        for _, parent_fd, _ in stack:
+            os.close(parent_fd)
+
+
+def _skipped_dir(rel: str, exc: OSError) -> Skipped:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return Skipped(rel, "symlink", f"{rel}: is a symlink or no longer a directory; not followed")
+    return Skipped(rel, "io_error", f"{rel}: {exc.strerror}")
+
+
+def _list_dir(fd: int, prefix: str, ignore: tuple[str, ...]):
+    """Yield one directory's files and skipped entries; return its subdirectory names."""
+    try:
+        with os.scandir(fd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        yield Skipped(prefix or ".", "io_error", f"{prefix or '.'}: {exc.strerror}")
+        return []
+    subdirs = []
+    for entry in entries:
+        rel = f"{prefix}/{entry.name}" if prefix else entry.name
+        if is_ignored(rel, ignore) or is_ignored(rel + "/", ignore):
             continue
-        subdirs = []
-        for entry in entries:
-            rel = f"{prefix}/{entry.name}" if prefix else entry.name
-            if is_ignored(rel, ignore) or is_ignored(rel + "/", ignore):
-                continue
-            if entry.is_symlink():
-                yield Skipped(rel, "symlink", f"{rel}: symlink not followed")
-            elif entry.is_dir(follow_symlinks=False):
-                subdirs.append(rel)
-            elif entry.is_file(follow_symlinks=False):
-                yield rel
-            else:
-                yield Skipped(rel, "not_regular", f"{rel}: not a regular file")
-        stack.extend(reversed(subdirs))
+        if entry.is_symlink():
+            yield Skipped(rel, "symlink", f"{rel}: symlink not followed")
+        elif entry.is_dir(follow_symlinks=False):
+            subdirs.append(entry.name)
+        elif entry.is_file(follow_symlinks=False):
+            yield rel
+        else:
+            yield Skipped(rel, "not_regular", f"{rel}: not a regular file")
+    return subdirs
 
 
 def parent_ino(root: Path, rel: str) -> int | None:
@@ -179,7 +267,7 @@ def parent_ino(root: Path, rel: str) -> int | None:
     lineage the sidecar watched if its directory is still the one it saw."""
     try:
         fd, _ = _open_parent(root, rel)
-    except OSError:
+    except (OSError, SourceError):
         return None
     try:
         return os.fstat(fd).st_ino

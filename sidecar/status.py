@@ -44,6 +44,9 @@ class Status:
         self.divergences_total = Counter("sidecar_divergences_total", "Divergences held, by reason",
                                          ["reason"], registry=r)
         self.shim_events = Counter("sidecar_shim_events_total", "Shim frames by outcome", ["status"], registry=r)
+        self.root_ok = Gauge("sidecar_root_ok", "1 when the data dir is a real directory being watched",
+                             registry=r)
+        self.root_ok.set(1)
         self._lock = threading.Lock()
         self.started_at = _now_iso()
         self.ready = False
@@ -54,6 +57,8 @@ class Status:
         self.last_sync_at: str | None = None
         self.last_reconcile_at: str | None = None
         self.restored_files = 0
+        # Why the data dir cannot be watched now (missing, a symlink), or None.
+        self.root_problem: str | None = None
         self.error_counts: PlainCounter[str] = PlainCounter()
         self.problems: dict[str, dict[str, Any]] = {}
         self.stale_refused = 0
@@ -66,7 +71,16 @@ class Status:
     # --- updates ---------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
-        self.ready_gauge.set(1 if ready else 0)
+        self._ready_gauge()
+
+    def set_root_problem(self, reason: str | None) -> None:
+        """The data dir cannot be watched (``reason``), or can again (None): /readyz follows."""
+        self.root_problem = reason
+        self.root_ok.set(0 if reason else 1)
+        self._ready_gauge()
+
+    def _ready_gauge(self) -> None:
+        self.ready_gauge.set(1 if self.ready and not self.root_problem else 0)
 
     def set_mongo(self, ok: bool, error: str | None = None) -> None:
         self.mongo_connected = ok
@@ -140,6 +154,7 @@ class Status:
             "phase": self.phase,
             "started_at": self.started_at,
             "watcher": self.watcher_state,
+            "root_problem": self.root_problem,
             "pending": int(self.pending._value.get()),
             "lag_seconds": round(float(self.lag._value.get()), 3),
             "last_sync_at": self.last_sync_at,

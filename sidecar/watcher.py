@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from watchdog.events import (
@@ -29,7 +30,8 @@ from watchdog.observers import Observer
 
 from .classify import UnsafePath, classify, is_ignored, normalize
 from .pending import Pending
-from .source import Skipped, walk
+from .rootwatch import RootId, root_identity
+from .source import DataDirMissing, Skipped, walk
 from .status import Status
 
 log = logging.getLogger("sidecar.watcher")
@@ -65,26 +67,79 @@ class Watcher(FileSystemEventHandler):
         self.lineage_break = lineage_break or (lambda rel: None)
         self.observer: Observer | None = None
         self._hook = _OverflowHook(self.overflow)
+        self._lock = threading.Lock()  # attach/detach (the root monitor) vs. stop (shutdown)
+        # The directory the observer was attached to (lstat taken just before
+        # scheduling: a swap in between is seen as a change, never missed).
+        self.attached: RootId | None = None
+        # watchdog reported the root itself deleted (its emitter stops then).
+        self.root_deleted = threading.Event()
+        self.on_root_suspect = None  # set by the root monitor: check the root now
+        self._active = False  # between start() and stop(): only then may attach() watch
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        self.observer = Observer()
-        self.observer.name = "sidecar-watcher"
-        self.observer.schedule(self, self.root, recursive=True, event_filter=EVENT_TYPES)
         # The hook must see watchdog's WARNING whatever SIDECAR_LOG_LEVEL is.
         wd_log = logging.getLogger("watchdog.observers")
         if wd_log.getEffectiveLevel() > logging.WARNING:
             wd_log.setLevel(logging.WARNING)
         wd_log.addHandler(self._hook)
-        self.observer.start()
-        self.status.watcher_state = "running"
+        self._active = True
+        if not self.attach():
+            log.warning("watcher: %s is not a directory to watch (the root monitor retries)", self.root)
 
-    def stop(self) -> None:
-        logging.getLogger("watchdog.observers").removeHandler(self._hook)
+    def attach(self) -> bool:
+        """Watch the directory now at ``root`` with a fresh observer (dropping any old
+        one, which may hold a deleted or moved-away inode). False if there is no
+        real directory there: a symlink is never watched through."""
+        with self._lock:
+            self._detach()
+            if not self._active:
+                return False
+            ident = root_identity(self.root)
+            if ident is None or not ident.healthy:
+                return False
+            self.root_deleted.clear()
+            observer = Observer()
+            observer.name = "sidecar-watcher"
+            try:
+                observer.schedule(self, self.root, recursive=True, event_filter=EVENT_TYPES)
+                observer.start()
+            except OSError as exc:  # gone again between the lstat and the watch
+                log.warning("watcher: cannot watch %s: %s", self.root, exc.strerror or exc)
+                return False
+            self.observer, self.attached = observer, ident
+            self.status.watcher_state = "running"
+            return True
+
+    def detach(self) -> None:
+        """Stop watching (the root is missing or a symlink); ``attach`` resumes."""
+        with self._lock:
+            self._detach()
+
+    def _detach(self) -> None:
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=10)
             self.observer = None
+        self.attached = None
+        self.status.watcher_state = "detached"
+
+    def alive(self) -> bool:
+        """The observer and its emitter threads still run (a deleted root stops the emitter)."""
+        observer = self.observer
+        if observer is None or not observer.is_alive():
+            return False
+        try:
+            emitters = list(observer.emitters)
+        except RuntimeError:  # changed while copied (being stopped): ask again next time
+            return True
+        return bool(emitters) and all(e.is_alive() for e in emitters)
+
+    def stop(self) -> None:
+        logging.getLogger("watchdog.observers").removeHandler(self._hook)
+        with self._lock:
+            self._active = False
+            self._detach()
         self.status.watcher_state = "stopped"
 
     def overflow(self) -> None:
@@ -122,7 +177,32 @@ class Watcher(FileSystemEventHandler):
             log.exception("watcher: could not handle a %s event", event.event_type)
             self.status.error("watcher_event")
 
+    def _from_another_dir(self, event: FileSystemEvent) -> bool:
+        """The watch follows an inode: after a move or swap of the data dir, its events
+        name paths under root that are not the files there now. Drop them (reading the
+        path would mirror, or delete, the wrong file) and have the monitor check now;
+        its re-attach looks at the whole new directory anyway."""
+        attached = self.attached
+        if attached is None:
+            return False
+        now = root_identity(self.root)
+        if now is not None and now.healthy and (now.dev, now.ino) == (attached.dev, attached.ino):
+            return False
+        if self.on_root_suspect is not None:
+            self.on_root_suspect()
+        return True
+
     def _dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirDeletedEvent) and os.fsdecode(event.src_path) == self.root:
+            # The data dir itself was deleted: watchdog stops watching; the root
+            # monitor re-attaches (or reports it missing). Never from this thread:
+            # stopping the observer joins it.
+            self.root_deleted.set()
+            if self.on_root_suspect is not None:
+                self.on_root_suspect()
+            return
+        if self._from_another_dir(event):
+            return
         src = self._rel(event.src_path)
         if isinstance(event, FileClosedEvent):
             self._mark(src, "closed", 0.0)
@@ -148,7 +228,10 @@ class Watcher(FileSystemEventHandler):
         """A directory appeared (created or moved in): files in it may predate its watch."""
         if rel is None:
             return
-        for item in walk(Path(self.root) / rel, ()):
-            # Globs are relative to the data dir, so match the full path here.
-            self._mark(self._rel(os.path.join(self.root, rel, item.rel if isinstance(item, Skipped) else item)),
-                       "dir_scan", 0.0)
+        try:
+            for item in walk(Path(self.root), (), under=rel):
+                # Globs are relative to the data dir, so match the full path here.
+                self._mark(self._rel(os.path.join(self.root, item.rel if isinstance(item, Skipped) else item)),
+                           "dir_scan", 0.0)
+        except DataDirMissing:
+            pass  # the data dir itself is gone or replaced: the root monitor sees to it
