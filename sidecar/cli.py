@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["text", "json"], help="SIDECAR_LOG_FORMAT")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="restore-if-empty, reconcile, watch and serve status")
+    run = sub.add_parser("run", help="watch, restore what is missing (mongo mode), reconcile, mirror, serve status")
     run.add_argument("--host", help="SIDECAR_HTTP_HOST")
     run.add_argument("--port", type=int, help="SIDECAR_HTTP_PORT")
 

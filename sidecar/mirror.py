@@ -15,7 +15,6 @@ import os
 import random
 import threading
 import time
-from collections import deque
 
 from .classify import UnsafePath
 from .config import Config
@@ -41,6 +40,9 @@ TRANSIENT_RETRIES = 3
 TRANSIENT_DELAY = 0.3
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 PING_EVERY = 2.0
+# GridFS blobs no manifest or tombstone names any more are collected this often
+# (the write path never deletes a blob: sidecar/store.py).
+GC_BLOBS_EVERY = 600.0
 MAX_UNSENT_EVENTS = 10_000
 # Under steady load the writer's events are sent in batches of this many, or
 # when the oldest is this old, or as soon as the writer has nothing queued: an
@@ -53,8 +55,10 @@ EVENTS_MAX_AGE = 0.5
 # ``rm -rf`` of a directory or of the data dir deletes the files first, and
 # inside this window it is seen as what it is (a directory gone: held).
 REMOVAL_SETTLE_S = 1.0
-# File removals mirrored within this window count together against
-# SIDECAR_MAX_REMOVALS (a slow ``find -delete`` is still one mass removal).
+# Every watched file seen gone within this window counts against
+# SIDECAR_MAX_REMOVALS, whether it was mirrored, held or is still settling: a
+# burst whose files mature in separate flushes, or a slow ``find -delete``, is
+# still one mass removal.
 REMOVAL_WINDOW_S = 60.0
 
 
@@ -70,7 +74,7 @@ class Mirror:
         self.rec = Reconciler(config)
         self.healer = Healer(config.data_dir, store, self._observe_own)
         self._vanished: dict[str, float] = {}  # watched files gone, settling (monotonic first seen)
-        self._removed_at: deque[float] = deque()  # file removals mirrored (REMOVAL_WINDOW_S)
+        self._gone_seen: dict[str, float] = {}  # watched files seen gone (REMOVAL_WINDOW_S)
         self._root_id: tuple[int, int] | None = None
         self._touched: set[str] | None = None  # paths a running full reconcile looked at
         self.lock = threading.RLock()  # one writer at a time: the loop, the shim, shutdown
@@ -80,6 +84,7 @@ class Mirror:
         self._transient: dict[str, int] = {}
         self._last_error_log = 0.0
         self._last_ping = 0.0
+        self._last_gc = time.monotonic()
         # Events whose documents were written but which MongoDB did not take
         # (it went away in between), or which wait for a batch (EVENTS_BATCH):
         # sent first on the next successful write.
@@ -142,6 +147,9 @@ class Mirror:
                 self.store.ping()
                 self.status.set_mongo(True)
                 self._flush_events()
+                if now - self._last_gc >= GC_BLOBS_EVERY:
+                    self._last_gc = now
+                    self.store.gc_blobs()
             except MongoUnavailable as exc:
                 self.status.set_mongo(False, str(exc))
 
@@ -208,6 +216,7 @@ class Mirror:
         ready: list[str] = []
         for rel in vanished:
             first = self._vanished.setdefault(rel, now)
+            self._gone_seen.setdefault(rel, first)
             wait = REMOVAL_SETTLE_S - (now - first)
             if wait > 0:
                 self.pending.mark(rel, wait, taken.get(rel))
@@ -224,9 +233,10 @@ class Mirror:
                 self._hold_file(rel, DIR_REPLACED)
             else:
                 keep.append(rel)
-        while self._removed_at and now - self._removed_at[0] > REMOVAL_WINDOW_S:
-            self._removed_at.popleft()
-        if len(keep) + len(self._removed_at) > self.config.sidecar_max_removals:
+        for rel, seen in list(self._gone_seen.items()):
+            if now - seen > REMOVAL_WINDOW_S:
+                del self._gone_seen[rel]
+        if len(set(self._gone_seen) | set(keep)) > self.config.sidecar_max_removals:
             for rel in keep:
                 self._hold_file(rel, MASS_REMOVAL)
             return []
@@ -234,7 +244,6 @@ class Mirror:
         for rel in keep:
             ops.extend(self.rec.removal_ops(rel, self.state))
             self.rec.resolved.append((rel, None))
-            self._removed_at.append(now)
         return ops
 
     def _hold_file(self, rel: str, reason: str) -> None:

@@ -193,7 +193,9 @@ def test_an_edit_that_empties_a_hub_is_held(data_dir, running):
     assert keys_in_mongo(d.daemon.store.db) == {"l0"}
 
 
-def test_mass_removal_guard_holds_many_files_gone(data_dir, running):
+def test_mass_removal_guard_holds_many_files_gone(data_dir, running, monkeypatch):
+    from sidecar import mirror
+
     for i in range(6):
         write_in_place(data_dir, f"runs/run_{i}.json", {"run_id": str(i)})
     d = running(sidecar_max_removals=3)
@@ -203,7 +205,9 @@ def test_mass_removal_guard_holds_many_files_gone(data_dir, running):
     wait_for(lambda: len(held(d)) == 5, 10, what="five files held")
     assert {i["reason"] for i in held(d).values()} == {"mass_removal"}
     assert files.count_documents({"deleted_at": {"$ne": None}}) == 0
-    # One more alone is within the limit (held ones do not count as removed).
+    # Within the window every removal counts, held ones too; once it has passed,
+    # one more alone is within the limit.
+    monkeypatch.setattr(mirror, "REMOVAL_WINDOW_S", 0.0)
     (data_dir / "runs" / "run_5.json").unlink()
     wait_for(lambda: (files.find_one({"_id": "runs/run_5.json"}) or {}).get("deleted_at"), 10,
              what="a single deletion to be recorded")
@@ -400,3 +404,16 @@ def test_kill_9_during_a_mongo_mode_restore_resumes_and_marks_nothing_deleted(
     assert db.memory_hubs.count_documents({}) == 150
     assert db.episodic_memory.count_documents({}) == 1500
     assert not list(data_dir.rglob(".sidecar-*"))
+
+
+def test_a_burst_of_removals_maturing_in_separate_flushes_is_still_one_mass_removal(data_dir, running):
+    for i in range(3):
+        write_in_place(data_dir, f"runs/run_{i}.json", {"run_id": str(i)})
+    d = running(sidecar_max_removals=2)
+    files = d.daemon.store.db.memory_files
+    stop = __import__("threading").Event()
+    for i in range(3):
+        (data_dir / "runs" / f"run_{i}.json").unlink()
+        stop.wait(0.3)  # the remover's own pace: each file settles in a flush of its own
+    wait_for(lambda: len(held(d)) == 3, 10, what="all three held")
+    assert files.count_documents({"deleted_at": {"$ne": None}}) == 0
