@@ -146,6 +146,9 @@ class MirrorState:
     episodes: dict[str, tuple[bytes | str | None, int | None]] = field(default_factory=dict)
     snapshots: dict[str, bytes | str | None] = field(default_factory=dict)  # snapshot_id -> packed hash
     files: dict[str, FileState] = field(default_factory=dict)
+    # The largest _sidecar.version MongoDB held when loaded: every version handed
+    # out after it is larger (sidecar/clock.py).
+    max_version: int = 0
 
 
 @dataclass(slots=True)

@@ -265,6 +265,7 @@ class Mirror:
         fresh = self.store.load_state()
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
+        self.state.max_version = fresh.max_version
         if self._root_id is None:
             self._root_id = self._root_now()
         self.rec.drain()
@@ -462,23 +463,19 @@ class Mirror:
         self.lock.release()
         return False
 
-    def mirror_bytes(self, rel: str, data: bytes, mtime_ns: int) -> str:
+    def mirror_bytes(self, rel: str, data: bytes, mtime_ns: int = 0) -> str:
         """Mirror bytes handed over by the in-process shim. Returns written|unchanged|stale.
 
         The shim's bytes are checked against the file as it is now: if the file
-        has moved on (a later write, possibly within the same mtime tick), the
-        frame is stale and the path is queued for the watcher's path instead.
-        That is what makes "an older version never overwrites a newer one" hold
-        even when two writes share one coarse timestamp.
+        has moved on (a later write), the frame is stale and the path is queued
+        for the watcher's path instead. The version is the read's (sidecar/clock.py),
+        never the frame's mtime: mtimes go backwards.
         """
         sha = sha256_hex(data)
         with self.lock:
             prev = self.state.files.get(rel)
-            if prev is not None and not prev.deleted:
-                if prev.sha256 == sha:
-                    return "unchanged"
-                if prev.version is not None and mtime_ns < prev.version:
-                    return "stale"
+            if prev is not None and not prev.deleted and prev.sha256 == sha:
+                return "unchanged"
             try:
                 current = read_file(self.config.data_dir, rel)
             except SourceError:

@@ -268,14 +268,17 @@ def _entry_bytes(data: bytes, fmt: dict[str, Any]) -> list[bytes] | None:
 
 
 def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset(),
-               known_fmt: dict[str, Any] | None = None, memo: HubMemo | None = None) -> FilePlan:
+               known_fmt: dict[str, Any] | None = None, memo: HubMemo | None = None,
+               version: int | None = None) -> FilePlan:
     """Parse and validate one file. Raises BadInput when nothing may be mirrored.
 
     ``known_fmt``: the format recorded when these very bytes were mirrored
     (same sha256), which spares re-detecting it on every reconcile.
-    ``memo``: per-entry knowledge of earlier versions of hub files (HubMemo)."""
+    ``memo``: per-entry knowledge of earlier versions of hub files (HubMemo).
+    ``version``: the read's place in the sidecar's order of reads (sidecar/clock.py);
+    the mtime only stands in where no clock is at hand (unit tests)."""
     kind = classify(read.rel)
-    plan = FilePlan(read.rel, kind, read.sha256, read.size, read.mtime_ns)
+    plan = FilePlan(read.rel, kind, read.sha256, read.size, read.mtime_ns if version is None else version)
     detect = (lambda value, data: known_fmt) if known_fmt is not None else detect_format
     # The very same bytes passed validation when they were mirrored.
     check = (lambda value: None) if known_fmt is not None else validate

@@ -7,7 +7,6 @@ input; problems come back as ``Problem`` records (a clear reason, never content)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +15,7 @@ from .classify import Kind, classify, episode_path, hub_type_of, is_ignored
 from .config import Config
 from .diff import MirrorState, Op, deletion_ops, diff_plan, gone_keys, pack_hash
 from .divergence import DIR_REPLACED, EMPTIED, MASS_REMOVAL, NOT_SEEN, NOTICED_AT_START, RECREATED, Divergence
+from .clock import Clock
 from .lineage import Lineage
 from .model import HUBS, FilePlan, HubMemo, build_plan, hub_id, utcnow
 from .parse import BadInput, loads
@@ -109,6 +109,7 @@ class Reconciler:
         self.redact = frozenset(k.lower() for k in config.sidecar_redact_keys)
         self.memo = HubMemo()
         self.lineage = Lineage()
+        self.clock = Clock()
         self.max_removals = config.sidecar_max_removals
         # What the last calls found, drained by the caller (Mirror, sync):
         self.held: list[Divergence] = []  # removals not mirrored
@@ -153,7 +154,8 @@ class Reconciler:
         try:
             prior = state.files.get(rel)
             known = prior.fmt if prior and not prior.deleted and prior.sha256 == read.sha256 else None
-            plan = build_plan(read, self.redact, known, self.memo)
+            # The version is taken after the read: later reads get larger ones.
+            plan = build_plan(read, self.redact, known, self.memo, version=self.clock.tick())
             remove = frozenset() if view_only else self._hub_removals(plan, read, state, source)
             ops = [] if view_only else diff_plan(plan, state, source, now, allow_empty_hub=True,
                                                  remove=remove)
@@ -252,7 +254,7 @@ class Reconciler:
         except BadInput:
             return None
         base = state.hubs.get(hub_type_of(div.path), {})
-        version = time.time_ns()
+        version = self.clock.tick()
         return [Op(HUBS, "delete", hub_id(hub_type_of(div.path), key), version, before=base[key].hash,
                    rel=div.path) for key in div.keys if key in base and key not in on_disk]
 
@@ -260,7 +262,7 @@ class Reconciler:
         """Mirror a file's removal (it passed the deletion model, or was accepted)."""
         self.memo.forget(rel)
         self.lineage.forget(rel)
-        return deletion_ops(rel, state, self.config.sidecar_propagate_file_deletes, time.time_ns())
+        return deletion_ops(rel, state, self.config.sidecar_propagate_file_deletes, self.clock.tick())
 
     def _walk(self, no_root: list[DataDirMissing]):
         """The data dir's files; a root that cannot be opened ends the walk, noted in ``no_root``."""
@@ -280,6 +282,7 @@ class Reconciler:
         With ``flush``, ops are handed over every ``chunk`` files instead of all
         at the end, so a reconcile of a large dir never holds every document of
         it in memory at once (the daemon's start-up on 50k files)."""
+        self.clock.observe(state.max_version)
         view = SourceView(hashes=hashes, paths=not view_only)
         ops: list[Op] = []
         now = utcnow()

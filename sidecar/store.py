@@ -70,8 +70,33 @@ class ApplyResult:
         return out
 
 
+def _key(op: Op) -> dict:
+    """Where an op's document is. Hub entries and episodes by their natural key
+    (``hub_type``+``item_key``, ``run_id``: the unique indexes Mentorix's store
+    shares), so a document that Mentorix or its backfill script created (an
+    ObjectId ``_id``, no sidecar metadata) is the one updated, never duplicated;
+    everything else by ``_id``."""
+    if op.coll == HUBS:
+        hub_type, key = op.id.split("/", 1)
+        return {"hub_type": hub_type, "item_key": key}
+    if op.coll == EPISODES:
+        return {"run_id": op.id}
+    return {"_id": op.id}
+
+
+def _natural_id(doc: dict, logical: str) -> Any:
+    """A live document's op id (see ``_key``)."""
+    if logical == HUBS:
+        return f"{doc.get('hub_type')}/{doc.get('item_key')}"
+    if logical == EPISODES:
+        return doc.get("run_id")
+    return doc.get("_id")
+
+
 def _guard(op: Op) -> dict:
-    return {"_id": op.id, "_sidecar.version": {"$not": {"$gt": op.version}}}
+    """The version guard on every write: MongoDB's copy must not be newer than the
+    version (the order of the sidecar's reads, sidecar/clock.py) this op carries."""
+    return {**_key(op), "_sidecar.version": {"$not": {"$gt": op.version}}}
 
 
 def _content_sha(doc: dict) -> bytes | str | None:
@@ -118,6 +143,7 @@ class _Removal:
     op: Op
     request: Any = None  # the DeleteOne, addressed to exactly the state tombstoned
     tombstones: list[dict] = field(default_factory=list)
+    real_id: Any = None  # the live document's _id
 
 
 class Store:
@@ -268,6 +294,12 @@ class Store:
         # state.episodes, and usually has the same version: keep one object for
         # each (at 50k files, 35k duplicate strs and ints: ~3.6 MB).
         run_ids: dict[str, str] = {}
+        top = 0
+
+        def seen(version: Any) -> None:
+            nonlocal top
+            if isinstance(version, int) and not isinstance(version, bool) and version > top:
+                top = version
         for row in self.iter_state():
             coll = row[0]
             if coll == HUBS:
@@ -276,9 +308,11 @@ class Store:
                 if hub is None:
                     hub = state.hubs[hub_type] = {}
                 hub[key] = HubState(digest, pos, version)
+                seen(version)
             elif coll == EPISODES:
                 _, run_id, digest, version = row
                 state.episodes[run_id] = (digest, version)
+                seen(version)
                 run_ids[run_id] = run_id
             elif coll == SNAPSHOTS:
                 state.snapshots[row[1]] = row[2]
@@ -290,6 +324,8 @@ class Store:
                     if episode is not None and episode[1] == fs.version:
                         fs.version = episode[1]
                 state.files[rel] = fs
+                seen(fs.version)
+        state.max_version = top
         return state
 
     def iter_state(self) -> Iterator[tuple]:
@@ -366,21 +402,12 @@ class Store:
         if op.action == "update":
             return ReplaceOne(_guard(op), _body(op.doc), upsert=True)
         if op.action == "setpos":
-            return UpdateOne({"_id": op.id}, {"$set": {"_sidecar.pos": op.pos}})
+            return UpdateOne(_guard(op), {"$set": {"_sidecar.pos": op.pos}})
         if op.action == "delete":
             return DeleteOne(_guard(op))
         if op.action == "mark_deleted":
             return UpdateOne({"_id": op.id}, {"$set": {"deleted_at": now}})
         raise ValueError(op.action)
-
-    def _natural(self, op: Op) -> Any:
-        """Retry for a document Mentorix created itself (its own _id, same natural key)."""
-        body = _body(op.doc)
-        if op.coll == HUBS:
-            key = {"hub_type": body["hub_type"], "item_key": body["item_key"]}
-        else:
-            key = {"run_id": body["run_id"]}
-        return ReplaceOne(key, body, upsert=False)
 
     def _upload_blobs(self, ops: list[Op], now: datetime) -> None:
         for op in ops:
@@ -398,6 +425,25 @@ class Store:
             op.doc["blob_id"] = blob_id
 
     # --- tombstones -------------------------------------------------------------------
+    def _live(self, logical: str, ops: list[Op]) -> dict[Any, dict]:
+        """The live documents the ops address (``_key``), by op id."""
+        coll = self.coll[logical]
+        ids = {op.id for op in ops}
+        if logical == HUBS:
+            pairs = [op.id.split("/", 1) for op in ops]
+            query = {"hub_type": {"$in": sorted({t for t, _ in pairs})},
+                     "item_key": {"$in": sorted({k for _, k in pairs})}}
+        elif logical == EPISODES:
+            query = {"run_id": {"$in": sorted(ids)}}
+        else:
+            query = {"_id": {"$in": sorted(ids, key=str)}}
+        out: dict[Any, dict] = {}
+        for doc in coll.find(query):
+            nid = _natural_id(doc, logical)
+            if nid in ids:
+                out[nid] = doc
+        return out
+
     def _tombstone(self, coll: str, doc_id: Any, path: Any, doc: dict, reason: str, op: Op,
                    now: datetime) -> dict:
         days = self.config.sidecar_tombstone_days
@@ -424,7 +470,7 @@ class Store:
         deletes = [op for op in ops if op.action == "delete"]
         deletions: list[_Removal] = []
         if deletes:
-            live = {d["_id"]: d for d in coll.find({"_id": {"$in": [op.id for op in deletes]}})}
+            live = self._live(logical, deletes)
             for op in deletes:
                 doc = live.get(op.id)
                 if doc is None:
@@ -434,13 +480,15 @@ class Store:
                     result.stale.append(op)  # MongoDB holds newer data: the guard refuses
                     continue
                 exact = dict(_guard(op))
+                exact.pop("hub_type", None), exact.pop("item_key", None), exact.pop("run_id", None)
+                exact["_id"] = doc["_id"]  # the very document read (ours, or one Mentorix created)
                 for name in _FINGERPRINT:
                     exact[name] = {"$eq": doc.get(name)}
                 meta = doc.get("_sidecar")
                 path = op.rel or (meta.get("path") if isinstance(meta, dict) else None)
                 if logical == FILES:
                     path = op.id
-                removal = _Removal(op, DeleteOne(exact), [
+                removal = _Removal(op, DeleteOne(exact), real_id=doc["_id"], tombstones=[
                     self._tombstone(coll.name, op.id, path, doc, "deleted", op, now)])
                 if logical == FILES and doc.get("blob_id") is not None:
                     removal.tombstones.append(
@@ -521,10 +569,10 @@ class Store:
         refused = len(sent) - removed
         present: set[Any] = set()
         if refused > 0:
-            present = {d["_id"] for d in coll.find({"_id": {"$in": [r.op.id for r in sent]}}, {"_id": 1})}
+            present = {d["_id"] for d in coll.find({"_id": {"$in": [r.real_id for r in sent]}}, {"_id": 1})}
         drop = [ts["_id"] for i in failed for ts in removals[i].tombstones]
         for removal in sent:
-            if removal.op.id not in present:
+            if removal.real_id not in present:
                 result.applied.append(removal.op)
                 continue
             result.stale.append(removal.op)
@@ -663,39 +711,27 @@ class Store:
         for err in details.get("writeErrors", []):
             failed_idx[err["index"]] = err
         retry_guarded: list[Op] = []
-        retry_natural: list[Op] = []
         for i, op in enumerate(ops):
             err = failed_idx.get(i)
             if err is None:
                 result.applied.append(op)
                 continue
             code = err.get("code")
-            on_id = list((err.get("keyPattern") or {"_id": 1}).keys()) == ["_id"]
-            if code == DUPLICATE_KEY and on_id:
-                if op.action == "insert" and logical == SNAPSHOTS:
-                    result.applied.append(op)  # same content already recorded
-                elif op.action == "insert":
-                    op.action = "update"  # someone got there first: retry under the guard
-                    retry_guarded.append(op)
-                else:
-                    result.stale.append(op)  # the guard refused: MongoDB holds newer data
-            elif code == DUPLICATE_KEY and logical in (HUBS, EPISODES) and op.doc is not None:
-                retry_natural.append(op)
+            # Whichever unique index the server names (mongod: the one violated;
+            # some servers: _id), a duplicate means the document exists already.
+            if code == DUPLICATE_KEY and op.action == "insert" and logical == SNAPSHOTS:
+                result.applied.append(op)  # same content already recorded
+            elif code == DUPLICATE_KEY and op.action == "insert" and op.doc is not None:
+                op.action = "update"  # someone got there first: retry under the guard
+                retry_guarded.append(op)
+            elif code == DUPLICATE_KEY:
+                # A guarded upsert that matched nothing collided with the document
+                # it addresses: MongoDB holds a newer version. Never retried unguarded.
+                result.stale.append(op)
             else:
                 result.failed.append((op, f"code {code}: {str(err.get('errmsg', ''))[:120]}"))
         if retry_guarded:
             self._bulk(logical, retry_guarded, now, result)
-        if retry_natural:
-            try:
-                coll.bulk_write([self._natural(op) for op in retry_natural], ordered=False)
-                result.applied.extend(retry_natural)
-            except BulkWriteError as exc:
-                bad = {e["index"] for e in exc.details.get("writeErrors", [])}
-                for i, op in enumerate(retry_natural):
-                    if i in bad:
-                        result.failed.append((op, "conflicts with an existing document"))
-                    else:
-                        result.applied.append(op)
 
     def record_events(self, events: list[dict]) -> None:
         if not events:

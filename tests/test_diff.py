@@ -301,7 +301,11 @@ def mock_store(monkeypatch):
     monkeypatch.setattr(grid_file, "Database", (pymongo.database.Database, mongomock.Database))
     monkeypatch.setattr(grid_file, "Collection", (pymongo.collection.Collection, mongomock.Collection))
     config = Config(mongodb_url="mongodb://127.0.0.1:1", mongodb_db_name="unit")
-    return Store(config, client=mongomock.MongoClient())
+    store = Store(config, client=mongomock.MongoClient())
+    # The unique natural keys the guard relies on (Store.ensure_indexes creates them).
+    store.coll[HUBS].create_index([("hub_type", 1), ("item_key", 1)], unique=True)
+    store.coll[EPISODES].create_index([("run_id", 1)], unique=True)
+    return store
 
 
 def execute(store: Store, ops) -> list[str]:
