@@ -2,7 +2,8 @@
 
 Exit codes: 0 success / parity holds; 1 parity mismatch (or bad input seen);
 2 usage or configuration error (bad setting, missing data dir, restore target
-not empty); 3 MongoDB unreachable.
+not empty); 3 MongoDB unreachable; 4 another writer (a running daemon, another
+sync) holds the single-writer lease.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from .config import Config
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_MONGO = 0, 1, 2, 3
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_MONGO, EXIT_LEASE = 0, 1, 2, 3, 4
 
 log = logging.getLogger("sidecar")
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    from .lease import LeaseHeld
     from .restore import RestoreRefused
     from .source import DataDirMissing, check_root
     from .store import MongoConfigError, MongoUnavailable
@@ -152,6 +154,10 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     except MongoConfigError as exc:
         print(f"memory-sidecar: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except LeaseHeld as exc:
+        print(f"memory-sidecar: {exc}; stop it, wait, or let the daemon do it (POST /reconcile)",
+              file=sys.stderr)
+        return EXIT_LEASE
     except MongoUnavailable as exc:
         print(f"memory-sidecar: MongoDB unreachable at {config.safe_url}: {config.scrub(str(exc))}",
               file=sys.stderr)
@@ -173,6 +179,25 @@ def _ask_daemon_to_reconcile(config: Config) -> bool:
             return resp.status == 202
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def _daemon_accept(config: Config, paths: list[str] | None) -> dict | None:
+    """POST /divergences/accept to the local daemon; None when it cannot be asked."""
+    import urllib.error
+    import urllib.request
+
+    if not config.token:
+        return None
+    host = config.sidecar_http_host if config.sidecar_http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    body = json.dumps({"paths": paths} if paths else {}).encode()
+    req = urllib.request.Request(f"http://{host}:{config.sidecar_http_port}/divergences/accept", data=body,
+                                 method="POST", headers={"Authorization": f"Bearer {config.token}",
+                                                         "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return {"via_daemon": True, **json.loads(resp.read())}
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def _one_shot(args: argparse.Namespace, config: Config) -> int:
@@ -198,9 +223,19 @@ def _one_shot(args: argparse.Namespace, config: Config) -> int:
             if args.paths and args.action != "accept":
                 print("memory-sidecar: paths are only taken by `divergences accept`", file=sys.stderr)
                 return EXIT_USAGE
+            from .lease import LeaseHeld
+
             accepting = args.action == "accept"
-            report, code = run_divergences(config, store, accept=args.paths or None,
-                                           accept_all=accepting and not args.paths)
+            try:
+                report, code = run_divergences(config, store, accept=args.paths or None,
+                                               accept_all=accepting and not args.paths)
+            except LeaseHeld:
+                # A daemon writes this database: it applies the accept itself.
+                forwarded = _daemon_accept(config, args.paths or None)
+                if forwarded is None:
+                    raise
+                _print(forwarded)
+                return EXIT_OK
             if accepting:
                 report["daemon_notified"] = _ask_daemon_to_reconcile(config)
             _print(report)

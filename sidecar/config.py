@@ -71,6 +71,9 @@ class Config(BaseSettings):
     # The legacy writers never remove a key or a file, so a legitimate removal is
     # an operator's, one or a few at a time; a wiped or swapped dir removes many.
     sidecar_max_removals: int = Field(default=10, ge=0)
+    # The single-writer lease in MongoDB (sidecar/lease.py): renewed every third of
+    # this while the holder runs; a holder that died is taken over once it expires.
+    sidecar_lease_ttl_s: float = Field(default=30.0, ge=1.0, le=3600.0)
     # "majority" (a replica set's default durability) or a node count.
     sidecar_write_concern: str = "majority"
     sidecar_write_timeout_ms: int = Field(default=10_000, ge=0)

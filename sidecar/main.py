@@ -34,6 +34,7 @@ from .config import Config
 from .diff import MirrorState
 from .divergence import DivergenceBook
 from .mirror import BACKOFF_MAX, Mirror
+from .lease import Lease, LeaseHeld
 from .pending import Pending
 from .restore import clean_temp_files, restore
 from .rootwatch import RootMonitor
@@ -89,6 +90,7 @@ class Daemon:
         self.status.divergences = self.divergences
         self.mirror = Mirror(config, self.store, self.status, self.pending, self.state, self.divergences)
         self.status.live_pending = lambda: (len(self.pending), self.pending.oldest_age())
+        self.lease = Lease(self.store, "daemon", config.sidecar_lease_ttl_s)
         self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status,
                                lineage_break=self.mirror.rec.lineage.broken)
         self.rootwatch = RootMonitor(self.watcher, config.sidecar_root_check_ms / 1000, self._on_root_change)
@@ -139,7 +141,7 @@ class Daemon:
                 log.warning("waiting for MongoDB: %s", exc)
                 self._stopping.wait(delay)
                 delay = min(BACKOFF_MAX, delay * 2)
-        if self._stopping.is_set():
+        if self._stopping.is_set() or not self._take_lease():
             return
         root = self.config.data_dir
         if not self._wait_root_not_symlink(root):
@@ -207,6 +209,28 @@ class Daemon:
         self.status.set_root_problem(None)
         self.status.clear_problem(".")  # a reconcile that found no data dir
         self.mirror.root_replaced()
+
+    def _take_lease(self) -> bool:
+        """Wait for the single-writer lease (a ``sync`` or another daemon may hold it)."""
+        told = False
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                self.lease.acquire()
+                self.status.lease_problem = None
+                self.mirror.lease = self.lease
+                return True
+            except LeaseHeld as exc:
+                self.status.lease_problem = str(exc)
+                self.status.phase = "waiting_for_lease"
+                if not told:
+                    log.warning("waiting: %s", exc)
+                    told = True
+            except MongoUnavailable as exc:
+                self.status.set_mongo(False, str(exc))
+            self._stopping.wait(delay)
+            delay = min(BACKOFF_MAX, delay * 2)
+        return False
 
     def _ignored(self, rel: str) -> bool:
         return is_ignored(rel, self.config.ignore_globs)
@@ -283,6 +307,10 @@ class Daemon:
             deadline = time.monotonic() + SHUTDOWN_SECONDS
             await self._loop.run_in_executor(None, self.mirror.stop, deadline)
             await runner.cleanup()
+            try:
+                self.lease.release()  # the next writer need not wait for it to expire
+            except MongoUnavailable:
+                pass
             self.store.close()
 
     def request_stop(self) -> None:

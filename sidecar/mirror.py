@@ -22,6 +22,7 @@ from .diff import MirrorState, Op
 from .divergence import DIR_REPLACED, MASS_REMOVAL, Divergence, DivergenceBook
 from .events import build_events, note_event
 from .heal import Healer
+from .lease import LeaseHeld
 from .model import utcnow
 from .pending import Pending
 from .reconcile import Problem, Reconciler
@@ -77,6 +78,7 @@ class Mirror:
         self._gone_seen: dict[str, float] = {}  # watched files seen gone (REMOVAL_WINDOW_S)
         self._root_id: tuple[int, int] | None = None
         self._touched: set[str] | None = None  # paths a running full reconcile looked at
+        self.lease = None  # the writer lease (sidecar/lease.py), set by the daemon
         self.lock = threading.RLock()  # one writer at a time: the loop, the shim, shutdown
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -158,8 +160,20 @@ class Mirror:
 
     # --- one flush ------------------------------------------------------------------
     def flush(self, full: float | None, taken: dict[str, float]) -> bool:
-        """Mirror a batch. False (and everything requeued) when MongoDB is away."""
+        """Mirror a batch. False (and everything requeued) when MongoDB is away or
+        another writer holds the lease."""
         try:
+            if self.lease is not None:
+                try:
+                    self.lease.ensure()
+                    self.status.lease_problem = None
+                except LeaseHeld as exc:
+                    self.pending.requeue(taken, 0.0, full)
+                    if self.status.lease_problem is None:
+                        log.warning("not writing: %s", exc)
+                    self.status.lease_problem = str(exc)
+                    self._backoff = min(BACKOFF_MAX, max(1.0, self._backoff * 2))
+                    return False
             with self.lock:
                 if full is not None:
                     self.reconcile()

@@ -44,6 +44,7 @@ SNAPSHOTS = "runtime_snapshots"
 EPISODES = "episodic_memory"
 EVENTS = "memory_events"
 TOMBSTONES = "memory_tombstones"
+META = "memory_sidecar_meta"  # the writer lease (sidecar/lease.py)
 REDACTED = "***REDACTED***"
 # Generic content larger than this goes to GridFS rather than inline.
 INLINE_MAX_BYTES = 8 * 1024 * 1024

@@ -55,6 +55,8 @@ async def readyz(request: web.Request) -> web.Response:
     status = request.app[DAEMON].status
     if status.root_problem:
         return web.json_response({"ready": False, "reason": status.root_problem}, status=503)
+    if status.lease_problem:
+        return web.json_response({"ready": False, "reason": status.lease_problem}, status=503)
     if status.ready and status.mongo_connected:
         return web.json_response({"ready": True})
     reason = status.not_ready_reason() if not status.ready else "mongodb unreachable"

@@ -59,6 +59,7 @@ class Status:
         self.restored_files = 0
         # Why the data dir cannot be watched now (missing, a symlink), or None.
         self.root_problem: str | None = None
+        self.lease_problem: str | None = None  # another writer holds the lease (sidecar/lease.py)
         self.error_counts: PlainCounter[str] = PlainCounter()
         self.problems: dict[str, dict[str, Any]] = {}
         self.stale_refused = 0
@@ -155,6 +156,7 @@ class Status:
             "started_at": self.started_at,
             "watcher": self.watcher_state,
             "root_problem": self.root_problem,
+            "lease_problem": self.lease_problem,
             "pending": int(self.pending._value.get()),
             "lag_seconds": round(float(self.lag._value.get()), 3),
             "last_sync_at": self.last_sync_at,

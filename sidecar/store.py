@@ -30,7 +30,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from .classify import Kind
 from .config import Config
 from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state, pack_hash
-from .model import EPISODES, EVENTS, HUBS, SNAPSHOTS, TOMBSTONES, file_fields, utcnow
+from .model import EPISODES, EVENTS, HUBS, META, SNAPSHOTS, TOMBSTONES, file_fields, utcnow
 from .parse import intern_format, value_hash
 
 log = logging.getLogger("sidecar.store")
@@ -164,6 +164,7 @@ class Store:
             FILES: self.db[self.files_name],
             TOMBSTONES: self.db[TOMBSTONES],
         }
+        self.meta = self.db[META]  # not in self.coll: no indexes, no state
         self.blobs_name = f"{self.files_name}_blobs"
         self.bucket = gridfs.GridFSBucket(self.db, bucket_name=self.blobs_name)
 
@@ -732,6 +733,35 @@ class Store:
                 result.failed.append((op, f"code {code}: {str(err.get('errmsg', ''))[:120]}"))
         if retry_guarded:
             self._bulk(logical, retry_guarded, now, result)
+
+    # --- the writer lease (sidecar/lease.py) -------------------------------------------
+    LEASE_ID = "writer_lease"
+
+    def try_lease(self, me: dict, now: datetime, until: datetime, steal_from: Any = None) -> dict | None:
+        """Take the lease if it is free, expired, ours (or ``steal_from``'s). None when
+        taken; else the holder's document (types not trusted)."""
+        free = [{"owner": me["owner"]}, {"expires_at": {"$lt": now}}, {"expires_at": {"$exists": False}}]
+        if steal_from is not None:
+            free.append({"owner": steal_from})
+        try:
+            self.meta.find_one_and_update(
+                {"_id": self.LEASE_ID, "$or": free},
+                {"$set": {**me, "expires_at": until, "renewed_at": now}}, upsert=True)
+            return None
+        except pymongo.errors.DuplicateKeyError:
+            try:
+                doc = self.meta.find_one({"_id": self.LEASE_ID})
+            except PyMongoError as exc:
+                raise self._unavailable(exc) from None
+            return doc if isinstance(doc, dict) else {}
+        except PyMongoError as exc:
+            raise self._unavailable(exc) from None
+
+    def release_lease(self, owner: str) -> None:
+        try:
+            self.meta.delete_one({"_id": self.LEASE_ID, "owner": owner})
+        except PyMongoError as exc:
+            raise self._unavailable(exc) from None
 
     def record_events(self, events: list[dict]) -> None:
         if not events:

@@ -23,6 +23,7 @@ from .diff import FILES, Op
 from .events import build_events, note_event
 from .model import EPISODES, HUBS, SNAPSHOTS, utcnow
 from .divergence import Divergence, DivergenceBook
+from .lease import Lease
 from .reconcile import Problem, Reconciler, SourceView
 from .restore import write_atomic
 from .source import check_root
@@ -71,10 +72,29 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
     store.ping()
     if not dry_run:
         store.ensure_indexes()
+    lease = None
+    if not dry_run:
+        lease = Lease(store, "sync", config.sidecar_lease_ttl_s)
+        lease.acquire()  # LeaseHeld: a daemon (or another sync) writes this database now
+    try:
+        return _sync(config, store, root, started, dry_run, report_path, lease)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _sync(config: Config, store: Store, root: Path, started: float, dry_run: bool,
+          report_path: Path | None, lease) -> tuple[dict[str, Any], int]:
     state = store.load_state()
     rec = Reconciler(config)
     bar = _progress(None, "scanning")  # the file count is only known once walked
-    ops, view = rec.scan(state, "sync", progress=lambda rel: bar.update(1))
+
+    def progress(rel: str) -> None:
+        bar.update(1)
+        if lease is not None:
+            lease.ensure()  # a long scan keeps its lease
+
+    ops, view = rec.scan(state, "sync", progress=progress)
     bar.close()
     held, _, _ = rec.drain()
     result: ApplyResult | None = None
@@ -160,6 +180,18 @@ def run_divergences(config: Config, store: Store, accept: list[str] | None = Non
     if not accept and not accept_all:
         report = _summary(held)
         return report, (1 if held else 0)
+    lease = Lease(store, "divergences accept", config.sidecar_lease_ttl_s)
+    lease.acquire()  # LeaseHeld: the CLI hands the accept to the daemon that holds it
+    try:
+        # Read again under the lease: nothing changes MongoDB behind our back now.
+        rec, state, held = find_divergences(config, store)
+        return _accept(config, store, rec, state, held, accept, accept_all)
+    finally:
+        lease.release()
+
+
+def _accept(config: Config, store: Store, rec: Reconciler, state, held: list[Divergence],
+            accept: list[str] | None, accept_all: bool) -> tuple[dict[str, Any], int]:
     wanted = None if accept_all else set(accept or [])
     chosen = [d for d in held if wanted is None or d.path in wanted]
     unknown = sorted(wanted - {d.path for d in held}) if wanted is not None else []
