@@ -23,6 +23,7 @@ from .model import (
     hub_doc,
     hub_id,
     manifest_doc,
+    parse_iso,
     snapshot_doc,
 )
 
@@ -144,7 +145,8 @@ class MirrorState:
     hubs: dict[str, dict[str, HubState]] = field(default_factory=dict)
     # run_id -> (packed content hash, version)
     episodes: dict[str, tuple[bytes | str | None, int | None]] = field(default_factory=dict)
-    snapshots: dict[str, bytes | str | None] = field(default_factory=dict)  # snapshot_id -> packed hash
+    # content hash (hex) -> (packed hash, its timestamp as an instant or None)
+    snapshots: dict[str, tuple[bytes | str | None, datetime | None]] = field(default_factory=dict)
     files: dict[str, FileState] = field(default_factory=dict)
     # The largest _sidecar.version MongoDB held when loaded: every version handed
     # out after it is larger (sidecar/clock.py).
@@ -304,7 +306,7 @@ def apply_to_state(state: MirrorState, op: Op) -> None:
             hub[key] = HubState(op.after, op.pos, op.version if op.action != "setpos" or prev is None
                                 else prev.version)
     elif op.coll == SNAPSHOTS:
-        state.snapshots[op.id] = pack_hash(op.after)
+        state.snapshots[op.id] = (pack_hash(op.after), parse_iso((op.doc or {}).get("timestamp")))
     elif op.coll == EPISODES:
         if op.action == "delete":
             state.episodes.pop(op.id, None)

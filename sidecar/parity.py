@@ -97,8 +97,8 @@ def _state_rows(state: MirrorState) -> Iterator[tuple]:
             yield HUBS, hub_type, key, hs.hash, hs.pos, hs.version
     for run_id, (digest, version) in state.episodes.items():
         yield EPISODES, run_id, digest, version
-    for snap_id, digest in state.snapshots.items():
-        yield SNAPSHOTS, snap_id, digest
+    for snap_id, (digest, instant) in state.snapshots.items():
+        yield SNAPSHOTS, snap_id, digest, instant
     for rel, fs in state.files.items():
         yield FILES, rel, fs
 
@@ -117,6 +117,7 @@ def compute(store: Store, view: SourceView, pending: set[str] | None = None,
     retained_runs: set[str] = set()
     deleted_rels: set[str] = set()
     snapshot_history = 0
+    latest: tuple | None = None
     for row in rows:
         coll = row[0]
         if coll == HUBS:
@@ -125,9 +126,11 @@ def compute(store: Store, view: SourceView, pending: set[str] | None = None,
             eps_t.add(row[1], pack_hash(row[2]))
         elif coll == SNAPSHOTS:
             snapshot_history += 1
-            # Only the current snapshot is compared; the others are history.
-            if row[1] in snap_src:
-                snap_t.add(row[1], pack_hash(row[2]))
+            # The current snapshot is the newest by instant, whoever wrote it (as
+            # Mentorix reads it: find_one(sort timestamp -1)); the others are history.
+            when = row[3] if len(row) > 3 else None
+            if latest is None or (when is not None and (latest[0] is None or when > latest[0])):
+                latest = (when, row[1], row[2])
         else:
             rel, fs = row[1], row[2]
             if fs.deleted:
@@ -138,6 +141,10 @@ def compute(store: Store, view: SourceView, pending: set[str] | None = None,
                     retained_runs.add(str(fs.doc_id))
             elif fs.kind in GENERIC_KINDS:
                 files_t.add(rel, pack_hash(fs.content_sha) or "unreadable")
+
+    if latest is not None and snap_src:
+        # Compared under the file's key: a newer snapshot written by someone else is "different".
+        snap_t.add(next(iter(snap_src)), pack_hash(latest[2]))
 
     # Entries of hub files we could not read are unknown on the source side:
     # they are neither missing nor extra, and the kind cannot match.

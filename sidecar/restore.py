@@ -20,7 +20,7 @@ from typing import Any
 
 from .classify import Kind, UnsafePath, classify, episode_path, hub_path, normalize
 from .diff import FILES
-from .model import EPISODES, HUBS, SNAPSHOTS, TOMBSTONES, file_fields
+from .model import EPISODES, HUBS, SNAPSHOTS, TOMBSTONES, file_fields, parse_iso
 from .parse import render
 from .store import Store
 
@@ -85,6 +85,18 @@ class _Chosen:
     deleted_at: datetime
     doc: dict  # projected: identifying fields only (``Tombstones.full`` reads the rest)
     path: Any = None
+
+
+def latest_snapshot(store: Store) -> dict | None:
+    """The newest snapshot document by its ``timestamp`` compared as an instant
+    (the legacy file's naive UTC and Mentorix's ``+00:00`` alike); a timestamp
+    that is not a time never wins over one that is."""
+    best: tuple[Any, Any] | None = None
+    for doc in store.find(SNAPSHOTS, {}, {"timestamp": 1}):
+        when = parse_iso(doc.get("timestamp"))
+        if best is None or (when is not None and (best[0] is None or when > best[0])):
+            best = (when, doc.get("_id"))
+    return store.find_one(SNAPSHOTS, {"_id": best[1]}) if best is not None else None
 
 
 class Tombstones:
@@ -210,6 +222,11 @@ class Tombstones:
         c = self.snapshots.get(snapshot_id) if isinstance(snapshot_id, str) else None
         if c is not None and self.as_of is not None:
             return self.full(c)
+        # The newest snapshot by instant, whoever wrote it (Mentorix's store inserts
+        # its own), as Mentorix reads it at start-up.
+        live = latest_snapshot(self.store)
+        if live is not None:
+            return live
         live = self.store.find_one(SNAPSHOTS, {"_id": snapshot_id})
         if live is None and c is not None:
             return self.full(c)
@@ -282,7 +299,7 @@ def plan_files(store: Store, include_deleted: bool = False, as_of: datetime | No
         rel = path if isinstance(path, str) and classify(path) is Kind.EPISODE else episode_path(run_id)
         yield rel, (lambda r=run_id: _episode_bytes(tombs, r, None))
     if not have_snapshot:
-        latest = store.find_one(SNAPSHOTS, {}, sort=[("timestamp", -1)])
+        latest = latest_snapshot(store)
         if latest:
             yield "snapshot.json", (lambda: render(file_fields(latest), None))
 

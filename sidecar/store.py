@@ -30,7 +30,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from .classify import Kind
 from .config import Config
 from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state, pack_hash
-from .model import EPISODES, EVENTS, HUBS, META, SNAPSHOTS, TOMBSTONES, file_fields, utcnow
+from .model import EPISODES, EVENTS, HUBS, META, SNAPSHOTS, TOMBSTONES, file_fields, parse_iso, utcnow
 from .parse import intern_format, value_hash
 
 log = logging.getLogger("sidecar.store")
@@ -316,7 +316,7 @@ class Store:
                 seen(version)
                 run_ids[run_id] = run_id
             elif coll == SNAPSHOTS:
-                state.snapshots[row[1]] = row[2]
+                state.snapshots[row[1]] = (row[2], row[3])
             else:
                 rel, fs = row[1], row[2]
                 if fs.doc_id is not None and fs.kind == Kind.EPISODE.value:
@@ -350,7 +350,11 @@ class Store:
                 meta = doc.get("_sidecar") or {}
                 yield (EPISODES, str(doc.get("run_id")), _digest_of(file_fields(doc)), meta.get("version"))
             for doc in self.coll[SNAPSHOTS].find({}).batch_size(LOAD_BATCH):
-                yield (SNAPSHOTS, str(doc["_id"]), _digest_of(file_fields(doc)))
+                # Keyed by content, whoever wrote it (our _id is the content hash;
+                # Mentorix's store and backfill use their own): the same snapshot
+                # is never stored twice, and the newest by instant is the current one.
+                digest = _digest_of(file_fields(doc))
+                yield (SNAPSHOTS, digest.hex(), digest, parse_iso(doc.get("timestamp")))
             for doc in self.coll[FILES].find({}).batch_size(LOAD_BATCH):
                 meta = doc.get("_sidecar") or {}
                 yield (FILES, str(doc["_id"]), FileState(

@@ -74,7 +74,7 @@ def test_applied_ops_are_kept_packed_and_the_same_plans_diff_to_nothing():
         for op in diff_plan(build_plan(r), state, "t", NOW):
             apply_to_state(state, op)
     assert type(state.episodes["r1"][0]) is bytes
-    assert all(type(v) is bytes for v in state.snapshots.values())
+    assert all(type(v[0]) is bytes for v in state.snapshots.values())
     assert type(state.hubs["soft_identity"]["a"]._hash) is bytes
     assert all(type(fs._sha) is bytes for fs in state.files.values())
     assert [op for r in reads for op in diff_plan(build_plan(r), state, "t", NOW)] == []
