@@ -25,7 +25,8 @@ RECREATED = "recreated"  # a new inode, or the file absent then present again
 DIR_REPLACED = "directory_replaced"  # the file's directory (or the data dir) is another one now
 MASS_REMOVAL = "mass_removal"  # more than SIDECAR_MAX_REMOVALS in one change
 EMPTIED = "emptied"  # the edit would leave a hub with no entries at all
-NOT_SEEN = "missing_before_watched_edit"  # already absent from the version the daemon watched
+NOT_SEEN = "missing_before_watched_edit"
+MONGO_IS_TRUTH = "mongo_mode"  # mongo mode: a key gone from a hub file is healed back, never removed  # already absent from the version the daemon watched
 
 SAMPLE_KEYS = 50
 

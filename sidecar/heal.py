@@ -60,6 +60,11 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _content_stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """What a write changes (the rename over the path changes the old inode's ctime too)."""
+    return (st.st_size, st.st_mtime_ns, 0)
+
+
 def _read_fd(fd: int) -> bytes:
     chunks, offset = [], 0
     while True:
@@ -154,7 +159,9 @@ class Healer:
             new = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             self.observe(FileRead(rel, out, sha256_hex(out), len(out), new.st_mtime_ns,
                                   new.st_dev, new.st_ino, os.fstat(dir_fd).st_ino))
-            self._old.append(_OldInode(rel, fd, _stamp(os.fstat(fd)), current, time.monotonic() + HEAL_WATCH_S))
+            # The stamp the swap checked, not one taken now: a write that landed
+            # between the check and this line is exactly the one to keep.
+            self._old.append(_OldInode(rel, fd, _content_stamp(st0), current, time.monotonic() + HEAL_WATCH_S))
             keep_fd = True
             self.healed += 1
             log.info("%s: %d entries put back from MongoDB", rel, len(added))
@@ -196,7 +203,7 @@ class Healer:
         again: list[str] = []
         now = time.monotonic()
         for old in list(self._old):
-            stamp = _stamp(os.fstat(old.fd))
+            stamp = _content_stamp(os.fstat(old.fd))
             if stamp != old.stamp:
                 late = _hub_object(_read_fd(old.fd))
                 if late is None:

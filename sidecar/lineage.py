@@ -34,7 +34,7 @@ from .source import FileRead
 def _mark(read: FileRead) -> int:
     # One int per file (a tuple of three ints costs ~3x as much at 50k files);
     # a false "same lineage" would need a 64-bit hash collision on one path.
-    return hash((read.dev, read.ino, read.dir_ino))
+    return hash((read.dev, read.ino, read.dir_ino, read.gen))
 
 
 class Lineage:

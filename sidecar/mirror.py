@@ -503,7 +503,3 @@ class Mirror:
             if problems:
                 raise ValueError(problems[0].reason)
         return "written" if ops else "unchanged"
-
-    def root_replaced(self) -> None:
-        """The data dir was replaced: whatever it holds now is a new lineage; look at all of it."""
-        self.pending.mark_full()

@@ -14,7 +14,16 @@ from datetime import datetime
 from .classify import Kind, classify, episode_path, hub_type_of, is_ignored
 from .config import Config
 from .diff import MirrorState, Op, deletion_ops, diff_plan, gone_keys, pack_hash
-from .divergence import DIR_REPLACED, EMPTIED, MASS_REMOVAL, NOT_SEEN, NOTICED_AT_START, RECREATED, Divergence
+from .divergence import (
+    DIR_REPLACED,
+    EMPTIED,
+    MASS_REMOVAL,
+    MONGO_IS_TRUTH,
+    NOT_SEEN,
+    NOTICED_AT_START,
+    RECREATED,
+    Divergence,
+)
 from .clock import Clock
 from .lineage import Lineage
 from .model import HUBS, FilePlan, HubMemo, build_plan, hub_id, utcnow
@@ -195,6 +204,11 @@ class Reconciler:
             self.resolved.append((plan.rel, None))
             return frozenset()
         reason = self._why_not_lineage(read, source)
+        if reason is None and self.config.memory_store_backend == "mongo":
+            # MongoDB is the truth: a key gone from the file (a backup copied over it
+            # in place keeps the inode and looks like an edit) is put back, never
+            # removed; an operator removes entries through MongoDB (or accept).
+            reason = MONGO_IS_TRUTH
         removable: set[str] = set()
         if reason is None:
             seen = self.lineage.hub_keys(plan.rel)

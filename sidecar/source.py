@@ -12,6 +12,12 @@ import errno
 import hashlib
 import os
 import stat
+import struct
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +53,27 @@ class FileRead:
     dev: int = 0
     ino: int = 0
     dir_ino: int = 0
+    gen: int = 0  # the inode's generation (FS_IOC_GETVERSION): tells a reused inode number apart
+
+
+_FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long) on 64-bit Linux
+_GEN_UNSUPPORTED: set[int] = set()  # st_dev values whose filesystem has no generation
+
+
+def inode_generation(fd: int) -> int:
+    """The inode's generation number (ext4, tmpfs, xfs, btrfs bump it when an inode
+    number is reused); 0 where the filesystem or platform has none."""
+    try:
+        dev = os.fstat(fd).st_dev
+        if dev in _GEN_UNSUPPORTED:
+            return 0
+        return struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETVERSION, b"\0" * 8))[0]
+    except (OSError, NameError, struct.error):
+        try:
+            _GEN_UNSUPPORTED.add(os.fstat(fd).st_dev)
+        except OSError:
+            pass
+        return 0
 
 
 def sha256_hex(data: bytes) -> str:
@@ -146,6 +173,7 @@ def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
                         break
                     chunks.append(chunk)
                 after = os.fstat(fd)
+                gen = inode_generation(fd)
             finally:
                 os.close(fd)
             data = b"".join(chunks)
@@ -154,7 +182,7 @@ def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
                 len(data),
             ):
                 return FileRead(rel, data, sha256_hex(data), len(data), after.st_mtime_ns,
-                                after.st_dev, after.st_ino, os.fstat(dir_fd).st_ino)
+                                after.st_dev, after.st_ino, os.fstat(dir_fd).st_ino, gen)
         raise SourceError("unstable", f"{rel}: kept changing while being read")
     finally:
         os.close(dir_fd)
