@@ -97,8 +97,6 @@ def test_cp_of_an_old_backup_onto_the_hub_is_held_file_mode(data_dir, running, t
     assert keys_in_mongo(db) == set(entries(7)), "keys only MongoDB had were removed from the live collection"
 
 
-@pytest.mark.xfail(strict=True, reason="mongo mode: cp of an older backup onto the hub (same inode) deletes "
-                   "the newer keys from MongoDB instead of healing them back into the file")
 def test_cp_of_an_old_backup_onto_the_hub_is_healed_mongo_mode(data_dir, running, tmp_path):
     write_in_place(data_dir, HUB, entries(5))
     backup = tmp_path / "backup.json"
@@ -117,8 +115,6 @@ def test_cp_of_an_old_backup_onto_the_hub_is_healed_mongo_mode(data_dir, running
 # --- the heal's compare-and-swap: a write into the old inode right after the rename -------------
 
 
-@pytest.mark.xfail(strict=True, reason="heal.heal_hub takes the old inode's stamp after the rename and "
-                   "fsync: an API write landing in that window is never seen by check_old_inodes: lost")
 def test_heal_a_write_into_the_old_inode_just_after_the_rename_is_kept(data_dir, running, monkeypatch):
     from sidecar import heal
 
@@ -148,8 +144,6 @@ def test_heal_a_write_into_the_old_inode_just_after_the_rename_is_kept(data_dir,
 # --- a file re-created with the same inode number, read before the watcher's break ------------------
 
 
-@pytest.mark.xfail(strict=True, reason="lineage.same() trusts a reused inode number until the watcher's "
-                   "delete/create break is dispatched: a read before it mirrors a re-created file's removals")
 def test_recreated_same_inode_read_before_the_break_arrives_removes_nothing(make_config, store, data_dir):
     from sidecar.diff import MirrorState
     from sidecar.mirror import Mirror
@@ -182,8 +176,6 @@ def test_recreated_same_inode_read_before_the_break_arrives_removes_nothing(make
 # --- the data dir replaced: is the new one watched as a lineage of its own? -------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="Mirror.root_replaced is defined twice; the second (mark_full only) "
-                   "shadows the first, so _root_id stays the old dir's and every later watched deletion is held")
 def test_a_watched_deletion_in_a_replaced_data_dir_is_mirrored(data_dir, running):
     write_in_place(data_dir, "runs/run_a.json", {"run_id": "a"})
     d = running()
@@ -207,8 +199,6 @@ def test_a_watched_deletion_in_a_replaced_data_dir_is_mirrored(data_dir, running
 # --- hub entries written by someone else ------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="store._plan_removals looks a delete up by the sidecar's _id only: a "
-                   "foreign entry (ObjectId _id) is counted deleted but stays live, resurrected at the next start")
 def test_a_foreign_hub_entry_removed_by_a_watched_edit_leaves_the_live_collection(data_dir, running, db):
     from bson import ObjectId
 
