@@ -229,6 +229,13 @@ class Daemon:
     # --- shim frames ---------------------------------------------------------------------
     async def on_shim(self, event: ShimEvent) -> str:
         loop = asyncio.get_running_loop()
+        if self._ignored(event.path):
+            # The shim skips these itself; a frame for one comes from a shim
+            # configured otherwise (or an older one). Never mirrored, never
+            # queued; a sync writer is answered ok ("ignored") and goes on.
+            self.status.ignored("shim")
+            self.status.shim_events.labels(status="ignored").inc()
+            return "ignored"
         if not self._started.is_set():
             # Not ready yet: the watcher (started before reconcile) has the file.
             self.status.shim_events.labels(status="deferred").inc()

@@ -44,6 +44,9 @@ class Status:
         self.divergences_total = Counter("sidecar_divergences_total", "Divergences held, by reason",
                                          ["reason"], registry=r)
         self.shim_events = Counter("sidecar_shim_events_total", "Shim frames by outcome", ["status"], registry=r)
+        self.ignored_total = Counter("sidecar_ignored_total",
+                                     "Paths not mirrored because they match the ignore rules, by where they came in",
+                                     ["source"], registry=r)
         self.root_ok = Gauge("sidecar_root_ok", "1 when the data dir is a real directory being watched",
                              registry=r)
         self.root_ok.set(1)
@@ -117,6 +120,10 @@ class Status:
             self.writes.labels(collection=coll, op=op).inc(n)
         self.bulk_seconds.observe(seconds)
         self.last_sync_at = _now_iso()
+
+    def ignored(self, source: str) -> None:
+        """A path matching the ignore rules came in (watcher event, shim frame): dropped."""
+        self.ignored_total.labels(source=source).inc()
 
     def divergence(self, reason: str) -> None:
         self.divergences_total.labels(reason=reason).inc()
