@@ -55,13 +55,16 @@ def install(
     on_failure: str | None = None,
     timeout_ms: int | None = None,
     queue_size: int | None = None,
+    ignore: Any = None,
     transport: Any = None,
 ) -> bool:
     """Start intercepting writes under the data dir; True if the shim is active.
 
     Every argument left as None comes from the environment (RUNTIME_DATA_DIR,
     SIDECAR_SOCKET, SIDECAR_SHIM, SIDECAR_SHIM_ON_FAILURE,
-    SIDECAR_SHIM_TIMEOUT_MS, SIDECAR_SHIM_QUEUE). ``mode`` defaults to
+    SIDECAR_SHIM_TIMEOUT_MS, SIDECAR_SHIM_QUEUE, SIDECAR_IGNORE). ``ignore``:
+    globs added to the built-in ones (in place of SIDECAR_IGNORE); a path they
+    match is never reported. ``mode`` defaults to
     "async"; with "off" nothing is installed and False is returned.
     ``transport`` replaces the socket (tests): any object with
     ``deliver(event, sync)``. A second call while installed changes nothing
@@ -83,6 +86,7 @@ def install(
             on_failure=on_failure,
             timeout_ms=timeout_ms,
             queue_size=queue_size,
+            ignore=ignore,
         )
         if cfg.mode == "off":
             return False
@@ -133,7 +137,10 @@ def stats() -> dict[str, int]:
 
     writes, deletes: events built; sent: async frames on the wire;
     dropped_queue_full, dropped_unavailable: async events given up;
-    sync_ok, sync_failed: sync confirmations; skipped_symlinks; errors
+    sync_ok, sync_failed: sync confirmations; skipped_symlinks; ignored:
+    writes/deletes not reported because the path matches the ignore rules
+    (the built-in globs, e.g. ``*.tmp`` and editor files, plus SIDECAR_IGNORE;
+    an atomic writer's temp file counts twice: written, then moved away); errors
     (swallowed exceptions of the shim itself); connect_attempts,
     connect_failures, send_failures.
     """

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
+
+from ._ignore import DEFAULT_IGNORE, ENV_NAME, split_globs
 
 log = logging.getLogger("mentorix_shim")
 
@@ -37,6 +39,9 @@ class ShimConfig:
     on_failure: str
     timeout_s: float
     queue_size: int
+    # The sidecar's built-in ignore globs plus SIDECAR_IGNORE (shim/_ignore.py):
+    # a write or delete of a matching path is never sent (counted "ignored").
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
 
 
 def _env_choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -72,6 +77,7 @@ def load_config(
     on_failure: str | None = None,
     timeout_ms: int | None = None,
     queue_size: int | None = None,
+    ignore: Iterable[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ShimConfig:
     env = os.environ if environ is None else environ
@@ -113,6 +119,15 @@ def load_config(
         socket_path = os.path.join(os.path.dirname(data_dir_abs), SOCKET_NAME)
     socket_path = os.path.abspath(os.fspath(socket_path))
 
+    if ignore is None:
+        # Same variable, same parsing as the daemon (sidecar/config.py): the API
+        # container gets the sidecar's SIDECAR_IGNORE (docker-compose.yml, deploy/).
+        extra = split_globs(env.get(ENV_NAME))
+    else:
+        extra = () if isinstance(ignore, str) else tuple(ignore)
+        if isinstance(ignore, str) or not all(isinstance(g, str) and g for g in extra):
+            raise ValueError("ignore must be an iterable of non-empty glob strings")
+
     return ShimConfig(
         mode=mode,
         data_dir=data_dir_real,
@@ -121,4 +136,5 @@ def load_config(
         on_failure=on_failure,
         timeout_s=timeout_ms / 1000.0,
         queue_size=queue_size,
+        ignore=DEFAULT_IGNORE + extra,
     )

@@ -60,6 +60,7 @@ import time
 from typing import Any, Callable
 
 from ._config import ShimConfig
+from ._ignore import rules_for
 
 log = logging.getLogger("mentorix_shim")
 
@@ -73,6 +74,7 @@ COUNTERS = (
     "writes",  # write events built (after read-back)
     "deletes",  # delete events built
     "skipped_symlinks",  # writes/deletes not reported: final component is a symlink
+    "ignored",  # writes/deletes not reported: the path matches the ignore rules (shim/_ignore.py)
     "superseded",  # async writes not sent: the file was rewritten or removed before the sender got to them
     "sent",  # async frames written to the socket
     "dropped_queue_full",
@@ -426,6 +428,8 @@ class Shim:
         # str.startswith takes a tuple: one C call checks both spellings.
         self.prefixes = tuple(dict.fromkeys((self.real_prefix, config.data_dir_abs + "/")))
         self._ready: Callable[[], bool] = getattr(transport, "ready", None) or (lambda: True)
+        # rel -> ignored? (the sidecar's own rules: built-in globs + SIDECAR_IGNORE)
+        self.ignored = rules_for(config.ignore)
         self._patches: list[tuple[Any, str, bool, Any, Any]] = []
         self._use_proc = True
         # (CPython's Path.open, our io.open wrapper) when write_text/write_bytes
@@ -625,6 +629,13 @@ class Shim:
             return
         sync = self.sync
         try:
+            # Ignored paths (an atomic writer's temp file, an editor's swap file,
+            # SIDECAR_IGNORE) are never sent, nor even read back when the
+            # spelling already says so; the resolved name is checked again below.
+            lexical = self._plain_rel(path)
+            if lexical is not None and self.ignored(lexical):
+                self.stats.inc("ignored")
+                return
             if not sync and not self._ready():
                 self.stats.inc("dropped_unavailable")
                 return
@@ -632,6 +643,9 @@ class Shim:
             if snap is None:
                 return
             rel, data, mtime_ns = snap
+            if self.ignored(rel):
+                self.stats.inc("ignored")
+                return
             rel.encode("utf-8")  # the protocol is JSON: undecodable names stay with the watcher
             event = Event("write", rel, data, mtime_ns, next(_seq), _pid)
             self.stats.inc("writes")
@@ -660,13 +674,16 @@ class Shim:
         if not self.active:
             return
         try:
-            if not self._ready():
-                self.stats.inc("dropped_unavailable")
-                return
             known = _known_payload(text, data, args, kwargs)
             rel = None if known is None else self._plain_rel(path)
             if rel is None:
                 self.report_write(path)
+                return
+            if self.ignored(rel):
+                self.stats.inc("ignored")
+                return
+            if not self._ready():
+                self.stats.inc("dropped_unavailable")
                 return
             event = Event("write", rel, known[0], None, next(_seq), _pid, self, known[1])
             self.transport.deliver(event, False)
@@ -704,6 +721,9 @@ class Shim:
                     self.stats.inc("superseded")
                     return False
                 if snap is None:  # a symlink, or not inside after all: never reported
+                    return False
+                if self.ignored(snap[0]):  # a symlinked directory led into an ignored one
+                    self.stats.inc("ignored")
                     return False
                 event.path, event.data, event.mtime_ns = snap
                 self.stats.inc("writes")
@@ -752,6 +772,9 @@ class Shim:
             return
         full, rel = loc
         try:
+            if self.ignored(rel):
+                self.stats.inc("ignored")
+                return
             if not self.sync and not self._ready():
                 self.stats.inc("dropped_unavailable")
                 return
@@ -1042,7 +1065,9 @@ class Shim:
             self.report_write(p, suppress=True)
             raise
         try:
-            if not self._ready():
+            if self.ignored(rel):
+                self.stats.inc("ignored")
+            elif not self._ready():
                 self.stats.inc("dropped_unavailable")
             else:
                 self.transport.deliver(Event("write", rel, data, None, next(_seq), _pid, self, codec), False)

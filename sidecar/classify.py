@@ -8,9 +8,10 @@ tricked into leaving the data dir.
 from __future__ import annotations
 
 import enum
-import fnmatch
 import posixpath
 import re
+
+from shim._ignore import matches
 
 
 class Kind(str, enum.Enum):
@@ -89,4 +90,7 @@ def episode_path(run_id: str) -> str:
 
 
 def is_ignored(rel: str, globs: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(rel, pattern) for pattern in globs)
+    """The ignore rule of every path in (watcher, shim frames, reconcile, sync,
+    restore), shared with the shim (shim/_ignore.py): a glob matching ``rel``,
+    ``rel + "/"``, or a directory above it."""
+    return matches(rel, globs)

@@ -16,20 +16,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_IGNORE = (
-    "reports/*",
-    "*.tmp",
-    "*.swp",
-    "*.swx",
-    "*~",
-    ".#*",
-    "*/.#*",
-    ".*.sw?",
-    "*/.*.sw?",
-    ".sidecar-*",
-    "*/.sidecar-*",
-    "export_from_mongo/*",
-)
+# The built-in ignore globs (temp files of atomic writers and editors, the
+# sidecar's own temp files and reports) are defined once, in a standard-library
+# module of the shim (which never imports this package): the shim in the API
+# process skips exactly what the daemon skips.
+from shim._ignore import DEFAULT_IGNORE
 
 # Greedy up to the last '@' of the URL: a password with an unescaped '@' must
 # not leak its tail (better to hide too much than too little).
@@ -78,6 +69,13 @@ class Config(BaseSettings):
     sidecar_write_concern: str = "majority"
     sidecar_write_timeout_ms: int = Field(default=10_000, ge=0)
     sidecar_server_selection_timeout_ms: int = Field(default=5_000, ge=100)
+    # /readyz turns 503 once one MongoDB write has been in flight this long. A
+    # healthy write takes milliseconds; a failing one ends within the driver's
+    # bounded waits (server selection 5 s, and once more for the retried write;
+    # w=majority waits at most SIDECAR_WRITE_TIMEOUT_MS). A frozen server is only
+    # given up on after 15-24 s, when the pool is cleared: 10 s reports that
+    # stall before the driver does, without flagging a slow but working write.
+    sidecar_write_stall_s: float = Field(default=10.0, gt=0)
     sidecar_batch_size: int = Field(default=1000, ge=1, le=100_000)
     sidecar_flush_interval_ms: int = Field(default=10, ge=0)
     # memory_events keep hashes of before/after by default; "full" stores values.

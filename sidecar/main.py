@@ -91,6 +91,8 @@ class Daemon:
         self.mirror = Mirror(config, self.store, self.status, self.pending, self.state, self.divergences)
         self.status.live_pending = lambda: (len(self.pending), self.pending.oldest_age())
         self.lease = Lease(self.store, "daemon", config.sidecar_lease_ttl_s)
+        self.status.live_write_age = self.pending.write_age
+        self.status.write_stall_s = config.sidecar_write_stall_s
         self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status,
                                lineage_break=self.mirror.rec.lineage.broken)
         self.rootwatch = RootMonitor(self.watcher, config.sidecar_root_check_ms / 1000, self._on_root_change)
@@ -253,6 +255,13 @@ class Daemon:
     # --- shim frames ---------------------------------------------------------------------
     async def on_shim(self, event: ShimEvent) -> str:
         loop = asyncio.get_running_loop()
+        if self._ignored(event.path):
+            # The shim skips these itself; a frame for one comes from a shim
+            # configured otherwise (or an older one). Never mirrored, never
+            # queued; a sync writer is answered ok ("ignored") and goes on.
+            self.status.ignored("shim")
+            self.status.shim_events.labels(status="ignored").inc()
+            return "ignored"
         if not self._started.is_set():
             # Not ready yet: the watcher (started before reconcile) has the file.
             self.status.shim_events.labels(status="deferred").inc()
@@ -269,8 +278,14 @@ class Daemon:
                 if not event.ack and self.mirror.queue_if_busy(event.path):
                     outcome = "queued"
                 else:
-                    outcome = await loop.run_in_executor(
-                        None, self.mirror.mirror_bytes, event.path, event.data, event.mtime_ns or 0)
+                    # Pending (and lagging) until MongoDB acknowledged it, as a batch is.
+                    held = {event.path: time.monotonic()}
+                    self.pending.hold(held)
+                    try:
+                        outcome = await loop.run_in_executor(
+                            None, self.mirror.mirror_bytes, event.path, event.data, event.mtime_ns or 0)
+                    finally:
+                        self.pending.done(held)
         except Exception:
             self.status.shim_events.labels(status="error").inc()
             # The watcher still sees the file: make sure it is looked at.

@@ -104,7 +104,7 @@ class Mirror:
         self.pending.close()
         if self._thread is not None:
             self._thread.join(timeout=max(0.1, deadline - time.monotonic()))
-        while len(self.pending) and time.monotonic() < deadline:
+        while self.pending.queued() and time.monotonic() < deadline:
             full, taken = self.pending.take(0, ignore_delay=True)
             if not self.flush(full, taken):
                 break
@@ -132,7 +132,7 @@ class Mirror:
                 self._stop.wait(self._backoff)
                 continue
             self._check_heals()
-            if self._unsent and not len(self.pending):
+            if self._unsent and not self.pending.queued():
                 try:
                     self._flush_events()  # nothing queued: the writer would idle, send them now
                 except MongoUnavailable as exc:
@@ -161,7 +161,10 @@ class Mirror:
     # --- one flush ------------------------------------------------------------------
     def flush(self, full: float | None, taken: dict[str, float]) -> bool:
         """Mirror a batch. False (and everything requeued) when MongoDB is away or
-        another writer holds the lease."""
+        another writer holds the lease.
+
+        The batch stays in flight in ``Pending`` (pending, lag, /parity) until
+        MongoDB acknowledged it or it is requeued."""
         try:
             if self.lease is not None:
                 try:
@@ -183,6 +186,10 @@ class Mirror:
             self.pending.requeue(taken, 0.0, full)
             self._mongo_down(str(exc))
             return False
+        except BaseException:
+            self.pending.done(taken, full)
+            raise
+        self.pending.done(taken, full)
         self._backoff = 0.0
         self.status.set_mongo(True)
         return True
@@ -276,7 +283,8 @@ class Mirror:
     def reconcile(self) -> None:
         """Full pass over the data dir (start-up, overflow, on request). Every removal
         it notices is held (nobody saw it happen), or in mongo mode resolved toward MongoDB."""
-        fresh = self.store.load_state()
+        with self.pending.writing():  # the writer waits on it as on a write
+            fresh = self.store.load_state()
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
         self.state.max_version = fresh.max_version
@@ -306,7 +314,10 @@ class Mirror:
     def _write(self, ops: list[Op], problems: list[Problem], good: list[str], source: str,
                taken: dict[str, float]) -> None:
         started = time.monotonic()
-        result = self.store.apply(ops, self.state) if ops else None
+        result = None
+        if ops:
+            with self.pending.writing():
+                result = self.store.apply(ops, self.state)
         now = utcnow()
         events: list[dict] = []
         if result is not None:
@@ -323,7 +334,7 @@ class Mirror:
             events.extend(self._problem(p, source, now, taken))
         events.extend(self._divergences(source, now))
         # A watch flush with more work queued behind it defers small batches.
-        self._send_events(events, defer=source == "watch" and bool(len(self.pending)))
+        self._send_events(events, defer=source == "watch" and bool(self.pending.queued()))
 
     def _flush_events(self) -> None:
         """Send the deferred events now. Raises MongoUnavailable (they stay kept)."""
@@ -341,7 +352,8 @@ class Mirror:
             self._unsent = pending
             return
         try:
-            self.store.record_events(pending)
+            with self.pending.writing():
+                self.store.record_events(pending)
         except MongoUnavailable:
             self._unsent = pending[-MAX_UNSENT_EVENTS:]
             if len(pending) > MAX_UNSENT_EVENTS:

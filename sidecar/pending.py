@@ -4,12 +4,21 @@ It holds *paths*, not events: a burst of writes to one file is one entry, so
 memory is bounded by the number of files, never by the event rate or by how
 long MongoDB is away. The files on disk are the journal; an entry only says
 "look at this path again".
+
+A path stays pending until MongoDB acknowledged it: ``take`` hands a batch to
+the writer and keeps it *in flight* (counted by ``len``, ``paths`` and
+``oldest_age``) until the writer says ``done`` or ``requeue``s it. Otherwise a
+write hanging on a frozen server would read as "nothing pending, no lag".
+``writing`` times each MongoDB write itself, so a stall is seen while it lasts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
 import time
+from typing import Iterator
 
 
 class Pending:
@@ -17,6 +26,11 @@ class Pending:
         self._cond = threading.Condition()
         self._paths: dict[str, list[float]] = {}  # rel -> [first_seen, ready_at]
         self._full: float | None = None  # first_seen of a requested full reconcile
+        # Taken by the writer, not yet acknowledged: rel -> [first_seen, batches holding it].
+        self._inflight: dict[str, list] = {}
+        self._inflight_full: list[float] = []  # first_seen of each full reconcile being run
+        self._writes: dict[int, float] = {}  # MongoDB writes under way: token -> monotonic start
+        self._tokens = itertools.count(1)
         self._closed = False
 
     def mark(self, rel: str, delay: float = 0.0, first_seen: float | None = None) -> None:
@@ -72,27 +86,93 @@ class Pending:
                     del self._paths[rel]
                     if len(taken) >= limit and full is None:
                         break
+            self._hold(taken, full)
             return full, taken
 
+    def _hold(self, taken: dict[str, float], full: float | None) -> None:
+        for rel, first in taken.items():
+            entry = self._inflight.get(rel)
+            if entry is None:
+                self._inflight[rel] = [first, 1]
+            else:
+                entry[0] = min(entry[0], first)
+                entry[1] += 1
+        if full is not None:
+            self._inflight_full.append(full)
+
+    def hold(self, taken: dict[str, float], full: float | None = None) -> None:
+        """Count ``taken`` (and a full reconcile) as in flight: for a write that did
+        not come through ``take`` (a shim frame mirrored at once). End with ``done``."""
+        with self._cond:
+            self._hold(taken, full)
+
+    def done(self, taken: dict[str, float], full: float | None = None) -> None:
+        """The batch of ``take`` (or ``hold``) was acknowledged by MongoDB, or given up."""
+        with self._cond:
+            for rel in taken:
+                entry = self._inflight.get(rel)
+                if entry is None:
+                    continue
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._inflight[rel]
+            if full is not None:
+                try:
+                    self._inflight_full.remove(full)
+                except ValueError:
+                    pass
+
     def requeue(self, taken: dict[str, float], delay: float, full: float | None = None) -> None:
+        """Not acknowledged: back to the queue (with its first_seen), no longer in flight."""
         for rel, first in taken.items():
             self.mark(rel, delay, first)
         if full is not None:
             self.mark_full(full)
+        self.done(taken, full)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around one MongoDB write: ``write_age`` tells how long it has been under way."""
+        token = next(self._tokens)
+        with self._cond:
+            self._writes[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writes.pop(token, None)
+
+    def write_age(self) -> float:
+        """Seconds the oldest MongoDB write under way has been waiting (0: none)."""
+        with self._cond:
+            starts = list(self._writes.values())
+        return max(0.0, time.monotonic() - min(starts)) if starts else 0.0
 
     def __len__(self) -> int:
+        with self._cond:
+            queued = len(self._paths) + sum(1 for rel in self._inflight if rel not in self._paths)
+            return queued + (1 if self._full is not None or self._inflight_full else 0)
+
+    def queued(self) -> int:
+        """Work waiting behind the batch in flight (what ``len`` counts, minus it)."""
         with self._cond:
             return len(self._paths) + (1 if self._full is not None else 0)
 
     def paths(self) -> set[str]:
         with self._cond:
-            return set(self._paths)
+            return set(self._paths) | set(self._inflight)
+
+    def inflight(self) -> set[str]:
+        with self._cond:
+            return set(self._inflight)
 
     def oldest_age(self) -> float:
         with self._cond:
             firsts = [e[0] for e in self._paths.values()]
+            firsts.extend(e[0] for e in self._inflight.values())
             if self._full is not None:
                 firsts.append(self._full)
+            firsts.extend(self._inflight_full)
         return max(0.0, time.monotonic() - min(firsts)) if firsts else 0.0
 
     def close(self) -> None:

@@ -57,9 +57,10 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"ready": False, "reason": status.root_problem}, status=503)
     if status.lease_problem:
         return web.json_response({"ready": False, "reason": status.lease_problem}, status=503)
-    if status.ready and status.mongo_connected:
+    stalled = status.write_stalled() if status.ready else None
+    if status.ready and status.mongo_connected and stalled is None:
         return web.json_response({"ready": True})
-    reason = status.not_ready_reason() if not status.ready else "mongodb unreachable"
+    reason = status.not_ready_reason() if not status.ready else stalled or "mongodb unreachable"
     return web.json_response({"ready": False, "reason": reason}, status=503)
 
 

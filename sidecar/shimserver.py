@@ -1,8 +1,9 @@
 """The sidecar's end of the shim socket (wire format: shim/PROTOCOL.md).
 
 Standard library only and self-contained: the daemon plugs in an ``async``
-handler that mirrors one event and returns "written", "unchanged", "stale"
-or (async frames only) "queued".
+handler that mirrors one event and returns "written", "unchanged", "stale",
+"ignored" (the path matches the ignore rules: nothing stored, by
+configuration) or (async frames only) "queued".
 
     server = ShimServer(config.socket_path, handler)
     await server.start()
@@ -42,8 +43,12 @@ MAX_PATH = 4096
 _HASH_INLINE_MAX = 1024 * 1024
 # "queued": an async frame handed to the coalescing writer (never the reply to
 # a sync frame, which waits for the write).
-STATUSES = ("written", "unchanged", "stale", "queued")
+STATUSES = ("written", "unchanged", "stale", "queued", "ignored")
 DURABLE = ("written", "unchanged", "stale")  # the store holds this version or a newer one
+# What a sync writer may go on after: durable, or never to be stored ("ignored":
+# the path matches the ignore rules; an error would stall or fail the API's
+# write of, say, an atomic writer's temp file, which is not memory).
+OK = DURABLE + ("ignored",)
 
 _LEN = struct.Struct(">I")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
@@ -148,7 +153,7 @@ def parse_header(raw: bytes, max_body: int = MAX_BODY) -> dict[str, Any]:
 
 
 def encode_reply(status: str, error: str | None = None) -> bytes:
-    reply = {"ok": status in DURABLE, "status": status, "error": error}
+    reply = {"ok": status in OK, "status": status, "error": error}
     raw = json.dumps(reply, separators=(",", ":")).encode("utf-8")
     return _LEN.pack(len(raw)) + raw
 
@@ -158,7 +163,7 @@ class ShimServer:
 
     ``stats`` counts: connections, connections_rejected, frames (valid),
     bad_frames, replies, handler_errors, and one counter per status
-    (written, unchanged, stale, queued, error).
+    (written, unchanged, stale, queued, ignored, error).
     """
 
     def __init__(
@@ -194,6 +199,7 @@ class ShimServer:
                 "unchanged",
                 "stale",
                 "queued",
+                "ignored",
                 "error",
             ),
             0,

@@ -36,6 +36,9 @@ class Status:
                                       registry=r)
         self.pending = Gauge("sidecar_pending_changes", "Paths changed on disk but not yet mirrored", registry=r)
         self.lag = Gauge("sidecar_lag_seconds", "Age of the oldest unmirrored change", registry=r)
+        self.write_inflight = Gauge("sidecar_write_inflight_seconds",
+                                    "How long the oldest MongoDB write under way has been waiting (0: none)",
+                                    registry=r)
         self.mongo_up = Gauge("sidecar_mongo_up", "1 when MongoDB answered the last operation", registry=r)
         self.ready_gauge = Gauge("sidecar_ready", "1 when the daemon is ready", registry=r)
         self.divergences_held = Gauge("sidecar_divergences_held",
@@ -44,6 +47,9 @@ class Status:
         self.divergences_total = Counter("sidecar_divergences_total", "Divergences held, by reason",
                                          ["reason"], registry=r)
         self.shim_events = Counter("sidecar_shim_events_total", "Shim frames by outcome", ["status"], registry=r)
+        self.ignored_total = Counter("sidecar_ignored_total",
+                                     "Paths not mirrored because they match the ignore rules, by where they came in",
+                                     ["source"], registry=r)
         self.root_ok = Gauge("sidecar_root_ok", "1 when the data dir is a real directory being watched",
                              registry=r)
         self.root_ok.set(1)
@@ -65,6 +71,10 @@ class Status:
         self.stale_refused = 0
         # Set by the daemon: reads the pending queue live, so views are never stale.
         self.live_pending = None
+        # Set by the daemon: seconds the oldest MongoDB write under way has waited.
+        self.live_write_age = None
+        # /readyz is 503 while one write has waited longer than this (SIDECAR_WRITE_STALL_S).
+        self.write_stall_s: float | None = None
         # Set by the daemon: the held divergences (sidecar/divergence.py).
         self.divergences = None
         self.restore_progress: dict[str, int] | None = None
@@ -119,6 +129,10 @@ class Status:
         self.bulk_seconds.observe(seconds)
         self.last_sync_at = _now_iso()
 
+    def ignored(self, source: str) -> None:
+        """A path matching the ignore rules came in (watcher event, shim frame): dropped."""
+        self.ignored_total.labels(source=source).inc()
+
     def divergence(self, reason: str) -> None:
         self.divergences_total.labels(reason=reason).inc()
 
@@ -136,10 +150,23 @@ class Status:
         self.pending.set(count)
         self.lag.set(lag)
 
+    def write_age(self) -> float:
+        age = self.live_write_age() if self.live_write_age is not None else 0.0
+        self.write_inflight.set(age)
+        return age
+
+    def write_stalled(self) -> str | None:
+        """Why /readyz is 503 while a MongoDB write hangs (a frozen server), or None."""
+        age = self.write_age()
+        if self.write_stall_s is not None and age > self.write_stall_s:
+            return f"mongodb write stalled for {age:.1f} s"
+        return None
+
     # --- views -------------------------------------------------------------------
     def _refresh(self) -> None:
         if self.live_pending is not None:
             self.set_pending(*self.live_pending())
+        self.write_age()
 
     def metrics_text(self) -> bytes:
         self._refresh()
@@ -159,6 +186,7 @@ class Status:
             "lease_problem": self.lease_problem,
             "pending": int(self.pending._value.get()),
             "lag_seconds": round(float(self.lag._value.get()), 3),
+            "write_inflight_seconds": round(float(self.write_inflight._value.get()), 3),
             "last_sync_at": self.last_sync_at,
             "last_reconcile_at": self.last_reconcile_at,
             "restored_files": self.restored_files,

@@ -158,7 +158,8 @@ class Watcher(FileSystemEventHandler):
             rel = normalize(rel.replace(os.sep, "/"))
         except UnsafePath:
             return None
-        if is_ignored(rel, self.ignore) or is_ignored(rel + "/", self.ignore):
+        if is_ignored(rel, self.ignore):  # also tests rel + "/" and the directories above
+            self.status.ignored("watcher")
             return None
         return rel
 

@@ -187,3 +187,62 @@ def test_outage_between_a_write_and_its_events_loses_no_event(data_dir, running)
     assert db.memory_files.find_one({"_id": rel})["deleted_at"] is not None  # the write itself landed
     wait_for(lambda: db.memory_events.find_one({"event_type": "file_deleted_recorded", "path": rel}), 3,
              what="the deletion's event after MongoDB came back")
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_frozen_mongodb_write_is_pending_lags_and_stalls_readyz(restartable_server, data_dir, running):
+    """SIGSTOP the server while a write is on its way: the path stays pending (in
+    flight), lag grows, /readyz is 503 with the reason; SIGCONT: it converges, 200."""
+    import os
+    import signal
+
+    d = running(sidecar_write_stall_s=0.5)
+    db = d.daemon.store.db
+    (data_dir / "runs").mkdir()
+    (data_dir / "runs" / "run_warm.json").write_text(json.dumps({"run_id": "warm"}))
+    wait_for(lambda: db.memory_files.find_one({"_id": "runs/run_warm.json"}), 10, what="a write before the freeze")
+    wait_for(lambda: len(d.daemon.pending) == 0, 10, what="nothing pending before the freeze")
+    assert d.get("/readyz").status == 200
+    rel = "runs/run_frozen.json"
+    pid = restartable_server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        (data_dir / rel).write_text(json.dumps({"run_id": "frozen"}))
+        # Taken by the writer, its write hanging: still pending, everywhere it is reported.
+        wait_for(lambda: rel in d.daemon.pending.inflight(), 10, what="the batch in flight")
+        assert d.daemon.pending.paths() == {rel}  # what /parity counts as pending
+        seen: dict = {}
+
+        def stalled():
+            r = d.get("/readyz")
+            seen["readyz"] = r
+            return r.status == 503 and r.json()["reason"].startswith("mongodb write stalled for ")
+        wait_for(stalled, 10, 0.05, "/readyz 503 for the stalled write")
+        assert seen["readyz"].json()["ready"] is False
+        status = d.get("/memory/status").json()["sidecar"]
+        assert status["pending"] == 1 and status["lag_seconds"] > 0
+        assert status["write_inflight_seconds"] > 0.5
+        metrics = d.get("/metrics").body.decode()
+        assert _metric(metrics, "sidecar_pending_changes") == 1
+        assert _metric(metrics, "sidecar_write_inflight_seconds") > 0.5
+        lag = _metric(metrics, "sidecar_lag_seconds")
+        assert lag > 0
+        wait_for(lambda: d.get("/memory/status").json()["sidecar"]["lag_seconds"] > lag, 10, 0.05,
+                 "the lag to grow while the write hangs")
+        assert d.get("/memory/status").json()["sidecar"]["pending"] == 1
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: d.get("/readyz").status == 200, 30, 0.05, "/readyz back to 200 once the write completed")
+    wait_for(lambda: db.memory_files.find_one({"_id": rel, "content.run_id": "frozen"}), 30,
+             what="the frozen write mirrored")
+    wait_for(lambda: d.get("/memory/status").json()["sidecar"]["pending"] == 0, 30, 0.05, "nothing pending")
+    status = d.get("/memory/status").json()["sidecar"]
+    assert status["write_inflight_seconds"] == 0 and status["lag_seconds"] == 0
+    assert _metric(d.get("/metrics").body.decode(), "sidecar_write_inflight_seconds") == 0
+    d.wait_parity(20)

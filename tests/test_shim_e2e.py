@@ -68,7 +68,10 @@ print("ok")
 
 def api_env(data_dir, socket_path, mode, **extra):
     env = dict(os.environ)
-    env.update(PYTHONPATH=str(ACTIVATE), RUNTIME_DATA_DIR=str(data_dir), SIDECAR_SOCKET=str(socket_path),
+    # The activation dir, then the shim package's parent, as the deployments do
+    # (docker-compose.yml, deploy/): a checkout other than the one an editable
+    # install points at (a git worktree) must load its own shim, not that one.
+    env.update(PYTHONPATH=f"{ACTIVATE}:{ROOT}", RUNTIME_DATA_DIR=str(data_dir), SIDECAR_SOCKET=str(socket_path),
                SIDECAR_SHIM=mode, **extra)
     return env
 

@@ -351,16 +351,16 @@ def test_atomic_writer_from_outside_reports_the_destination(fake, move):
     assert rec.events[0].data == b'{"final": true}'
 
 
-def test_atomic_writer_inside_reports_tmp_write_then_destination_and_tmp_delete(fake):
+def test_atomic_writer_inside_reports_the_destination_never_the_tmp(fake):
+    # The temp file matches the built-in ignore globs (*.tmp): neither its write
+    # nor its move away is reported; both are counted as ignored.
     rec = start()
     with open(f"{DATA}/.snapshot.json.tmp", "w") as f:
         f.write("v2")
     os.replace(f"{DATA}/.snapshot.json.tmp", f"{DATA}/snapshot.json")
-    assert rec.summary == [
-        ("write", ".snapshot.json.tmp"),
-        ("write", "snapshot.json"),
-        ("delete", ".snapshot.json.tmp"),
-    ]
+    assert rec.summary == [("write", "snapshot.json")]
+    assert rec.events[0].data == b"v2"
+    assert shim.stats()["ignored"] == 2
 
 
 def test_moving_out_of_the_dir_is_a_delete(fake):

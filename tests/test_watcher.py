@@ -332,8 +332,10 @@ def test_pending_coalesces_a_burst_into_one_entry():
     assert len(p) == 1
     full, taken = p.take(timeout=1)
     assert full is None and list(taken) == ["structured_hubs/a.json"]
-    assert len(p) == 0
+    assert len(p) == 1  # in flight: pending until the writer says it is done
     assert p.take(timeout=0) == (None, {})
+    p.done(taken)
+    assert len(p) == 0
 
 
 def test_pending_delay_is_honoured_by_take():
@@ -344,6 +346,8 @@ def test_pending_delay_is_honoured_by_take():
     assert list(taken) == ["now.json"]
     # Not ready within a short timeout: take returns empty rather than early.
     assert p.take(timeout=0.05) == (None, {})
+    assert p.paths() == {"later.json", "now.json"}  # queued, and in flight
+    p.done(taken)
     assert p.paths() == {"later.json"}
     # ignore_delay (shutdown's final flush) takes it regardless.
     _, taken = p.take(timeout=0, ignore_delay=True)
@@ -386,12 +390,16 @@ def test_pending_limit_and_full_reconcile():
     for i in range(5):
         p.mark(f"f{i}.json")
     _, taken = p.take(timeout=1, limit=2)
-    assert len(taken) == 2 and len(p) == 3
+    assert len(taken) == 2 and len(p) == 5 and p.queued() == 3
+    p.done(taken)
+    assert len(p) == 3
     p.mark("late.json", delay=3600)
     p.mark_full()
     full, taken = p.take(timeout=1, limit=1)
     assert full is not None
     assert set(taken) == {"f2.json", "f3.json", "f4.json", "late.json"}  # a full pass takes everything
+    assert p.queued() == 0 and len(p) == 5  # four paths and the full pass, in flight
+    p.done(taken, full)
     assert len(p) == 0
 
 
@@ -418,10 +426,52 @@ def test_pending_oldest_age():
     p.mark("young.json")
     p.mark("old.json", first_seen=time.monotonic() - 100)
     assert 100 <= p.oldest_age() < 1000
-    p.take(timeout=1)
+    _, taken = p.take(timeout=1)
+    assert 100 <= p.oldest_age() < 1000  # in flight: still lagging
+    p.done(taken)
     assert p.oldest_age() == 0.0
     p.mark_full(first_seen=time.monotonic() - 50)
     assert 50 <= p.oldest_age() < 1000
+
+
+def test_pending_counts_a_batch_in_flight_until_done_or_requeued():
+    p = Pending()
+    first = time.monotonic() - 30
+    p.mark("a.json", first_seen=first)
+    p.mark("b.json")
+    _, taken = p.take(timeout=1)
+    assert set(taken) == {"a.json", "b.json"}
+    assert len(p) == 2 and p.queued() == 0 and p.inflight() == {"a.json", "b.json"}
+    assert p.oldest_age() >= 30
+    p.mark("a.json")  # written again while its batch is in flight: still one path
+    assert len(p) == 2 and p.queued() == 1
+    p.requeue(taken, 0.0)  # not acknowledged: queued again, no longer in flight
+    assert p.inflight() == set() and len(p) == 2 and p.oldest_age() >= 30
+    _, taken = p.take(timeout=1)
+    assert taken["a.json"] == first
+    # A shim frame mirrored at once is held the same way.
+    p.hold({"c.json": time.monotonic()})
+    assert p.paths() == {"a.json", "b.json", "c.json"}
+    p.done({"c.json": 0.0})
+    p.done(taken)
+    assert len(p) == 0 and p.paths() == set() and p.oldest_age() == 0.0
+    # A full reconcile being run counts as one entry, with its own age.
+    p.mark_full(first_seen=time.monotonic() - 50)
+    full, taken = p.take(timeout=1)
+    assert len(p) == 1 and p.oldest_age() >= 50
+    p.done(taken, full)
+    assert len(p) == 0
+
+
+def test_pending_times_the_writes_under_way():
+    p = Pending()
+    assert p.write_age() == 0.0
+    with p.writing():
+        wait_for(lambda: p.write_age() > 0, 5, 0.001, "the write's clock to run")
+        with p.writing():
+            first = p.write_age()
+        assert p.write_age() >= first  # the oldest write under way counts
+    assert p.write_age() == 0.0
 
 
 def test_pending_close_unblocks_take():
