@@ -228,7 +228,9 @@ def diff_plan(
     prev_file = state.files.get(plan.rel)
     changed = prev_file is None or prev_file.deleted or prev_file.sha256 != plan.sha256
     if changed and plan.kind.structured and prev_file is not None and not prev_file.deleted and (
-            prev_file.fmt == plan.fmt and prev_file.doc_id == (plan.doc_id or plan.hub_type)):
+            prev_file.fmt == plan.fmt and prev_file.doc_id == (plan.doc_id or plan.hub_type)
+            # a manifest keeping the file's bytes (stored raw) holds content: rewritten
+            and plan.raw is None and prev_file.content_sha is None):
         # A structured file's manifest only says where its documents are and how
         # to format them; its content lives in the entity documents. Rewriting it
         # on every edit would double the writes of the continuous mirror, so only
