@@ -26,6 +26,10 @@ Stored raw (nothing the legacy writer or anyone else wrote is lost):
     bytes in its manifest's ``raw`` with ``docs_hash``, the hash of the
     documents they go with; restore writes them while the documents still
     have that hash (else it renders the documents: MongoDB moved on).
+  - an episode file that is not its run's canonical file
+    (``episodes/skeleton_<run_id>.json`` for the run_id its content names) is
+    a generic file (kind ``episode_copy``): the run's ``episodic_memory``
+    document belongs to the canonical file only.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 
 import bson
 
-from .classify import Kind, classify, hub_type_of, run_id_from_name
+from .classify import Kind, classify, episode_path, hub_type_of, run_id_from_name
 from .parse import (
     MAX_DOC_BYTES,
     BadInput,
@@ -384,6 +388,16 @@ def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset(),
     elif kind in (Kind.SNAPSHOT, Kind.EPISODE):
         value = _object(loads(read.data), f"{kind.value} file")
         obj = redact(value, redact_keys)
+        if kind is Kind.EPISODE:
+            run_id = str(obj.get("run_id") or run_id_from_name(read.rel))
+            if read.rel != episode_path(run_id):
+                # Not its run's canonical file (a backup copy, or a name that says
+                # another run): the run's document belongs to the canonical file;
+                # this one is kept as a generic file. A pure function of path and
+                # content, so every path in (watch, shim, sync) agrees.
+                plan.kind = Kind.EPISODE_COPY
+                _plan_generic(plan, read, redact_keys, detect, value)
+                return plan
         try:
             validate(obj, strings)
         except BadInput as exc:
@@ -399,7 +413,7 @@ def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset(),
         if kind is Kind.SNAPSHOT:
             plan.doc_id = plan.doc_hash
         else:
-            plan.doc_id = str(obj.get("run_id") or run_id_from_name(read.rel))
+            plan.doc_id = run_id
     else:
         _plan_generic(plan, read, redact_keys, detect)
     return plan

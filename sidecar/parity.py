@@ -19,7 +19,8 @@ from .reconcile import SourceView
 from .store import Store
 
 SAMPLE = 20  # keys listed per category; counts are always complete
-GENERIC_KINDS = [Kind.RUN.value, Kind.JOBS.value, Kind.OTHER.value]
+# An episode file that is not its run's canonical file is a generic file too.
+GENERIC_KINDS = [Kind.RUN.value, Kind.JOBS.value, Kind.OTHER.value, Kind.EPISODE_COPY.value]
 
 
 def checksum(pairs: dict[str, Any]) -> str:
