@@ -226,6 +226,17 @@ def diff_plan(
                 Op(EPISODES, action, plan.doc_id, plan.version, doc, before=before, after=plan.doc_hash)
             )
     prev_file = state.files.get(plan.rel)
+    if plan.kind is Kind.EPISODE_COPY and prev_file is not None and not prev_file.deleted and (
+            prev_file.kind == Kind.EPISODE.value and prev_file.doc_id in state.episodes
+            and not _live(state, episode_path(prev_file.doc_id))):
+        # Mirrored before run_id collisions were told apart, this copy was recorded
+        # as its run's owner, and no canonical file claims the document: its content
+        # now lives in the copy's manifest, so the document leaves (tombstoned, like
+        # every removal) rather than restore writing a canonical file that never
+        # existed. (A canonical file mirrored in the same batch wins: its write
+        # changes the document, and the store then refuses this delete as stale.)
+        ops.append(Op(EPISODES, "delete", prev_file.doc_id, plan.version,
+                      before=unpack_hash(state.episodes[prev_file.doc_id][0])))
     changed = prev_file is None or prev_file.deleted or prev_file.sha256 != plan.sha256 or (
         prev_file.kind != plan.kind.value)  # e.g. an episode file now known as a copy
     if changed and plan.kind.structured and prev_file is not None and not prev_file.deleted and (

@@ -155,6 +155,25 @@ def test_copy_mirrored_as_the_owner_before_is_taken_back(data_dir, config, store
     owner_is_canonical(db, config.sidecar_files_collection)
 
 
+def test_copy_recorded_as_the_only_owner_before_gives_its_document_up(data_dir, config, store, db, tmp_path):
+    """As above, with no canonical file: the run's document (the copy's content)
+    leaves episodic_memory for a tombstone, so restore does not invent
+    skeleton_r1.json; the copy's manifest holds the content."""
+    legacy_write(data_dir, BACKUP, episode("r1", "backup"))
+    synced(config, store)
+    files = db[config.sidecar_files_collection]
+    files.update_one({"_id": BACKUP}, {"$set": {"kind": "episode", "doc_id": "r1", "encoding": "structured"},
+                                       "$unset": {"content": ""}})
+    db.episodic_memory.insert_one(dict(episode("r1", "backup"), _id="r1", _sidecar={
+        "path": BACKUP, "hash": "0" * 64, "version": 1, "source": "sync",
+        "fields": list(episode("r1", "backup"))}))
+    report = synced(config, store)
+    assert report["writes"]["episodes_deleted"] == 1
+    assert db.episodic_memory.count_documents({}) == 0
+    assert db.memory_tombstones.count_documents({"coll": "episodic_memory", "doc_id": "r1"}) == 1
+    settled(config, store, data_dir, tmp_path / "restored")
+
+
 def test_daemon_keeps_colliding_files_apart(data_dir, running, db, tmp_path):
     d = running()
     files_coll = d.config.sidecar_files_collection
