@@ -21,6 +21,10 @@ class Kind(str, enum.Enum):
     RUN = "run"
     JOBS = "scheduled_jobs"
     OTHER = "other"
+    # Never returned by ``classify`` (the path alone cannot tell): an episode file
+    # that is not its run's canonical file (``model.build_plan`` decides from the
+    # content's run_id), kept as a generic file.
+    EPISODE_COPY = "episode_copy"
 
     @property
     def structured(self) -> bool:

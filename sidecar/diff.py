@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .classify import Kind
+from .classify import Kind, episode_path
 from .model import (
     EPISODES,
     HUBS,
@@ -231,9 +231,24 @@ def diff_plan(
                 Op(EPISODES, action, plan.doc_id, plan.version, doc, before=before, after=plan.doc_hash)
             )
     prev_file = state.files.get(plan.rel)
-    changed = prev_file is None or prev_file.deleted or prev_file.sha256 != plan.sha256
+    if plan.kind is Kind.EPISODE_COPY and prev_file is not None and not prev_file.deleted and (
+            prev_file.kind == Kind.EPISODE.value and prev_file.doc_id in state.episodes
+            and not _live(state, episode_path(prev_file.doc_id))):
+        # Mirrored before run_id collisions were told apart, this copy was recorded
+        # as its run's owner, and no canonical file claims the document: its content
+        # now lives in the copy's manifest, so the document leaves (tombstoned, like
+        # every removal) rather than restore writing a canonical file that never
+        # existed. (A canonical file mirrored in the same batch wins: its write
+        # changes the document, and the store then refuses this delete as stale.)
+        ops.append(Op(EPISODES, "delete", prev_file.doc_id, plan.version,
+                      before=unpack_hash(state.episodes[prev_file.doc_id][0])))
+    changed = prev_file is None or prev_file.deleted or prev_file.sha256 != plan.sha256 or (
+        prev_file.kind != plan.kind.value)  # e.g. an episode file now known as a copy
     if changed and plan.kind.structured and prev_file is not None and not prev_file.deleted and (
-            prev_file.fmt == plan.fmt and prev_file.doc_id == (plan.doc_id or plan.hub_type)):
+            prev_file.kind == plan.kind.value
+            and prev_file.fmt == plan.fmt and prev_file.doc_id == (plan.doc_id or plan.hub_type)
+            # a manifest keeping the file's bytes (stored raw) holds content: rewritten
+            and plan.raw is None and prev_file.content_sha is None):
         # A structured file's manifest only says where its documents are and how
         # to format them; its content lives in the entity documents. Rewriting it
         # on every edit would double the writes of the continuous mirror, so only
@@ -341,12 +356,20 @@ def deletion_ops(rel: str, state: MirrorState, propagate: bool, version: int) ->
     if prev.kind == Kind.HUB.value and prev.doc_id:
         for key, hs in state.hubs.get(prev.doc_id, {}).items():
             ops.append(Op(HUBS, "delete", hub_id(prev.doc_id, key), version, before=hs.hash, rel=rel))
-    elif prev.kind == Kind.EPISODE.value and prev.doc_id in state.episodes:
+    elif prev.kind == Kind.EPISODE.value and prev.doc_id in state.episodes and (
+            rel == episode_path(prev.doc_id) or not _live(state, episode_path(prev.doc_id))):
+        # The run's document belongs to its canonical file: a file mirrored before
+        # run_id collisions were told apart may still be recorded as its owner.
         ops.append(Op(EPISODES, "delete", prev.doc_id, version,
                       before=unpack_hash(state.episodes[prev.doc_id][0]), rel=rel))
     # Snapshot history is kept: each document is a point in time, not the file.
     ops.append(Op(FILES, "delete", rel, version, before=prev.sha256, rel=rel))
     return ops
+
+
+def _live(state: MirrorState, rel: str) -> bool:
+    fs = state.files.get(rel)
+    return fs is not None and not fs.deleted
 
 
 def summarize(ops: list[Op]) -> dict[str, Any]:

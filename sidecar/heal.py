@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .classify import hub_type_of
-from .model import HUBS
+from .model import HUBS, entry_value
 from .parse import DEFAULT_FORMAT, detect_format, render
 from .source import _FILE_FLAGS, FileRead, SourceError, _open_parent, sha256_hex
 from .store import Store
@@ -101,14 +101,15 @@ class Healer:
     def _mongo_entries(self, hub_type: str) -> list[tuple[Any, str, Any]]:
         """(position, key, payload) of MongoDB's entries; foreign types tolerated."""
         out = []
-        for doc in self.store.find(HUBS, {"hub_type": hub_type}, {"item_key": 1, "payload": 1, "_sidecar.pos": 1}):
+        for doc in self.store.find(HUBS, {"hub_type": hub_type},
+                                   {"item_key": 1, "payload": 1, "_sidecar.pos": 1, "_sidecar.raw": 1}):
             key = doc.get("item_key")
             if not isinstance(key, str):
                 continue
             meta = doc.get("_sidecar")
             pos = meta.get("pos") if isinstance(meta, dict) else None
             out.append((pos if isinstance(pos, int) and not isinstance(pos, bool) else None, key,
-                        doc.get("payload")))
+                        entry_value(doc)))  # the payload, or the value kept raw
         return out
 
     def heal_hub(self, rel: str, fmt: dict | None = None, late: dict[str, Any] | None = None,

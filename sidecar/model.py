@@ -14,30 +14,50 @@ Collections (DESIGN §3):
 Every document the sidecar writes carries ``_sidecar``: source path, content
 hash, the source version (file mtime_ns) that guards against regressions, and
 what restore needs (entry position, the file's own field order).
+
+Stored raw (nothing the legacy writer or anyone else wrote is lost):
+  - a hub entry, episode or snapshot whose value BSON cannot hold (an int past
+    int64, a ``$``/``.``/NUL key, nesting past MAX_DEPTH, a lone surrogate)
+    keeps the value's canonical JSON as bytes in ``_sidecar.raw`` (reason in
+    ``_sidecar.stored_raw``); a hub entry's ``payload`` is then null, an
+    episode/snapshot keeps the top-level fields that BSON can hold.
+  - a file whose layout cannot be reproduced from its values (not written by
+    json.dumps: ``1e400``, ``1E5``, odd spacing, duplicate keys...) keeps its
+    bytes in its manifest's ``raw`` with ``docs_hash``, the hash of the
+    documents they go with; restore writes them while the documents still
+    have that hash (else it renders the documents: MongoDB moved on).
+  - an episode file that is not its run's canonical file
+    (``episodes/skeleton_<run_id>.json`` for the run_id its content names) is
+    a generic file (kind ``episode_copy``): the run's ``episodic_memory``
+    document belongs to the canonical file only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import bson
 
-from .classify import Kind, classify, hub_type_of, run_id_from_name
+from .classify import Kind, classify, episode_path, hub_type_of, run_id_from_name
 from .parse import (
     MAX_DOC_BYTES,
     BadInput,
     canonical,
     detect_format,
     loads,
+    may_hold_surrogates,
     render,
     validate,
     value_hash,
 )
 from .source import FileRead
+
+log = logging.getLogger("sidecar.model")
 
 HUBS = "memory_hubs"
 SNAPSHOTS = "runtime_snapshots"
@@ -48,6 +68,9 @@ META = "memory_sidecar_meta"  # the writer lease (sidecar/lease.py)
 REDACTED = "***REDACTED***"
 # Generic content larger than this goes to GridFS rather than inline.
 INLINE_MAX_BYTES = 8 * 1024 * 1024
+# What ``validate`` refuses that is kept verbatim (stored raw) rather than refused.
+RAW_REASONS = frozenset({"bad_key", "int_overflow", "too_deep", "bad_string"})
+LAYOUT = "layout"  # the stored_raw reason of a file whose bytes the manifest keeps
 
 
 class HubEntry:
@@ -58,15 +81,17 @@ class HubEntry:
     only changed entries are ever written, so the other values are not needed
     (and are not kept in memory between versions)."""
 
-    __slots__ = ("key", "_value", "hash", "_raw", "_redact")
+    __slots__ = ("key", "_value", "hash", "_raw", "_redact", "stored_raw")
 
     def __init__(self, key: str, value: Any, hash: str, raw: bytes | None = None,
-                 redact_keys: frozenset[str] = frozenset()) -> None:
+                 redact_keys: frozenset[str] = frozenset(), stored_raw: str | None = None) -> None:
         self.key = key
         self._value = value
         self.hash = hash
         self._raw = raw  # the entry's bytes from after its key's opening quote (see _entry_bytes)
         self._redact = redact_keys
+        # Why the value is kept as JSON bytes (BSON cannot hold it), or None.
+        self.stored_raw = stored_raw
 
     @property
     def value(self) -> Any:
@@ -77,7 +102,9 @@ class HubEntry:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HubEntry):
             return NotImplemented
-        return (self.key, self.hash, self.value) == (other.key, other.hash, other.value)
+        # canonical, not ==: NaN != NaN, and the same value must compare equal
+        return (self.key, self.hash, self.stored_raw, canonical(self.value)) == (
+            other.key, other.hash, other.stored_raw, canonical(other.value))
 
     __hash__ = None
 
@@ -102,15 +129,34 @@ class FilePlan:
     # generic files
     encoding: str = "structured"  # structured | json | bytes | gridfs
     content: Any = None
+    # Generic files: the bytes kept verbatim. Structured files: the file's bytes
+    # when its layout cannot be rebuilt from the documents (see ``docs_hash``).
     raw: bytes | None = None
+    docs_hash: str | None = None  # structured + raw: the hash of the documents the bytes go with
+    stored_raw: str | None = None  # episode/snapshot/generic: why (part of) it is kept verbatim
 
     @property
-    def content_hash(self) -> str:
+    def content_hash(self) -> str | None:
         """What parity compares for a generic file: the bytes' sha256 when they are
-        stored verbatim, else the hash of the (possibly redacted) JSON content."""
+        stored verbatim, else the hash of the (possibly redacted) JSON content.
+        A structured file: the sha256 of the bytes its manifest keeps, or None."""
+        if self.kind.structured:
+            return self.sha256 if self.raw is not None else None
         if self.encoding == "json" and self.raw is None:
             return value_hash(self.content)
         return self.sha256
+
+    def raw_items(self) -> list[dict[str, str]]:
+        """What is stored raw: path, key (hub entries), reason. Never a value."""
+        out = []
+        if self.raw is not None and self.kind.structured:
+            out.append({"path": self.rel, "reason": LAYOUT})
+        if self.stored_raw is not None:
+            out.append({"path": self.rel, "reason": self.stored_raw})
+        for e in self.entries:
+            if e.stored_raw is not None:
+                out.append({"path": self.rel, "key": e.key, "reason": e.stored_raw})
+        return out
 
 
 def redact(value: Any, keys: frozenset[str]) -> Any:
@@ -137,14 +183,56 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 _BSON_CHECK_FROM = MAX_DOC_BYTES // 10
 
 
-def _hash_checked(value: Any) -> str:
-    """Content hash of a value that must fit in one BSON document (else BadInput)."""
+def _hash_checked(value: Any, raw: bool = False) -> str:
+    """Content hash of a value that must fit in one BSON document (else BadInput).
+    ``raw``: the value is to be kept as its canonical JSON bytes (stored raw)."""
     canon = canonical(value)
     if len(canon) > MAX_DOC_BYTES or (
-        len(canon) > _BSON_CHECK_FROM and len(bson.encode({"v": value})) > MAX_DOC_BYTES
+        not raw and len(canon) > _BSON_CHECK_FROM and len(bson.encode({"v": value})) > MAX_DOC_BYTES
     ):
         raise BadInput("too_large", "content too large for one 16 MB BSON document")
     return hashlib.sha256(canon).hexdigest()
+
+
+def _checked_entry(key: str, val: Any, strings: bool) -> tuple[str, str | None]:
+    """(hash, stored_raw reason or None) of one hub entry's value; BadInput when
+    it cannot be mirrored at all (too large)."""
+    try:
+        validate(val, strings)
+    except BadInput as exc:
+        if exc.reason not in RAW_REASONS:
+            raise
+        return _hash_checked(val, raw=True), exc.reason
+    return _hash_checked(val), None
+
+
+def decode_raw(raw: Any) -> Any:
+    """A value stored raw (its canonical JSON bytes). ValueError when it is not."""
+    if not isinstance(raw, bytes):
+        raise ValueError("not stored raw")
+    return json.loads(raw.decode("utf-8", "surrogatepass"))
+
+
+def entry_value(doc: dict) -> Any:
+    """A hub document's value: its payload, or what it keeps raw (payload null).
+    A raw field that does not decode (written by someone else) is ignored."""
+    payload = doc.get("payload")
+    meta = doc.get("_sidecar")
+    if payload is None and isinstance(meta, dict) and meta.get("raw") is not None:
+        try:
+            return decode_raw(meta["raw"])
+        except (ValueError, RecursionError):
+            return None
+    return payload
+
+
+def hubs_hash(pairs: Any) -> str:
+    """One hash over a hub's entries in file order ((key, value hash) pairs): what a
+    raw-layout manifest's ``docs_hash`` is for a hub."""
+    h = hashlib.sha256()
+    for key, entry_hash in pairs:
+        h.update(f"{key}\t{entry_hash}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 class HubMemo:
@@ -203,7 +291,7 @@ class HubMemo:
             # (not one key, not JSON, not this layout) goes to the full path,
             # which gives the proper error.
             try:
-                obj = json.loads(b'{"' + part + b"}", parse_constant=_no_constant)
+                obj = json.loads(b'{"' + part + b"}")
             except (ValueError, RecursionError):
                 return False
             if len(obj) != 1:
@@ -213,8 +301,8 @@ class HubMemo:
                 return False
             val = redact(raw_val, redact_keys)
             try:
-                validate(val)
-                fresh.append(HubEntry(key, None, _hash_checked(val), part, redact_keys))
+                entry_hash, why = _checked_entry(key, val, may_hold_surrogates(part))
+                fresh.append(HubEntry(key, None, entry_hash, part, redact_keys, why))
             except BadInput as exc:
                 fresh.append((key, exc))
         items = old_items[:i] + fresh + old_items[m - j:]
@@ -236,17 +324,13 @@ class HubMemo:
         if parts is None or len(parts) != len(value):
             self._files.pop(plan.rel, None)
             return
-        hashes = {e.key: e.hash for e in plan.entries}
+        known = {e.key: e for e in plan.entries}
         items: list[Any] = [
-            HubEntry(key, None, hashes[key], part, redact_keys) if key in hashes
+            HubEntry(key, None, known[key].hash, part, redact_keys, known[key].stored_raw) if key in known
             else (key, plan.entry_errors[key])
             for key, part in zip(value, parts)
         ]
         self._files[plan.rel] = (fmt, parts, items)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(name)  # NaN/Infinity: the full path reports it
 
 
 def _entry_head(indent: int) -> bytes:
@@ -274,52 +358,79 @@ def build_plan(read: FileRead, redact_keys: frozenset[str] = frozenset(),
     """Parse and validate one file. Raises BadInput when nothing may be mirrored.
 
     ``known_fmt``: the format recorded when these very bytes were mirrored
-    (same sha256), which spares re-detecting it on every reconcile.
+    (same sha256), which spares re-detecting it on every reconcile. (Values are
+    still validated: that decides what is stored raw.)
     ``memo``: per-entry knowledge of earlier versions of hub files (HubMemo).
     ``version``: the read's place in the sidecar's order of reads (sidecar/clock.py);
     the mtime only stands in where no clock is at hand (unit tests)."""
     kind = classify(read.rel)
     plan = FilePlan(read.rel, kind, read.sha256, read.size, read.mtime_ns if version is None else version)
     detect = (lambda value, data: known_fmt) if known_fmt is not None else detect_format
-    # The very same bytes passed validation when they were mirrored.
-    check = (lambda value: None) if known_fmt is not None else validate
+    strings = may_hold_surrogates(read.data)
     if kind is Kind.HUB:
         plan.hub_type = hub_type_of(read.rel)
         if memo is not None and memo.plan_entries(plan, read.data, redact_keys):
             return plan
         value = _object(loads(read.data), "a hub file")
+        redacted = False
         for key, raw_val in value.items():
             val = redact(raw_val, redact_keys)
+            redacted = redacted or (val is not raw_val and canonical(val) != canonical(raw_val))
             try:
-                check(val)
-                entry_hash = _hash_checked(val)
+                entry_hash, why = _checked_entry(key, val, strings)
             except BadInput as exc:
                 plan.entry_errors[key] = exc
                 continue
-            plan.entries.append(HubEntry(key, val, entry_hash))
+            plan.entries.append(HubEntry(key, val, entry_hash, stored_raw=why))
         plan.fmt = detect(value, read.data)
+        if plan.fmt is None and not redacted:
+            # Not a layout the documents can be rendered back into: keep the bytes.
+            plan.raw = read.data
+            plan.docs_hash = hubs_hash((e.key, e.hash) for e in plan.entries)
         if memo is not None:
             memo.learn(plan, value, read.data, redact_keys)
     elif kind in (Kind.SNAPSHOT, Kind.EPISODE):
         value = _object(loads(read.data), f"{kind.value} file")
         obj = redact(value, redact_keys)
-        check(obj)
-        plan.doc_hash = _hash_checked(obj)
+        if kind is Kind.EPISODE:
+            run_id = str(obj.get("run_id") or run_id_from_name(read.rel))
+            if read.rel != episode_path(run_id):
+                # Not its run's canonical file (a backup copy, or a name that says
+                # another run): the run's document belongs to the canonical file;
+                # this one is kept as a generic file. A pure function of path and
+                # content, so every path in (watch, shim, sync) agrees.
+                plan.kind = Kind.EPISODE_COPY
+                _plan_generic(plan, read, redact_keys, detect, value)
+                return plan
+        try:
+            validate(obj, strings)
+        except BadInput as exc:
+            if exc.reason not in RAW_REASONS:
+                raise
+            plan.stored_raw = exc.reason
+        plan.doc_hash = _hash_checked(obj, raw=plan.stored_raw is not None)
         plan.obj = obj
         plan.fmt = detect(value, read.data)
+        if plan.fmt is None and canonical(obj) == canonical(value):
+            plan.raw = read.data  # (not when redacted: the bytes would carry the secret)
+            plan.docs_hash = plan.doc_hash
         if kind is Kind.SNAPSHOT:
             plan.doc_id = plan.doc_hash
         else:
-            plan.doc_id = str(obj.get("run_id") or run_id_from_name(read.rel))
+            plan.doc_id = run_id
     else:
         _plan_generic(plan, read, redact_keys, detect)
     return plan
 
 
-def _plan_generic(plan: FilePlan, read: FileRead, redact_keys: frozenset[str], detect=None) -> None:
+_UNPARSED = object()
+
+
+def _plan_generic(plan: FilePlan, read: FileRead, redact_keys: frozenset[str], detect=None,
+                  value: Any = _UNPARSED) -> None:
     detect = detect or detect_format
     if read.size > INLINE_MAX_BYTES:
-        if read.rel.endswith(".json"):
+        if read.rel.endswith(".json") and value is _UNPARSED:
             loads(read.data)  # a half-written big JSON file must not replace a good one
         plan.encoding = "gridfs"
         plan.raw = read.data
@@ -328,21 +439,24 @@ def _plan_generic(plan: FilePlan, read: FileRead, redact_keys: frozenset[str], d
         plan.encoding = "bytes"
         plan.raw = read.data
         return
-    value = loads(read.data)  # empty / truncated JSON is bad input, never mirrored
+    if value is _UNPARSED:
+        value = loads(read.data)  # empty / truncated JSON is bad input, never mirrored
     try:
-        validate(value)
-    except BadInput:
+        validate(value, may_hold_surrogates(read.data))
+    except BadInput as exc:
         # Valid JSON that BSON cannot hold as-is: keep it verbatim, nothing lost.
         plan.encoding = "bytes"
         plan.raw = read.data
+        plan.stored_raw = exc.reason
         return
     plan.encoding = "json"
     plan.fmt = detect(value, read.data)
     plan.content = redact(value, redact_keys)
-    if plan.content != value:
+    if plan.content is not value and canonical(plan.content) != canonical(value):
         plan.raw = None  # redacted: the verbatim bytes would carry the secret
     elif plan.fmt is None:
         plan.raw = read.data  # JSON, but not a layout we can reproduce byte for byte
+        plan.stored_raw = LAYOUT
 
 
 # --- documents ---------------------------------------------------------------
@@ -368,12 +482,13 @@ def hub_id(hub_type: str, key: str) -> str:
 
 
 def hub_doc(plan: FilePlan, entry: HubEntry, pos: int, source: str, now: datetime) -> dict:
-    return {
+    value = entry.value
+    doc = {
         "_id": hub_id(plan.hub_type, entry.key),
         "hub_type": plan.hub_type,
         "item_key": entry.key,
         "learner_id": entry.key,
-        "payload": entry.value,
+        "payload": None if entry.stored_raw else value,
         "updated_at": now.isoformat(),
         "_sidecar": {
             "path": plan.rel,
@@ -383,6 +498,10 @@ def hub_doc(plan: FilePlan, entry: HubEntry, pos: int, source: str, now: datetim
             "source": source,
         },
     }
+    if entry.stored_raw:
+        # BSON cannot hold the value: its canonical JSON (what the hash is of).
+        doc["_sidecar"].update(raw=canonical(value), stored_raw=entry.stored_raw)
+    return doc
 
 
 # Fields of ours that a file's own top-level object may also use: the file's
@@ -393,7 +512,20 @@ _RESERVED = ("_id", "_sidecar")
 def _own_fields(plan: FilePlan) -> tuple[dict[str, Any], dict[str, Any]]:
     orig = {k: plan.obj[k] for k in _RESERVED if k in plan.obj}
     fields = {k: v for k, v in plan.obj.items() if k not in orig}
+    if plan.stored_raw:
+        # The whole object is in _sidecar.raw; the document keeps (queryable) the
+        # top-level fields BSON can hold.
+        fields = {k: v for k, v in fields.items() if _storable({k: v})}
+        orig = {}
     return fields, orig
+
+
+def _storable(value: Any) -> bool:
+    try:
+        validate(value, True)
+    except BadInput:
+        return False
+    return True
 
 
 def snapshot_doc(plan: FilePlan, source: str, now: datetime) -> dict:
@@ -413,7 +545,7 @@ def episode_doc(plan: FilePlan, source: str, now: datetime) -> dict:
     doc.update(fields)
     if doc.get("run_id") != plan.doc_id:
         # Mentorix reads episodes by a string run_id; keep the file's own value aside.
-        if "run_id" in doc:
+        if "run_id" in doc and not plan.stored_raw:
             orig["run_id"] = doc["run_id"]
         doc["run_id"] = plan.doc_id
     doc.setdefault("updated_at", now.isoformat())
@@ -428,10 +560,12 @@ def _meta(plan: FilePlan, source: str, orig: dict[str, Any]) -> dict:
         "hash": plan.doc_hash,
         "version": plan.version,
         "source": source,
-        "fields": list(plan.obj),
+        "fields": [k for k in plan.obj if _storable(k)] if plan.stored_raw else list(plan.obj),
     }
     if orig:
         meta["orig"] = orig
+    if plan.stored_raw:
+        meta.update(raw=canonical(plan.obj), stored_raw=plan.stored_raw)
     return meta
 
 
@@ -456,6 +590,10 @@ def manifest_doc(plan: FilePlan, source: str, now: datetime, blob_id: Any = None
         doc["hub_type"] = plan.hub_type
     elif plan.kind.structured:
         doc["doc_id"] = plan.doc_id
+    if plan.kind.structured:
+        if plan.raw is not None:
+            doc["raw"] = plan.raw
+            doc["docs_hash"] = plan.docs_hash
     elif plan.encoding == "json":
         doc["content"] = plan.content
         if plan.raw is not None:
@@ -475,6 +613,15 @@ _ADDED_FIELDS = ("_id", "_sidecar", "snapshot_id", "source", "timestamp_dt", "up
 def file_fields(doc: dict) -> dict:
     """The fields the file had, in the file's order, from a snapshot/episode document."""
     meta = doc.get("_sidecar") or {}
+    if not isinstance(meta, dict):
+        meta = {}
+    if meta.get("raw") is not None:
+        try:
+            value = decode_raw(meta["raw"])
+        except (ValueError, RecursionError):
+            value = None  # not ours (or damaged): the document's fields speak
+        if isinstance(value, dict):
+            return value
     names = meta.get("fields")
     if isinstance(names, list):
         orig = meta.get("orig") or {}

@@ -19,7 +19,8 @@ from .reconcile import SourceView
 from .store import Store
 
 SAMPLE = 20  # keys listed per category; counts are always complete
-GENERIC_KINDS = [Kind.RUN.value, Kind.JOBS.value, Kind.OTHER.value]
+# An episode file that is not its run's canonical file is a generic file too.
+GENERIC_KINDS = [Kind.RUN.value, Kind.JOBS.value, Kind.OTHER.value, Kind.EPISODE_COPY.value]
 
 
 def checksum(pairs: dict[str, Any]) -> str:
@@ -199,4 +200,17 @@ def compute(store: Store, view: SourceView, pending: set[str] | None = None,
             "all_match": all(v["match"] for v in kinds.values()),
         },
         "kinds": kinds,
+        # Mirrored, but kept verbatim (not a mismatch): what, never a value.
+        "stored_raw": {
+            "count": len(view.stored_raw),
+            "by_reason": _by_reason(view.stored_raw),
+            "items": view.stored_raw[:200],
+        },
     }
+
+
+def _by_reason(items: list[dict[str, str]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item["reason"]] = out.get(item["reason"], 0) + 1
+    return out

@@ -1,14 +1,19 @@
 """Stage 2: bytes → validated JSON values, with the file's exact formatting.
 
-Anything MongoDB cannot hold faithfully (or that is only half written) is a
-``BadInput`` with a reason code and a message that never quotes content.
+What is only half written is a ``BadInput`` with a reason code and a message
+that never quotes content. ``NaN``, ``Infinity`` and ``-Infinity`` (which
+Python's ``json.dumps`` writes by default) are read as the floats they are:
+BSON holds them as doubles. A value BSON cannot hold faithfully (an int past
+int64, a ``$``/``.``/NUL key, nesting past ``MAX_DEPTH``, a lone surrogate) is
+reported by ``validate`` as a ``BadInput`` too; the model keeps such values
+verbatim ("stored raw", ``sidecar/model.py``) instead of losing them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+import re
 from typing import Any
 
 # MongoDB refuses documents nested deeper than 100 levels; our documents wrap
@@ -26,10 +31,6 @@ class BadInput(Exception):
         self.message = message
 
 
-def _reject_constant(name: str) -> Any:
-    raise BadInput("nan", f"non-standard JSON number {name} (NaN/Infinity) cannot be stored")
-
-
 def loads(data: bytes) -> Any:
     if not data.strip():
         raise BadInput("empty", "file is empty (possibly caught mid-write)")
@@ -38,7 +39,7 @@ def loads(data: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise BadInput("invalid_utf8", f"invalid UTF-8 at byte {exc.start}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInput(
             "invalid_json", f"invalid or truncated JSON at line {exc.lineno} column {exc.colno}"
@@ -47,8 +48,21 @@ def loads(data: bytes) -> Any:
         raise BadInput("too_deep", "JSON nested too deeply to parse") from None
 
 
-def validate(value: Any) -> None:
-    """Raise BadInput if ``value`` cannot round-trip through BSON unchanged."""
+# A lone surrogate can only come from a \\uD800-\\uDFFF escape (UTF-8 bytes cannot
+# encode one): strings are only checked when the bytes hold such an escape.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def may_hold_surrogates(data: bytes) -> bool:
+    return _SURROGATE_ESCAPE.search(data) is not None
+
+
+def validate(value: Any, strings: bool = False) -> None:
+    """Raise BadInput if ``value`` cannot round-trip through BSON unchanged.
+    ``strings``: also check every string for lone surrogates (BSON strings are
+    UTF-8); ``may_hold_surrogates(data)`` says when that is needed."""
+    if strings:
+        _check_strings(value)
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -82,16 +96,42 @@ def _check_scalar(value: Any) -> None:
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
             raise BadInput("int_overflow", "integer outside the 64-bit range BSON can hold")
-    elif isinstance(value, float) and not math.isfinite(value):
-        # e.g. the literal 1e400: valid JSON syntax, but it parses to infinity.
-        raise BadInput("nan", "number outside the double range (parses to Infinity)")
+    # Floats, NaN and the infinities included, are BSON doubles. (A literal such
+    # as 1e400 parses to infinity and would be written back as Infinity: that is
+    # the file's layout, which detect_format finds not reproducible.)
+
+
+def _check_strings(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            items: Any = (item,)
+        elif isinstance(item, dict):
+            items = item.keys()
+            stack.extend(v for v in item.values() if not isinstance(v, (int, float, bool)) and v is not None)
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for text in items:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadInput("bad_string", "a string holds a lone UTF-16 surrogate") from None
 
 
 def canonical(value: Any) -> bytes:
-    """Order-preserving compact serialisation: the basis of every content hash."""
+    """Order-preserving compact serialisation: the basis of every content hash.
+
+    ``NaN``/``Infinity``/``-Infinity`` are spelled as json.dumps spells them, so
+    a value has one hash whatever the float objects are (NaN != NaN in Python)
+    and the same after a round trip through BSON; a lone surrogate is kept as
+    its code point (``surrogatepass``) so hashing never fails."""
     return json.dumps(
-        value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str
-    ).encode("utf-8")
+        value, ensure_ascii=False, separators=(",", ":"), allow_nan=True, default=str
+    ).encode("utf-8", "surrogatepass")
 
 
 def value_hash(value: Any) -> str:

@@ -67,6 +67,9 @@ class SourceView:
     files: dict[str, bytes] = field(default_factory=dict)
     bad_files: set[str] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
+    # What is kept verbatim (BSON cannot hold it, or a layout the documents cannot
+    # be rendered back into): path, key for hub entries, reason; never a value.
+    stored_raw: list[dict[str, str]] = field(default_factory=list)
     present: set[str] = field(default_factory=set)
     fresh_volume: bool = False
     hashes: bool = True
@@ -79,6 +82,7 @@ class SourceView:
     def add_plan(self, plan: FilePlan) -> None:
         if not self.hashes:
             return
+        self.stored_raw.extend(plan.raw_items())
         if plan.kind is Kind.HUB:
             self.hubs[plan.hub_type] = {e.key: pack_hash(e.hash) for e in plan.entries}
             if plan.entry_errors:

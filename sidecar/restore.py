@@ -20,8 +20,8 @@ from typing import Any
 
 from .classify import Kind, UnsafePath, classify, episode_path, hub_path, normalize
 from .diff import FILES
-from .model import EPISODES, HUBS, SNAPSHOTS, TOMBSTONES, file_fields, parse_iso
-from .parse import render
+from .model import EPISODES, HUBS, SNAPSHOTS, TOMBSTONES, entry_value, file_fields, hubs_hash, parse_iso
+from .parse import render, value_hash
 from .store import Store
 
 log = logging.getLogger("sidecar.restore")
@@ -55,14 +55,42 @@ def _pos(doc: dict) -> int | None:
     return pos if isinstance(pos, int) and not isinstance(pos, bool) else None
 
 
-def hub_bytes(store: Store, hub_type: str, fmt: dict | None, tombs: Tombstones | None = None) -> bytes:
+def hub_bytes(store: Store, hub_type: str, fmt: dict | None, tombs: Tombstones | None = None,
+              kept: Callable[[str], bytes | None] | None = None) -> bytes:
     """One hub file's bytes from its documents, entries in their recorded order.
-    With ``tombs``, removed entries are merged back at their recorded position."""
-    docs = list(store.find(HUBS, {"hub_type": hub_type}, {"item_key": 1, "payload": 1, "_sidecar.pos": 1}))
+    With ``tombs``, removed entries are merged back at their recorded position.
+    ``kept(docs_hash)``: the file's verbatim bytes (a layout the documents cannot
+    be rendered back into) if they go with documents of that hash, else None."""
+    docs = list(store.find(HUBS, {"hub_type": hub_type},
+                           {"item_key": 1, "payload": 1, "_sidecar.pos": 1, "_sidecar.raw": 1}))
     if tombs is not None and tombs.active:
         docs = tombs.merge_hub(hub_type, docs)
     docs.sort(key=lambda d: (_pos(d) is None, _pos(d) or 0, str(d.get("item_key"))))
-    return render({str(d["item_key"]): d.get("payload") for d in docs}, fmt if isinstance(fmt, dict) else None)
+    values = {str(d["item_key"]): entry_value(d) for d in docs}
+    if kept is not None:
+        data = kept(hubs_hash((k, value_hash(v)) for k, v in values.items()))
+        if data is not None:
+            return data
+    return render(values, fmt if isinstance(fmt, dict) else None)
+
+
+def _kept_bytes(store: Store, man: dict, tombs: Tombstones, chosen: _Chosen | None):
+    """For a structured file whose manifest keeps its bytes (``docs_hash``): a
+    function giving them when the documents still hash to ``docs_hash`` (else
+    None: MongoDB moved on since, its documents are rendered instead)."""
+    want = man.get("docs_hash")
+    if not isinstance(want, str):
+        return None
+
+    def kept(have: str) -> bytes | None:
+        if have != want:
+            return None
+        full = tombs.full(chosen) if chosen is not None else store.find_one(FILES, {"_id": man["_id"]})
+        raw = (full or {}).get("raw")
+        if not isinstance(raw, bytes) or (full or {}).get("docs_hash") != want:
+            return None
+        return bytes(raw)
+    return kept
 
 
 def _aware(value: Any) -> datetime | None:
@@ -114,7 +142,7 @@ class Tombstones:
     _PROJECTION = {name: 1 for name in (
         "coll", "doc_id", "path", "deleted_at", "reason", "doc._id", "doc.hub_type", "doc.item_key",
         "doc.run_id", "doc.kind", "doc.doc_id", "doc.encoding", "doc.format", "doc.blob_id",
-        "doc.deleted_at", "doc.sha256")}
+        "doc.deleted_at", "doc.sha256", "doc.docs_hash")}
 
     def __init__(self, store: Store, include_deleted: bool = False, as_of: datetime | None = None,
                  skipped: list[dict[str, str]] | None = None) -> None:
@@ -304,28 +332,39 @@ def plan_files(store: Store, include_deleted: bool = False, as_of: datetime | No
             yield "snapshot.json", (lambda: render(file_fields(latest), None))
 
 
-def _episode_bytes(tombs: Tombstones, run_id: str, fmt: Any) -> bytes:
+def _doc_bytes(doc: dict, fmt: Any, kept=None) -> bytes:
+    fields = file_fields(doc)
+    if kept is not None:
+        data = kept(value_hash(fields))
+        if data is not None:
+            return data
+    return render(fields, fmt if isinstance(fmt, dict) else None)
+
+
+def _episode_bytes(tombs: Tombstones, run_id: str, fmt: Any, kept=None) -> bytes:
     doc = tombs.episode(run_id)
     if doc is None:
         raise LookupError("episode document missing")
-    return render(file_fields(doc), fmt if isinstance(fmt, dict) else None)
+    return _doc_bytes(doc, fmt, kept)
 
 
 def _producer(store: Store, man: dict, tombs: Tombstones, chosen: _Chosen | None = None) -> Callable[[], bytes]:
     kind, fmt, rel = man.get("kind"), man.get("format"), man["_id"]
     fmt = fmt if isinstance(fmt, dict) else None
+    if kind in (Kind.HUB.value, Kind.SNAPSHOT.value, Kind.EPISODE.value):
+        kept = _kept_bytes(store, man, tombs, chosen)
     if kind == Kind.HUB.value:
-        return lambda: hub_bytes(store, man.get("hub_type"), fmt, tombs)
+        return lambda: hub_bytes(store, man.get("hub_type"), fmt, tombs, kept)
     if kind == Kind.SNAPSHOT.value:
         def snapshot() -> bytes:
             doc = tombs.snapshot(man.get("doc_id")) or store.find_one(
                 SNAPSHOTS, {}, sort=[("timestamp", -1)])
             if doc is None:
                 raise LookupError("no snapshot document")
-            return render(file_fields(doc), fmt)
+            return _doc_bytes(doc, fmt, kept)
         return snapshot
     if kind == Kind.EPISODE.value:
-        return lambda: _episode_bytes(tombs, man.get("doc_id"), fmt)
+        return lambda: _episode_bytes(tombs, man.get("doc_id"), fmt, kept)
 
     def generic() -> bytes:
         try:

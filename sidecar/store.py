@@ -30,7 +30,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from .classify import Kind
 from .config import Config
 from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state, pack_hash
-from .model import EPISODES, EVENTS, HUBS, META, SNAPSHOTS, TOMBSTONES, file_fields, parse_iso, utcnow
+from .model import EPISODES, EVENTS, HUBS, META, SNAPSHOTS, TOMBSTONES, entry_value, file_fields, parse_iso, utcnow
 from .parse import intern_format, value_hash
 
 log = logging.getLogger("sidecar.store")
@@ -344,8 +344,9 @@ class Store:
         try:
             for doc in self.coll[HUBS].find({}).batch_size(LOAD_BATCH):
                 meta = doc.get("_sidecar") or {}
+                # entry_value: the payload, or the value kept raw (BSON cannot hold it)
                 yield (HUBS, str(doc.get("hub_type")), str(doc.get("item_key")),
-                       _digest_of(doc.get("payload")), meta.get("pos"), meta.get("version"))
+                       _digest_of(entry_value(doc)), meta.get("pos"), meta.get("version"))
             for doc in self.coll[EPISODES].find({}).batch_size(LOAD_BATCH):
                 meta = doc.get("_sidecar") or {}
                 yield (EPISODES, str(doc.get("run_id")), _digest_of(file_fields(doc)), meta.get("version"))

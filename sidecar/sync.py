@@ -107,11 +107,20 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
         events += [note_event("bad_input", p.path, "sync", now, reason=p.reason) for p in view.problems]
         events += [note_event("divergence_held", d.path, "sync", now, reason=d.reason, count=d.count,
                               keys=sorted(d.keys)[:50]) for d in held]
+        # What was written verbatim this time (BSON cannot hold it, or a layout
+        # the documents cannot be rendered back into): path, key, reason.
+        written = {op.rel for op in result.applied} if result else set()
+        events += [note_event("stored_raw", item["path"], "sync", now, reason=item["reason"],
+                              **({"key": item["key"]} if "key" in item else {}))
+                   for item in view.stored_raw if item["path"] in written]
         store.record_events(events)
     for d in held:
         log.warning("divergence held: %s (%s, %d); MongoDB keeps the data", d.path, d.reason, d.count)
     for p in view.problems:
         log.warning("bad input: %s (%s)", p.message, p.reason)
+    if view.stored_raw:
+        log.info("%d files or entries are stored raw (kept verbatim; see the report's stored_raw)",
+                 len(view.stored_raw))
     # The write path never deletes a GridFS blob; the ones no manifest and no
     # (unexpired) tombstone names any more go here.
     blobs_collected = 0 if dry_run else store.gc_blobs()

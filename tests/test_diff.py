@@ -29,6 +29,7 @@ from sidecar.diff import (
     diff_plan,
     summarize,
 )
+from sidecar.parse import BadInput
 from sidecar.model import EPISODES, HUBS, SNAPSHOTS, build_plan
 from sidecar.parse import value_hash
 from sidecar.source import FileRead, sha256_hex
@@ -166,16 +167,28 @@ def test_empty_hub_on_an_empty_mirror_is_fine():
 
 def test_bad_entry_is_neither_written_nor_deleted():
     state = mirror(MirrorState(), diff_plan(plan_of(HUB, {"a": {"x": 1}, "b": 2}), MirrorState(), "s", NOW))
-    plan = plan_of(HUB, {"a": {"x.y": 1}, "b": 3}, version=2)
-    assert list(plan.entry_errors) == ["a"] and plan.entry_errors["a"].reason == "bad_key"
+    plan = plan_of(HUB, {"a": {"x": 1}, "b": 3}, version=2)
+    plan.entry_errors["a"] = BadInput("too_large", "too large")  # what is still refused
+    plan.entries = [e for e in plan.entries if e.key != "a"]
     ops = diff_plan(plan, state, "s", NOW)
     assert {op.id for op in ops if op.coll == HUBS} == {"soft_identity/b"}
     assert not [op for op in ops if op.action == "delete"]
 
 
+def test_entry_bson_cannot_hold_is_stored_raw_not_refused():
+    state = mirror(MirrorState(), diff_plan(plan_of(HUB, {"a": {"x": 1}, "b": 2}), MirrorState(), "s", NOW))
+    plan = plan_of(HUB, {"a": {"x.y": 1}, "b": 2}, version=2)
+    assert not plan.entry_errors and plan.entries[0].stored_raw == "bad_key"
+    ops = [op for op in diff_plan(plan, state, "s", NOW) if op.coll == HUBS]
+    assert [(op.id, op.action) for op in ops] == [("soft_identity/a", "update")]
+    assert ops[0].doc["payload"] is None and ops[0].doc["_sidecar"]["raw"] == b'{"x.y":1}'
+
+
 def test_hub_with_only_bad_entries_is_not_an_empty_hub():
     state = mirror(MirrorState(), diff_plan(plan_of(HUB, {"a": 1}), MirrorState(), "s", NOW))
-    ops = diff_plan(plan_of(HUB, {"a": {"$x": 1}}, version=2), state, "s", NOW)
+    plan = plan_of(HUB, {"a": 1}, version=2)
+    plan.entry_errors["a"], plan.entries = BadInput("too_large", "too large"), []
+    ops = diff_plan(plan, state, "s", NOW)
     assert [op.action for op in ops if op.coll == HUBS] == []
 
 

@@ -169,14 +169,15 @@ def test_source_view_is_compact_and_pending_finds_renamed_episodes(legacy_dir, c
     _, view = Reconciler(config).scan(MirrorState(), "parity", view_only=True)
     assert all(type(h) is bytes for h in view.episodes.values())
     assert all(type(h) is bytes for h in view.files.values())
-    # Only the unusual name is kept; the usual ones are derived when needed.
-    assert view.episode_paths == {"renamed": "episodes/skeleton_odd.json"}
+    # An episode file that is not its run's canonical file is a generic file
+    # (run_id collisions): no episode path to remember, the copy is a file.
+    assert view.episode_paths == {} and "renamed" not in view.episodes
+    assert "episodes/skeleton_odd.json" in view.files
     assert view.present == set()  # a parity scan detects no deletions: it keeps no path set
     # Its document changes behind the sidecar's back while its file is queued: pending, not mismatch.
-    db.episodic_memory.update_one({"_id": "renamed"}, {"$set": {"nodes": [1]}})
     db.episodic_memory.update_one({"_id": "r0"}, {"$set": {"nodes": [1]}})
     report = parity.compute(store, view, pending={"episodes/skeleton_odd.json", "episodes/skeleton_r0.json"})
-    assert report["kinds"]["episodes"]["pending"] == 2
+    assert report["kinds"]["episodes"]["pending"] == 1
     assert report["kinds"]["episodes"]["mismatch"] == 0
     # The daemon's reconcile keeps no hashes at all, only problems and the paths present.
     _, lean = Reconciler(config).scan(store.load_state(), "reconcile", hashes=False)
