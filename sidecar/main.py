@@ -212,6 +212,21 @@ class Daemon:
         self.status.clear_problem(".")  # a reconcile that found no data dir
         self.mirror.root_replaced()
 
+    def _startup_logged(self) -> None:
+        """``startup`` in the executor: an unexpected failure is logged with its
+        traceback and shown (``/readyz`` 503 and ``/memory/status``), never lost."""
+        try:
+            self.startup()
+        except Exception as exc:  # noqa: BLE001 - anything: a bug or a document we cannot use
+            log.exception("start-up failed")
+            self.status.startup_error = self.config.scrub(f"{type(exc).__name__}: {exc}")[:300]
+            self.status.phase = "failed"
+            self.status.set_ready(False)
+        finally:
+            for item in self.store.foreign_skipped:
+                self.status.problem(f"mongodb:{item['collection']}:{item['_id']}", "foreign_document",
+                                    item["reason"])
+
     def _take_lease(self) -> bool:
         """Wait for the single-writer lease (a ``sync`` or another daemon may hold it)."""
         told = False
@@ -307,7 +322,7 @@ class Daemon:
         except OSError as exc:
             log.warning("shim socket unavailable (%s); the watcher alone mirrors writes", exc.strerror)
             self.shim = None
-        startup = self._loop.run_in_executor(None, self.startup)
+        startup = self._loop.run_in_executor(None, self._startup_logged)
         try:
             await stop.wait()
         finally:

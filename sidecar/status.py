@@ -65,7 +65,8 @@ class Status:
         self.restored_files = 0
         # Why the data dir cannot be watched now (missing, a symlink), or None.
         self.root_problem: str | None = None
-        self.lease_problem: str | None = None  # another writer holds the lease (sidecar/lease.py)
+        self.lease_problem: str | None = None
+        self.startup_error: str | None = None  # an unexpected start-up failure (logged with its traceback)  # another writer holds the lease (sidecar/lease.py)
         self.error_counts: PlainCounter[str] = PlainCounter()
         self.problems: dict[str, dict[str, Any]] = {}
         self.stale_refused = 0
@@ -141,6 +142,8 @@ class Status:
         self.divergences_held.labels(what="hub_entries").set(entries)
 
     def not_ready_reason(self) -> str:
+        if self.startup_error:
+            return "start-up failed: " + self.startup_error
         if self.phase == "restoring" and self.restore_progress:
             p = self.restore_progress
             return f"starting: restoring missing files from MongoDB ({p['done']} written)"
@@ -184,6 +187,7 @@ class Status:
             "watcher": self.watcher_state,
             "root_problem": self.root_problem,
             "lease_problem": self.lease_problem,
+            "startup_error": self.startup_error,
             "pending": int(self.pending._value.get()),
             "lag_seconds": round(float(self.lag._value.get()), 3),
             "write_inflight_seconds": round(float(self.write_inflight._value.get()), 3),

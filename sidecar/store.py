@@ -116,6 +116,10 @@ def _digest_of(value: Any) -> bytes:
     return bytes.fromhex(value_hash(value))
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _body(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k != "_id"}
 
@@ -165,6 +169,7 @@ class Store:
             TOMBSTONES: self.db[TOMBSTONES],
         }
         self.meta = self.db[META]  # not in self.coll: no indexes, no state
+        self.foreign_skipped: list[dict[str, str]] = []  # documents the last load could not use
         self.blobs_name = f"{self.files_name}_blobs"
         self.bucket = gridfs.GridFSBucket(self.db, bucket_name=self.blobs_name)
 
@@ -341,29 +346,62 @@ class Store:
         more than it saves. Each cursor batch (``LOAD_BATCH``) is decoded at once
         and dropped as soon as it is consumed.
         """
+        self.foreign_skipped = []
         try:
-            for doc in self.coll[HUBS].find({}).batch_size(LOAD_BATCH):
-                meta = doc.get("_sidecar") or {}
-                # entry_value: the payload, or the value kept raw (BSON cannot hold it)
-                yield (HUBS, str(doc.get("hub_type")), str(doc.get("item_key")),
-                       _digest_of(entry_value(doc)), meta.get("pos"), meta.get("version"))
-            for doc in self.coll[EPISODES].find({}).batch_size(LOAD_BATCH):
-                meta = doc.get("_sidecar") or {}
-                yield (EPISODES, str(doc.get("run_id")), _digest_of(file_fields(doc)), meta.get("version"))
-            for doc in self.coll[SNAPSHOTS].find({}).batch_size(LOAD_BATCH):
-                # Keyed by content, whoever wrote it (our _id is the content hash;
-                # Mentorix's store and backfill use their own): the same snapshot
-                # is never stored twice, and the newest by instant is the current one.
-                digest = _digest_of(file_fields(doc))
-                yield (SNAPSHOTS, digest.hex(), digest, parse_iso(doc.get("timestamp")))
-            for doc in self.coll[FILES].find({}).batch_size(LOAD_BATCH):
-                meta = doc.get("_sidecar") or {}
-                yield (FILES, str(doc["_id"]), FileState(
-                    doc.get("sha256"), meta.get("version"), doc.get("kind", "other"),
-                    doc.get("deleted_at") is not None, doc.get("doc_id") or doc.get("hub_type"),
-                    intern_format(doc.get("format")), _content_sha(doc)))
+            for logical in (HUBS, EPISODES, SNAPSHOTS, FILES):
+                for doc in self.coll[logical].find({}).batch_size(LOAD_BATCH):
+                    try:
+                        row = self._row(logical, doc)
+                    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+                        # Written by someone else, in a shape we cannot use: skipped and
+                        # reported (reason, _id), never a crash at start-up.
+                        self._foreign(logical, doc, f"{type(exc).__name__}: unusable document")
+                        continue
+                    if row is not None:
+                        yield row
         except PyMongoError as exc:
             raise self._unavailable(exc) from None
+
+    def _foreign(self, logical: str, doc: Any, reason: str) -> None:
+        doc_id = doc.get("_id") if isinstance(doc, dict) else None
+        if len(self.foreign_skipped) < 200:
+            self.foreign_skipped.append({"collection": self.coll[logical].name, "_id": repr(doc_id)[:120],
+                                         "reason": reason})
+        log.warning("skipped a document of %s (_id %s): %s", self.coll[logical].name, repr(doc_id)[:120], reason)
+
+    def _row(self, logical: str, doc: dict) -> tuple | None:
+        meta = doc.get("_sidecar")
+        meta = meta if isinstance(meta, dict) else {}
+        version = _int_or_none(meta.get("version"))
+        if logical == HUBS:
+            hub_type, key = doc.get("hub_type"), doc.get("item_key")
+            if not isinstance(hub_type, str) or not isinstance(key, str):
+                self._foreign(logical, doc, "hub_type/item_key not strings")
+                return None
+            # entry_value: the payload, or the value kept raw (BSON cannot hold it)
+            return (HUBS, hub_type, key, _digest_of(entry_value(doc)), _int_or_none(meta.get("pos")), version)
+        if logical == EPISODES:
+            run_id = doc.get("run_id")
+            if not isinstance(run_id, str):
+                self._foreign(logical, doc, "run_id not a string")
+                return None
+            return (EPISODES, run_id, _digest_of(file_fields(doc)), version)
+        if logical == SNAPSHOTS:
+            # Keyed by content, whoever wrote it (our _id is the content hash;
+            # Mentorix's store and backfill use their own): the same snapshot
+            # is never stored twice, and the newest by instant is the current one.
+            digest = _digest_of(file_fields(doc))
+            return (SNAPSHOTS, digest.hex(), digest, parse_iso(doc.get("timestamp")))
+        rel = doc.get("_id")
+        kind = doc.get("kind", "other")
+        doc_id = doc.get("doc_id") or doc.get("hub_type")
+        if not isinstance(rel, str) or not isinstance(kind, str) or not isinstance(doc_id, (str, type(None))):
+            self._foreign(logical, doc, "manifest _id/kind/doc_id of the wrong type")
+            return None
+        fmt = doc.get("format")
+        return (FILES, rel, FileState(
+            doc.get("sha256"), version, kind, doc.get("deleted_at") is not None, doc_id,
+            intern_format(fmt if isinstance(fmt, dict) else None), _content_sha(doc)))
 
     def find(self, logical: str, query: dict | None = None, projection: dict | None = None,
              sort: list | None = None) -> Iterator[dict]:

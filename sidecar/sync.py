@@ -154,6 +154,8 @@ def build_report(config: Config, store: Store, view: SourceView, result: ApplyRe
         "items": [p.as_dict() for p in view.problems[:200]],
     }
     report["fresh_volume"] = view.fresh_volume
+    # Documents in MongoDB that someone else wrote in a shape we cannot use: skipped.
+    report["foreign_documents"] = list(store.foreign_skipped)
     return report
 
 
