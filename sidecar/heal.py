@@ -113,12 +113,13 @@ class Healer:
         return out
 
     def heal_hub(self, rel: str, fmt: dict | None = None, late: dict[str, Any] | None = None,
-                 base: dict[str, Any] | None = None) -> str:
+                 base: dict[str, Any] | None = None, broken_ok: bool = False) -> str:
         """Give ``rel`` MongoDB's entries it lacks. Returns healed | unchanged | retry | missing.
 
         ``late``/``base``: a write that landed in an old inode after a heal (its
         entries, and the entries of the version it was written over): its changes
-        are applied where the file still has ``base``'s value."""
+        are applied where the file still has ``base``'s value. ``broken_ok``: a file
+        that does not parse (it stayed so through the re-checks) counts as no entries."""
         try:
             dir_fd, name = _open_parent(self.root, rel)
         except (OSError, SourceError):
@@ -135,6 +136,8 @@ class Healer:
                 return "retry"
             data = _read_fd(fd)
             current = _hub_object(data)
+            if current is None and broken_ok:
+                current = {}
             if current is None:
                 return "retry"  # caught mid-write: the writer's close event brings us back
             merged = dict(current)

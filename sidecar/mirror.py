@@ -367,6 +367,11 @@ class Mirror:
             if tries <= TRANSIENT_RETRIES:
                 self.pending.mark(p.path, TRANSIENT_DELAY, taken[p.path])
                 return []
+        if (p.reason in TRANSIENT and p.kind == "hub" and self.config.memory_store_backend == "mongo"
+                and self._heal_broken_hub(p.path)):
+            self._transient.pop(p.path, None)
+            self.status.restored_files += 1
+            return [note_event("restored_from_mongo", p.path, source, now, reason=p.reason)]
         if self.status.problem(p.path, p.reason, p.message):
             log.warning("bad input: %s (%s)", p.message, p.reason)
             return [note_event("bad_input", p.path, source, now, reason=p.reason)]
@@ -425,6 +430,21 @@ class Mirror:
         except (UnsafePath, SourceError, LookupError, OSError, ValueError, TypeError, KeyError) as exc:
             log.warning("could not restore %s from MongoDB: %s", rel, type(exc).__name__)
             return False
+
+    def _heal_broken_hub(self, rel: str) -> bool:
+        """mongo mode: a hub that stayed empty or unparsable through the re-checks (a
+        torn write_text) gets MongoDB's entries, by the same compare-and-swap as a heal
+        (a writer finishing into the old inode meanwhile is merged back)."""
+        prev = self.state.files.get(rel)
+        try:
+            outcome = self.healer.heal_hub(rel, prev.fmt if prev else None, broken_ok=True)
+        except (SourceError, OSError, ValueError, TypeError) as exc:
+            log.warning("could not heal %s from MongoDB: %s", rel, type(exc).__name__)
+            return False
+        if outcome == "healed":
+            log.info("%s stayed unreadable; MongoDB's entries written back (mongo mode)", rel)
+            return True
+        return False
 
     def _observe_own(self, read: FileRead) -> None:
         self.rec.own_writes[read.rel] = read.sha256

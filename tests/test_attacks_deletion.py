@@ -80,8 +80,8 @@ def tree(root: Path) -> dict[str, bytes]:
 # --- a backup copied over a hub *in place* (cp keeps the inode) ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="cp of an older backup onto an existing hub keeps the inode: its "
-                   "missing keys (<= SIDECAR_MAX_REMOVALS) are mirrored as deletions, README says held")
+@pytest.mark.xfail(strict=True, reason="documented limit (README, deletion model): cp onto an existing hub "
+                   "keeps the inode, an in-place edit to us; up to SIDECAR_MAX_REMOVALS keys are removed, tombstoned")
 def test_cp_of_an_old_backup_onto_the_hub_is_held_file_mode(data_dir, running, tmp_path):
     write_in_place(data_dir, HUB, entries(5))
     backup = tmp_path / "backup.json"
@@ -448,8 +448,6 @@ def test_tombstone_written_then_the_delete_fails_nothing_is_lost(data_dir, runni
 # --- mongo mode start: a hub torn to 0 bytes (the API died inside write_text) ---------------------
 
 
-@pytest.mark.xfail(strict=True, reason="mongo mode: a hub left 0 bytes by a torn write_text is neither "
-                   "restored (it exists) nor healed (unparsable: no divergence); ready with an empty hub")
 def test_mongo_mode_start_with_a_torn_empty_hub_gets_its_entries_back(data_dir, running, make_config, store):
     write_in_place(data_dir, HUB, entries(5))
     run_sync(make_config(), store)
