@@ -27,23 +27,10 @@ from daemon_fixtures import (  # noqa: F401
     reconcile_now,
     running,
 )
+from deletion_helpers import AUTH, HUB, dump, keys_in_mongo, write_in_place  # noqa: F401
 from sidecar.sync import run_sync
 
 pytestmark = pytest.mark.integration
-
-HUB = "structured_hubs/learner_preferences.json"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def dump(obj) -> bytes:
-    return json.dumps(obj, indent=2).encode()
-
-
-def write_in_place(root: Path, rel: str, obj) -> None:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(dump(obj))
-
 
 def replace_new_inode(root: Path, rel: str, obj) -> None:
     """A prepared file renamed over the path (temp name ignored: ``*.tmp``)."""
@@ -51,10 +38,6 @@ def replace_new_inode(root: Path, rel: str, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(dump(obj))
     os.replace(tmp, path)
-
-
-def keys_in_mongo(db, hub_type: str = "learner_preferences") -> set[str]:
-    return {d["item_key"] for d in db.memory_hubs.find({"hub_type": hub_type}, {"item_key": 1})}
 
 
 def keys_on_disk(root: Path, rel: str = HUB) -> set[str]:

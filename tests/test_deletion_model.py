@@ -18,39 +18,13 @@ import pytest
 from conftest import wait_for
 from corpus import LegacyWriter, generate
 from daemon_fixtures import TOKEN, DaemonProcess, daemon_config, running  # noqa: F401
+from deletion_helpers import AUTH, HUB, keys_in_mongo, write_in_place, write_new_inode  # noqa: F401
 from sidecar.cli import main
 from sidecar.lineage import Lineage
 from sidecar.source import read_file
 from sidecar.sync import run_sync
 
 pytestmark = pytest.mark.integration
-
-HUB = "structured_hubs/learner_preferences.json"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def dump(obj) -> bytes:
-    return json.dumps(obj, indent=2).encode()
-
-
-def write_in_place(root: Path, rel: str, obj) -> None:
-    """What the legacy writer does: truncate and rewrite the same inode."""
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(dump(obj))
-
-
-def write_new_inode(root: Path, rel: str, obj) -> None:
-    """A copy put over the file (cp of a backup, an editor's save, an atomic writer)."""
-    path = root / rel
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_bytes(dump(obj))
-    os.replace(tmp, path)
-
-
-def keys_in_mongo(db, hub_type: str = "learner_preferences") -> set[str]:
-    return {d["item_key"] for d in db.memory_hubs.find({"hub_type": hub_type}, {"item_key": 1})}
-
 
 def held(d) -> dict[str, dict]:
     return {i["path"]: i for i in d.get("/divergences").json()["items"]}
