@@ -148,6 +148,11 @@ class Mirror:
             try:
                 self.store.ping()
                 self.status.set_mongo(True)
+                if self.lease is not None:
+                    try:
+                        self._keep_lease()  # an idle writer keeps its lease too
+                    except LeaseHeld as exc:
+                        self.status.lease_problem = str(exc)
                 self._flush_events()
                 if now - self._last_gc >= GC_BLOBS_EVERY:
                     self._last_gc = now
@@ -168,8 +173,7 @@ class Mirror:
         try:
             if self.lease is not None:
                 try:
-                    self.lease.ensure()
-                    self.status.lease_problem = None
+                    self._keep_lease()
                 except LeaseHeld as exc:
                     self.pending.requeue(taken, 0.0, full)
                     if self.status.lease_problem is None:
@@ -193,6 +197,14 @@ class Mirror:
         self._backoff = 0.0
         self.status.set_mongo(True)
         return True
+
+    def _keep_lease(self) -> None:
+        """Renew the writer lease (raises LeaseHeld). Back after another writer held
+        it: MongoDB changed behind our state, so a full reconcile reloads it."""
+        self.lease.ensure()
+        if self.status.lease_problem is not None:
+            self.status.lease_problem = None
+            self.pending.mark_full()
 
     def _mongo_down(self, message: str) -> None:
         self.status.set_mongo(False, message)

@@ -213,3 +213,18 @@ def test_the_daemon_waits_for_the_lease_and_says_why(data_dir, running, db):
     db[META].delete_one({"_id": "writer_lease"})
     wait_for(lambda: d.get("/readyz").status == 200, 15, what="ready once the lease is free")
     assert db[META].find_one({"_id": "writer_lease"})["kind"] == "daemon"
+
+
+def test_a_daemon_whose_lease_is_taken_stops_writing_and_resumes_with_a_reconcile(data_dir, running, db):
+    d = running(sidecar_lease_ttl_s=1.0)
+    # Another writer takes the lease over (as after an expiry the daemon did not see).
+    _foreign_lease(db, kind="sync", expires_at=datetime.now(timezone.utc) + timedelta(seconds=120))
+    wait_for(lambda: "lease" in d.get("/readyz").json().get("reason", ""), 10, what="the daemon to notice")
+    write(data_dir, "runs/run_during.json", {"v": 1})
+    wait_for(lambda: d.daemon.status.lease_problem and len(d.daemon.pending) >= 1, 10,
+             what="the write to wait in pending")
+    assert db.memory_files.find_one({"_id": "runs/run_during.json"}) is None
+    db[META].delete_one({"_id": "writer_lease"})
+    wait_for(lambda: db.memory_files.find_one({"_id": "runs/run_during.json"}), 15,
+             what="the write mirrored once the lease is back")
+    wait_for(lambda: d.get("/readyz").status == 200, 10, what="ready again")
