@@ -57,12 +57,15 @@ def install(
     queue_size: int | None = None,
     ignore: Any = None,
     transport: Any = None,
+    breaker_ms: int | None = None,
 ) -> bool:
     """Start intercepting writes under the data dir; True if the shim is active.
 
     Every argument left as None comes from the environment (RUNTIME_DATA_DIR,
     SIDECAR_SOCKET, SIDECAR_SHIM, SIDECAR_SHIM_ON_FAILURE,
-    SIDECAR_SHIM_TIMEOUT_MS, SIDECAR_SHIM_QUEUE, SIDECAR_IGNORE). ``ignore``:
+    SIDECAR_SHIM_TIMEOUT_MS, SIDECAR_SHIM_QUEUE, SIDECAR_IGNORE,
+    SIDECAR_SHIM_BREAKER_MS: how long sync writes stop waiting after one failed
+    confirmation, see shim/_breaker.py). ``ignore``:
     globs added to the built-in ones (in place of SIDECAR_IGNORE); a path they
     match is never reported. ``mode`` defaults to
     "async"; with "off" nothing is installed and False is returned.
@@ -87,6 +90,7 @@ def install(
             timeout_ms=timeout_ms,
             queue_size=queue_size,
             ignore=ignore,
+            breaker_ms=breaker_ms,
         )
         if cfg.mode == "off":
             return False
@@ -130,6 +134,13 @@ def config() -> ShimConfig | None:
     """The effective settings of the installed shim (None if not installed)."""
     shim = _shim
     return None if shim is None else shim.config
+
+
+def breaker_state() -> str | None:
+    """The sync-mode circuit breaker (shim/_breaker.py): closed | open | probe_due |
+    half_open; None when no shim is installed."""
+    shim = _shim
+    return shim.breaker.view() if shim is not None else None
 
 
 def stats() -> dict[str, int]:

@@ -22,6 +22,7 @@ MODES = ("async", "sync", "off")
 ON_FAILURE = ("open", "closed")
 DEFAULT_DATA_DIR = "data/system"
 DEFAULT_TIMEOUT_MS = 5000
+DEFAULT_BREAKER_MS = 5000
 DEFAULT_QUEUE = 1000
 SOCKET_NAME = ".memory-sidecar.sock"
 
@@ -39,6 +40,9 @@ class ShimConfig:
     on_failure: str
     timeout_s: float
     queue_size: int
+    # Sync mode: how long the circuit breaker stays open after a failed
+    # confirmation before one write probes again (shim/_breaker.py).
+    breaker_s: float = 5.0
     # The sidecar's built-in ignore globs plus SIDECAR_IGNORE (shim/_ignore.py):
     # a write or delete of a matching path is never sent (counted "ignored").
     ignore: tuple[str, ...] = DEFAULT_IGNORE
@@ -79,6 +83,7 @@ def load_config(
     queue_size: int | None = None,
     ignore: Iterable[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    breaker_ms: int | None = None,
 ) -> ShimConfig:
     env = os.environ if environ is None else environ
 
@@ -136,5 +141,7 @@ def load_config(
         on_failure=on_failure,
         timeout_s=timeout_ms / 1000.0,
         queue_size=queue_size,
+        breaker_s=(breaker_ms if breaker_ms is not None
+                   else _env_int(env, "SIDECAR_SHIM_BREAKER_MS", DEFAULT_BREAKER_MS, 1)) / 1000.0,
         ignore=DEFAULT_IGNORE + extra,
     )

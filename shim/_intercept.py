@@ -59,6 +59,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ._breaker import Breaker
 from ._config import ShimConfig
 from ._ignore import rules_for
 
@@ -85,6 +86,8 @@ COUNTERS = (
     "connect_attempts",
     "connect_failures",
     "send_failures",
+    "unconfirmed",  # sync writes that did not wait: the breaker was open (shim/_breaker.py)
+    "breaker_opened",  # times the sync breaker opened
 )
 
 
@@ -422,6 +425,7 @@ class Shim:
         self.stats = stats
         self.sync = config.mode == "sync"
         self.closed_on_failure = config.on_failure == "closed"
+        self.breaker = Breaker(config.breaker_s)
         self.active = False
         self.real_dir = config.data_dir
         self.real_prefix = config.data_dir + "/"
@@ -793,12 +797,28 @@ class Shim:
             except Exception:
                 self.stats.inc("errors")
             return
+        if not self.breaker.allow():
+            # The sidecar could not confirm a moment ago: do not wait again until the
+            # probe shows it can. The file is on disk; the async path (and the
+            # watcher) still mirror it, unconfirmed.
+            self.stats.inc("unconfirmed")
+            try:
+                self.transport.deliver(event, False)
+            except Exception:
+                self.stats.inc("errors")
+            self._sync_failed(event.op, full, event.path, "circuit breaker open: the sidecar could not "
+                              "confirm a recent write", suppress)
+            return
         try:
             self.transport.deliver(event, True)
         except Exception as exc:
             self.stats.inc("sync_failed")
+            if self.breaker.state != "open":
+                self.stats.inc("breaker_opened")
+            self.breaker.failure()
             self._sync_failed(event.op, full, event.path, str(exc) or type(exc).__name__, suppress)
             return
+        self.breaker.success()
         self.stats.inc("sync_ok")
 
     def _sync_failed(self, op: str, full: str, rel: str, reason: str, suppress: bool) -> None:

@@ -282,6 +282,15 @@ class Daemon:
             self.status.shim_events.labels(status="deferred").inc()
             self.pending.mark(event.path, 0.0)
             raise RuntimeError("not ready")
+        if event.ack and (not self.status.mongo_connected or self.status.lease_problem
+                          or self.status.write_stalled()):
+            # The daemon knows MongoDB cannot acknowledge now (the last write or ping
+            # failed, a write is stalled, another writer holds the lease): say so at
+            # once instead of holding the API until its timeout. The file is queued
+            # and mirrored when MongoDB is back; the shim's breaker stops waiting.
+            self.pending.mark(event.path, 0.0)
+            self.status.shim_events.labels(status="not_durable").inc()
+            return "not_durable"
         try:
             if event.op == "delete":
                 self.pending.mark(event.path, 0.0)

@@ -79,6 +79,7 @@ class Mirror:
         self._root_id: tuple[int, int] | None = None
         self._touched: set[str] | None = None  # paths a running full reconcile looked at
         self.lease = None  # the writer lease (sidecar/lease.py), set by the daemon
+        self._was_down = False  # MongoDB was unreachable: reload its state when it is back
         self.lock = threading.RLock()  # one writer at a time: the loop, the shim, shutdown
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,6 +149,7 @@ class Mirror:
             try:
                 self.store.ping()
                 self.status.set_mongo(True)
+                self._mongo_back()
                 if self.lease is not None:
                     try:
                         self._keep_lease()  # an idle writer keeps its lease too
@@ -158,6 +160,7 @@ class Mirror:
                     self._last_gc = now
                     self.store.gc_blobs()
             except MongoUnavailable as exc:
+                self._was_down = True
                 self.status.set_mongo(False, str(exc))
 
     def _update_gauges(self) -> None:
@@ -196,6 +199,7 @@ class Mirror:
         self.pending.done(taken, full)
         self._backoff = 0.0
         self.status.set_mongo(True)
+        self._mongo_back()
         return True
 
     def _keep_lease(self) -> None:
@@ -206,7 +210,17 @@ class Mirror:
             self.status.lease_problem = None
             self.pending.mark_full()
 
+    def _mongo_back(self) -> None:
+        """MongoDB answers again. What it holds may not be what it acknowledged (a
+        restart that lost its last writes, a restore from an older dump): a full
+        reconcile compares every file with it again, so nothing is left unmirrored."""
+        if self._was_down:
+            self._was_down = False
+            log.info("MongoDB is back: a full reconcile re-checks every file against it")
+            self.pending.mark_full()
+
     def _mongo_down(self, message: str) -> None:
+        self._was_down = True
         self.status.set_mongo(False, message)
         self.status.error("mongo_unavailable")
         self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))

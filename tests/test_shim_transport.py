@@ -276,7 +276,10 @@ def test_sync_without_sidecar_fail_open_logs_once_and_continues(env, caplog):
             (env.data / f"x{i}.json").write_text("payload-never-logged")
     assert len([r for r in caplog.records if r.name == "mentorix_shim"]) == 1
     assert "payload-never-logged" not in caplog.text
-    assert shim.stats()["sync_failed"] == 3
+    # One write waited and failed; the breaker opened, the next two did not wait.
+    stats = shim.stats()
+    assert (stats["sync_failed"], stats["unconfirmed"], stats["breaker_opened"]) == (1, 2, 1)
+    assert shim.breaker_state() == "open"
 
 
 def test_sync_without_sidecar_fail_closed_raises(env):
@@ -292,13 +295,15 @@ def test_sync_handler_error_raises_in_closed_mode_without_its_message(env):
     handler = RecordingHandler()
     handler.raises = ValueError("contains secret payload")
     env.serve(handler)
-    env.install(mode="sync", on_failure="closed")
+    env.install(mode="sync", on_failure="closed", breaker_ms=1)
     with pytest.raises(OSError) as info:
         (env.data / "x.json").write_text("x")
     assert "ValueError" in str(info.value) and "secret" not in str(info.value)
-    # The connection stays usable once the handler recovers.
+    # The connection stays usable once the handler recovers (the breaker's probe).
     handler.raises = None
+    wait_until(lambda: shim.breaker_state() == "probe_due", 5, what="the breaker's probe")
     (env.data / "y.json").write_text("y")
+    assert shim.breaker_state() == "closed"
     assert shim.stats()["sync_ok"] == 1
 
 
@@ -321,11 +326,12 @@ def test_sync_timeout_then_recovery(env):
 
     handler.before_reply = hold
     server = env.serve(handler)
-    env.install(mode="sync", on_failure="closed", timeout_ms=200)
+    env.install(mode="sync", on_failure="closed", timeout_ms=200, breaker_ms=1)
     with pytest.raises(OSError) as info:
         (env.data / "slow.json").write_text("x")
     assert "timed out" in str(info.value)
     server.loop.call_soon_threadsafe(gate.set)
+    wait_until(lambda: shim.breaker_state() == "probe_due", 5, what="the breaker's probe")
     (env.data / "fast.json").write_text("y")  # a fresh connection, not the stale one
     assert shim.stats()["sync_ok"] == 1
 
