@@ -90,16 +90,6 @@ class DivergenceBook:
             if not prev.keys:
                 del self._items[path]
 
-    def replace_all(self, items: list[Divergence]) -> None:
-        """A full reconcile found exactly these."""
-        with self._lock:
-            old = self._items
-            self._items = {}
-            for div in items:
-                if div.path in old:
-                    div.first_seen = old[div.path].first_seen
-                self._items[div.path] = div
-
     def get(self, path: str) -> Divergence | None:
         with self._lock:
             return self._items.get(path)

@@ -436,6 +436,18 @@ def write_atomic(out: Path, rel: str, data: bytes) -> bool:
             return False
     except FileNotFoundError:
         pass
+    tmp = _temp_with(parent, data)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(parent)
+    return True
+
+
+def _temp_with(parent: Path, data: bytes) -> Path:
+    """A new temp file beside the target holding ``data``, fsynced (ignored by name: ``.sidecar-*``)."""
     tmp = parent / f".sidecar-restore-{os.getpid()}-{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
@@ -443,16 +455,18 @@ def write_atomic(out: Path, rel: str, data: bytes) -> bool:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
+
+
+def _fsync_dir(parent: Path) -> None:
     dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    return True
 
 
 def write_new(out: Path, rel: str, data: bytes) -> bool:
@@ -464,24 +478,15 @@ def write_new(out: Path, rel: str, data: bytes) -> bool:
     target = out / rel
     if os.path.lexists(target):
         return False
-    tmp = parent / f".sidecar-restore-{os.getpid()}-{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    tmp = _temp_with(parent, data)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         try:
             os.link(tmp, target, follow_symlinks=False)
         except FileExistsError:
             return False
     finally:
         tmp.unlink(missing_ok=True)
-    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    _fsync_dir(parent)
     return True
 
 

@@ -187,14 +187,15 @@ def find_divergences(config: Config, store: Store) -> tuple[Reconciler, Any, lis
 def run_divergences(config: Config, store: Store, accept: list[str] | None = None,
                     accept_all: bool = False) -> tuple[dict[str, Any], int]:
     """``memory-sidecar divergences [accept [PATH...]]``. Listing exits 1 while any is held."""
-    rec, state, held = find_divergences(config, store)
     if not accept and not accept_all:
-        report = _summary(held)
-        return report, (1 if held else 0)
+        held = find_divergences(config, store)[2]
+        return _summary(held), (1 if held else 0)
+    check_root(config.data_dir)
+    store.ping()
     lease = Lease(store, "divergences accept", config.sidecar_lease_ttl_s)
     lease.acquire()  # LeaseHeld: the CLI hands the accept to the daemon that holds it
     try:
-        # Read again under the lease: nothing changes MongoDB behind our back now.
+        # Read under the lease: nothing changes MongoDB behind our back now.
         rec, state, held = find_divergences(config, store)
         return _accept(config, store, rec, state, held, accept, accept_all)
     finally:
