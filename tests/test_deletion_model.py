@@ -358,13 +358,17 @@ def test_kill_9_during_a_mongo_mode_restore_resumes_and_marks_nothing_deleted(
     _wipe(data_dir)
     proc = DaemonProcess(tmp_path, data_dir, mongo_url, db_name, MEMORY_STORE_BACKEND="mongo",
                          SIDECAR_PROPAGATE_FILE_DELETES="true")
-    kills = []
+    kills, reasons = [], []
     try:
         for target in (50, 400, 900):  # kill at a few points of the restore (bounded loop)
             proc.start()
             count = lambda: sum(1 for _ in data_dir.rglob("*.json"))  # noqa: E731
             wait_for(lambda: count() >= target or (proc.get("/readyz") or None) and proc.get("/readyz").status == 200,
                      60, 0.005, f"the restore to pass {target} files")
+            r = proc.get("/readyz", timeout=5)
+            if r is not None and count() < len(original):
+                assert r.status == 503, r.body
+                reasons.append(r.json()["reason"])
             proc.kill()
             kills.append(count())
             assert db.memory_files.count_documents({"deleted_at": {"$ne": None}}) == 0
@@ -373,6 +377,8 @@ def test_kill_9_during_a_mongo_mode_restore_resumes_and_marks_nothing_deleted(
     finally:
         proc.close()
     assert any(0 < k < len(original) for k in kills), kills  # at least one kill landed mid-restore
+    # /readyz said why while it ran.
+    assert reasons and all(r.startswith("starting: restoring missing files from MongoDB") for r in reasons), reasons
     assert tree(data_dir) == original
     assert db.memory_files.count_documents({"deleted_at": {"$ne": None}}) == 0
     assert db.memory_hubs.count_documents({}) == 150
