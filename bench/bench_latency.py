@@ -336,6 +336,9 @@ def _ms(seconds: float | None) -> float | None:
 # --- the load -------------------------------------------------------------------------------
 
 
+OLD_MTIME = 1_577_836_800  # 2020-01-01
+
+
 def make_plan(args) -> dict[str, Any]:
     """Names, sizes and the write pattern, shared by set-up and the writer process."""
     rng = random.Random(args.seed)
@@ -343,7 +346,7 @@ def make_plan(args) -> dict[str, Any]:
     learners = [corpus._id(rng) for _ in range(args.learners)]
     period = round(3 / args.hub_share) if args.hub_share > 0 else 0
     return {"episode_ids": episode_ids, "learners": learners, "period": max(period, 3) if period else 0,
-            "seed": args.seed}
+            "seed": args.seed, "old_mtime": bool(getattr(args, "old_mtime", False))}
 
 
 def kind_of(i: int, plan: dict[str, Any]) -> tuple[str, int]:
@@ -419,7 +422,15 @@ def writer_main(data_dir: str, plan: dict[str, Any], rate: float, total: int, wa
             payload = hubs[hub]
             path = root / "structured_hubs" / f"{hub}.json"
             entity = f"{hub}/{signal_learner}"
-        path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        if plan.get("old_mtime"):
+            # A prepared file moved into place with a 2020 mtime (mv, cp -p, rsync -a, tar x):
+            # newer content, older mtime. The temp name is ignored (*.tmp).
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+            os.utime(tmp, (OLD_MTIME, OLD_MTIME))
+            os.replace(tmp, path)
+        else:
+            path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         closed = time.time()
         records.append((seq, kind, entity, wall0 + (due - mono0), started - due, closed))
     Path(result_path).write_text(json.dumps({"records": records, "cpu_s": time.process_time(),
@@ -852,6 +863,8 @@ def main() -> int:
     ap.add_argument("--db", default="bench")
     ap.add_argument("--daemon-log-level", default="INFO")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--old-mtime", action="store_true",
+                    help="every write is a prepared file renamed into place with a 2020 mtime (issue 11)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
     ap.add_argument("--profile", action="store_true",
                     help="run the daemon with stage timers wrapped around it (sidecar/ unchanged)")
