@@ -802,6 +802,7 @@ class Shim:
             # probe shows it can. The file is on disk; the async path (and the
             # watcher) still mirror it, unconfirmed.
             self.stats.inc("unconfirmed")
+            self._note_breaker()  # before the frame goes: it carries the count
             try:
                 self.transport.deliver(event, False)
             except Exception:
@@ -809,6 +810,8 @@ class Shim:
             self._sync_failed(event.op, full, event.path, "circuit breaker open: the sidecar could not "
                               "confirm a recent write", suppress)
             return
+        if self.breaker.state == "half_open":
+            self._note_breaker()  # the probe tells the sidecar the breaker is open
         try:
             self.transport.deliver(event, True)
         except Exception as exc:
@@ -816,10 +819,30 @@ class Shim:
             if self.breaker.state != "open":
                 self.stats.inc("breaker_opened")
             self.breaker.failure()
+            self._note_breaker()
             self._sync_failed(event.op, full, event.path, str(exc) or type(exc).__name__, suppress)
             return
+        was = self.breaker.state
         self.breaker.success()
         self.stats.inc("sync_ok")
+        if was != "closed":
+            self._note_breaker()
+
+    def _note_breaker(self) -> None:
+        """Put the breaker's state and counts in the header of every later frame.
+
+        Set the first time the breaker opens (never in async mode or before an
+        outage: nothing to add to the hot path), so the sidecar shows writes it
+        could not confirm in /memory/status and /metrics as soon as frames reach it
+        again (async ones while the breaker is open, the probe when it is due).
+        """
+        counts = self.stats.snapshot()
+        report = ',"shim":{"breaker":"%s","unconfirmed":%d,"sync_failed":%d,"breaker_opened":%d}' % (
+            self.breaker.view(), counts["unconfirmed"], counts["sync_failed"], counts["breaker_opened"])
+        try:
+            self.transport.report = report
+        except AttributeError:  # a transport without the attribute (tests)
+            pass
 
     def _sync_failed(self, op: str, full: str, rel: str, reason: str, suppress: bool) -> None:
         if self.closed_on_failure and not suppress:

@@ -63,19 +63,20 @@ class DeliveryError(Exception):
     """The sidecar did not confirm an event. The message never holds file data."""
 
 
-def encode_header(event: "Event", ack: bool) -> bytes:
+def encode_header(event: "Event", ack: bool, report: str = "") -> bytes:
     """The length prefix and JSON header of one frame.
 
     Formatted by hand: only the path needs JSON escaping, and this runs
     once per event on a thread that shares the GIL with the API. Only a sync
     frame carries the body's sha256: the daemon checks every body against the
     file before using it, so hashing async bodies here would only spend the
-    API process's CPU.
+    API process's CPU. ``report``: the shim's own health (``"shim"`` key, see
+    PROTOCOL.md), already formatted; empty until the sync breaker first opened.
     """
     sha = event.sha256 if ack else None
     mtime = event.mtime_ns
     raw = (
-        '{"v":%d,"op":"%s","path":%s,"size":%d,"sha256":%s,"mtime_ns":%s,"seq":%d,"pid":%d,"ack":%s}'
+        '{"v":%d,"op":"%s","path":%s,"size":%d,"sha256":%s,"mtime_ns":%s,"seq":%d,"pid":%d,"ack":%s%s}'
         % (
             PROTOCOL_VERSION,
             event.op,
@@ -86,16 +87,17 @@ def encode_header(event: "Event", ack: bool) -> bytes:
             event.seq,
             event.pid,
             "true" if ack else "false",
+            report,
         )
     ).encode("ascii")
     return _LEN.pack(len(raw)) + raw
 
 
-def encode_frames(events: "list[Event]") -> bytes:
+def encode_frames(events: "list[Event]", report: str = "") -> bytes:
     """Several ack-less frames as one buffer: one send for a burst of writes."""
     parts = []
     for event in events:
-        parts.append(encode_header(event, False))
+        parts.append(encode_header(event, False, report))
         if event.data:
             parts.append(event.data)
     return b"".join(parts)
@@ -116,8 +118,8 @@ class _Connection:
             raise
         self.sock = sock
 
-    def send(self, event: "Event", ack: bool) -> None:
-        head = encode_header(event, ack)
+    def send(self, event: "Event", ack: bool, report: str = "") -> None:
+        head = encode_header(event, ack, report)
         body = event.data
         if not body:
             self.sock.sendall(head)
@@ -150,12 +152,12 @@ class _Connection:
             buf += chunk
         return bytes(buf)
 
-    def request(self, event: "Event", deadline: float) -> dict:
+    def request(self, event: "Event", deadline: float, report: str = "") -> dict:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("timed out before sending to the sidecar")
         self.sock.settimeout(remaining)
-        self.send(event, ack=True)
+        self.send(event, True, report)
         (n,) = _LEN.unpack(self._recv_exact(4, deadline))
         if n > MAX_REPLY:
             raise ValueError("oversized reply from the sidecar")
@@ -177,6 +179,9 @@ class SocketTransport:
         self.timeout_s = timeout_s
         self.queue_size = queue_size
         self.stats = stats
+        # The shim's health, sent in every frame's header once set (Shim._note_breaker):
+        # the sidecar learns of writes it could not confirm when it is back.
+        self.report = ""
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -351,7 +356,7 @@ class SocketTransport:
         if conn is not None and conn.peer_gone():
             conn.close()
             conn = None
-        payload = encode_frames(batch)
+        payload = encode_frames(batch, self.report)
         # A second try covers a sidecar restart between two bursts: the
         # stale connection fails, a fresh one is made at once. A burst that
         # failed half-way is resent whole; the sidecar de-duplicates by hash.
@@ -407,7 +412,7 @@ class SocketTransport:
                     raise DeliveryError(f"sidecar unavailable ({type(exc).__name__})") from None
                 self._tls.conn = conn
             try:
-                reply = conn.request(event, deadline)
+                reply = conn.request(event, deadline, self.report)
                 break
             except (BrokenPipeError, ConnectionResetError) as exc:
                 # A kept connection may predate a sidecar restart: retry once

@@ -326,6 +326,7 @@ class Daemon:
         self.http_port = server.bound_port(runner)
         log.info("status server on %s:%s", self.config.sidecar_http_host, self.http_port)
         self.shim = ShimServer(self.config.socket_path, self.on_shim)
+        self.status.live_shim = self.shim.report
         try:
             await self.shim.start()
         except OSError as exc:

@@ -20,6 +20,7 @@ process wrote is the order in which the handler sees its events.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import hashlib
 import json
@@ -30,6 +31,7 @@ import socket
 import stat
 import struct
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -43,12 +45,22 @@ MAX_PATH = 4096
 _HASH_INLINE_MAX = 1024 * 1024
 # "queued": an async frame handed to the coalescing writer (never the reply to
 # a sync frame, which waits for the write).
-STATUSES = ("written", "unchanged", "stale", "queued", "ignored")
+# "not_durable": a sync frame the daemon cannot confirm now (MongoDB known down or
+# stalled, or another writer holds the lease): answered at once, the path is queued.
+STATUSES = ("written", "unchanged", "stale", "queued", "ignored", "not_durable")
 DURABLE = ("written", "unchanged", "stale")  # the store holds this version or a newer one
 # What a sync writer may go on after: durable, or never to be stored ("ignored":
 # the path matches the ignore rules; an error would stall or fail the API's
 # write of, say, an atomic writer's temp file, which is not memory).
 OK = DURABLE + ("ignored",)
+
+# The shim's own health report (optional "shim" key of a header, PROTOCOL.md).
+BREAKER_STATES = ("closed", "open", "probe_due", "half_open")
+REPORT_COUNTS = ("unconfirmed", "sync_failed", "breaker_opened")
+# Writing processes remembered (the most recently heard from), and for how long a
+# report counts in the summary after that process's last frame.
+MAX_CLIENTS = 256
+CLIENT_TTL_S = 900.0
 
 _LEN = struct.Struct(">I")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
@@ -152,6 +164,73 @@ def parse_header(raw: bytes, max_body: int = MAX_BODY) -> dict[str, Any]:
     return header
 
 
+def parse_report(value: Any) -> dict[str, Any] | None:
+    """The shim's health report, or None if absent or malformed (never a bad frame:
+    the write it rides on is valid on its own)."""
+    if not isinstance(value, dict) or value.get("breaker") not in BREAKER_STATES:
+        return None
+    report: dict[str, Any] = {"breaker": value["breaker"]}
+    for key in REPORT_COUNTS:
+        n = value.get(key)
+        if not _is_int(n) or n < 0:
+            return None
+        report[key] = n
+    return report
+
+
+class ShimClients:
+    """What each writing process last said about itself (its breaker, its
+    unconfirmed writes), so operators see an outage's cost once frames flow again."""
+
+    def __init__(self, max_clients: int = MAX_CLIENTS, ttl_s: float = CLIENT_TTL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_clients = max_clients
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._by_pid: "collections.OrderedDict[int, dict[str, Any]]" = collections.OrderedDict()
+        self.bad_reports = 0
+
+    def heard(self, pid: int, raw: Any, present: bool) -> None:
+        now = self._clock()
+        entry = self._by_pid.get(pid)
+        if present:
+            report = parse_report(raw)
+            if report is None:
+                self.bad_reports += 1
+            else:
+                entry = {**report, "pid": pid}
+        if entry is None:
+            return  # a process that never reported: nothing to show
+        entry["seen"] = now
+        self._by_pid[pid] = entry
+        self._by_pid.move_to_end(pid)
+        while len(self._by_pid) > self.max_clients:
+            self._by_pid.popitem(last=False)
+
+    def confirmed(self, pid: int) -> None:
+        """An ok reply to a sync frame: that shim's breaker closes on it."""
+        entry = self._by_pid.get(pid)
+        if entry is not None:
+            entry["breaker"] = "closed"
+
+    def summary(self) -> dict[str, Any]:
+        now = self._clock()
+        live = [e for e in self._by_pid.values() if now - e["seen"] <= self.ttl_s]
+        return {
+            "processes": len(live),
+            "breakers_open": sum(1 for e in live if e["breaker"] != "closed"),
+            "unconfirmed": sum(e["unconfirmed"] for e in live),
+            "sync_failed": sum(e["sync_failed"] for e in live),
+            "bad_reports": self.bad_reports,
+            "by_pid": [
+                {"pid": e["pid"], "breaker": e["breaker"], "unconfirmed": e["unconfirmed"],
+                 "sync_failed": e["sync_failed"], "breaker_opened": e["breaker_opened"],
+                 "seen_seconds_ago": round(now - e["seen"], 1)}
+                for e in sorted(live, key=lambda e: -e["seen"])[:20]
+            ],
+        }
+
+
 def encode_reply(status: str, error: str | None = None) -> bytes:
     reply = {"ok": status in OK, "status": status, "error": error}
     raw = json.dumps(reply, separators=(",", ":")).encode("utf-8")
@@ -200,14 +279,21 @@ class ShimServer:
                 "stale",
                 "queued",
                 "ignored",
+                "not_durable",
                 "error",
             ),
             0,
         )
+        self.clients = ShimClients()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._inode: tuple[int, int] | None = None
+
+    def report(self) -> dict[str, Any]:
+        """For /memory/status and /metrics: the frame counters (bad frames
+        included) and what the writing processes said about their breakers."""
+        return {"frames": dict(self.stats), "clients": self.clients.summary()}
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -411,10 +497,13 @@ class ShimServer:
             pid=header["pid"],
             ack=ack,
         )
+        self.clients.heard(event.pid, header.get("shim"), "shim" in header)
         status, error = await self._handle(event)
         self.stats[status] += 1
         if ack:
             await self._reply(writer, status, error)
+            if status in OK:
+                self.clients.confirmed(event.pid)
         return True
 
     async def _handle(self, event: ShimEvent) -> tuple[str, str | None]:

@@ -53,6 +53,18 @@ class Status:
         self.root_ok = Gauge("sidecar_root_ok", "1 when the data dir is a real directory being watched",
                              registry=r)
         self.root_ok.set(1)
+        # From the shim socket server (sidecar/shimserver.py), read at each view.
+        self.shim_bad_frames = Counter("sidecar_shim_bad_frames_total",
+                                       "Shim frames refused as breaking the protocol", registry=r)
+        self.shim_processes = Gauge("sidecar_shim_processes",
+                                    "Writing processes whose shim reported its breaker (last 15 min)", registry=r)
+        self.shim_breakers_open = Gauge("sidecar_shim_breakers_open",
+                                        "Writing processes whose sync breaker was last reported not closed",
+                                        registry=r)
+        self.shim_unconfirmed = Gauge("sidecar_shim_unconfirmed_writes",
+                                      "Sync writes that went on unconfirmed (breaker open), as last reported "
+                                      "by each writing process, summed", registry=r)
+        self._shim_bad_seen = 0
         self._lock = threading.Lock()
         self.started_at = _now_iso()
         self.ready = False
@@ -79,6 +91,9 @@ class Status:
         # Set by the daemon: the held divergences (sidecar/divergence.py).
         self.divergences = None
         self.restore_progress: dict[str, int] | None = None
+        # Set by the daemon: the shim socket server's report (ShimServer.report).
+        self.live_shim = None
+        self._shim_view: dict[str, Any] | None = None
 
     # --- updates ---------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
@@ -170,6 +185,18 @@ class Status:
         if self.live_pending is not None:
             self.set_pending(*self.live_pending())
         self.write_age()
+        if self.live_shim is not None:
+            view = self.live_shim()
+            with self._lock:
+                bad = int(view["frames"].get("bad_frames", 0))
+                if bad > self._shim_bad_seen:
+                    self.shim_bad_frames.inc(bad - self._shim_bad_seen)
+                    self._shim_bad_seen = bad
+            clients = view["clients"]
+            self.shim_processes.set(clients["processes"])
+            self.shim_breakers_open.set(clients["breakers_open"])
+            self.shim_unconfirmed.set(clients["unconfirmed"])
+            self._shim_view = view
 
     def metrics_text(self) -> bytes:
         self._refresh()
@@ -199,5 +226,6 @@ class Status:
             "problems": problems,
             "divergences": self.divergences.summary() if self.divergences is not None else None,
             "restore": self.restore_progress,
+            "shim": self._shim_view,
         }
 
