@@ -40,6 +40,16 @@ class Breaker:
                 return True  # the probe
             return False
 
+    def skips(self) -> bool:
+        """True: a write now would not wait (open and not yet due, or a probe is
+        out). No transition: the caller may take the cheaper async route."""
+        state = self.state
+        if state == CLOSED:
+            return False
+        if state == HALF_OPEN:
+            return True
+        return self._clock() < self._until
+
     def view(self) -> str:
         """closed | open | probe_due (open, the next write probes) | half_open (a probe waits)."""
         with self._lock:

@@ -70,6 +70,7 @@ log = logging.getLogger("mentorix_shim")
 # and does not patch a second time.
 MARK = "__mentorix_shim__"
 WARN_INTERVAL_S = 30.0
+_BREAKER_OPEN = "circuit breaker open: the sidecar could not confirm a recent write"
 
 COUNTERS = (
     "writes",  # write events built (after read-back)
@@ -640,23 +641,30 @@ class Shim:
             if lexical is not None and self.ignored(lexical):
                 self.stats.inc("ignored")
                 return
-            if not sync and not self._ready():
-                self.stats.inc("dropped_unavailable")
-                return
-            snap = self._read_back(path)
-            if snap is None:
-                return
-            rel, data, mtime_ns = snap
-            if self.ignored(rel):
-                self.stats.inc("ignored")
-                return
-            rel.encode("utf-8")  # the protocol is JSON: undecodable names stay with the watcher
-            event = Event("write", rel, data, mtime_ns, next(_seq), _pid)
-            self.stats.inc("writes")
+            if not self._ready() and (not sync or self.breaker.skips()):
+                event = None  # the sidecar is away (sync: and the breaker is open)
+            else:
+                snap = self._read_back(path)
+                if snap is None:
+                    return
+                rel, data, mtime_ns = snap
+                if self.ignored(rel):
+                    self.stats.inc("ignored")
+                    return
+                rel.encode("utf-8")  # the protocol is JSON: undecodable names stay with the watcher
+                event = Event("write", rel, data, mtime_ns, next(_seq), _pid)
+                self.stats.inc("writes")
         except Exception as exc:
             self.stats.inc("errors")
             if sync:
                 self._sync_failed("write", path, path, f"could not read the file back ({type(exc).__name__})", suppress)
+            return
+        if event is None:
+            # No read-back, no event: the watcher mirrors the file. Outside the
+            # try: with SIDECAR_SHIM_ON_FAILURE=closed this raises the documented OSError.
+            self.stats.inc("dropped_unavailable")
+            if sync:
+                self._unconfirmed("write", path, path, suppress)
             return
         self._deliver(event, path, suppress)
 
@@ -680,19 +688,30 @@ class Shim:
         try:
             known = _known_payload(text, data, args, kwargs)
             rel = None if known is None else self._plain_rel(path)
-            if rel is None:
-                self.report_write(path)
-                return
+        except Exception:
+            self.stats.inc("errors")
+            return
+        if rel is None:
+            # The read-back route (outside the try: in sync mode with
+            # SIDECAR_SHIM_ON_FAILURE=closed it raises the documented OSError).
+            self.report_write(path)
+            return
+        try:
             if self.ignored(rel):
                 self.stats.inc("ignored")
                 return
+            if self.sync:
+                self._unconfirmed_note()
             if not self._ready():
                 self.stats.inc("dropped_unavailable")
-                return
-            event = Event("write", rel, known[0], None, next(_seq), _pid, self, known[1])
-            self.transport.deliver(event, False)
+            else:
+                event = Event("write", rel, known[0], None, next(_seq), _pid, self, known[1])
+                self.transport.deliver(event, False)
         except Exception:
             self.stats.inc("errors")
+            return
+        if self.sync:
+            self._sync_failed("write", path, rel, _BREAKER_OPEN, False)
 
     def settle(self, event: Event) -> bool:
         """Finish a write event of ``report_written`` (on the sender thread).
@@ -779,14 +798,19 @@ class Shim:
             if self.ignored(rel):
                 self.stats.inc("ignored")
                 return
-            if not self.sync and not self._ready():
-                self.stats.inc("dropped_unavailable")
-                return
-            rel.encode("utf-8")
-            event = Event("delete", rel, None, None, next(_seq), _pid)
-            self.stats.inc("deletes")
+            if not self._ready() and (not self.sync or self.breaker.skips()):
+                event = None
+            else:
+                rel.encode("utf-8")
+                event = Event("delete", rel, None, None, next(_seq), _pid)
+                self.stats.inc("deletes")
         except Exception:
             self.stats.inc("errors")
+            return
+        if event is None:  # the sidecar is away (sync: and the breaker is open)
+            self.stats.inc("dropped_unavailable")
+            if self.sync:
+                self._unconfirmed("delete", full, rel, suppress)
             return
         self._deliver(event, full, suppress)
 
@@ -801,14 +825,12 @@ class Shim:
             # The sidecar could not confirm a moment ago: do not wait again until the
             # probe shows it can. The file is on disk; the async path (and the
             # watcher) still mirror it, unconfirmed.
-            self.stats.inc("unconfirmed")
-            self._note_breaker()  # before the frame goes: it carries the count
+            self._unconfirmed_note()  # before the frame goes: it carries the count
             try:
                 self.transport.deliver(event, False)
             except Exception:
                 self.stats.inc("errors")
-            self._sync_failed(event.op, full, event.path, "circuit breaker open: the sidecar could not "
-                              "confirm a recent write", suppress)
+            self._sync_failed(event.op, full, event.path, _BREAKER_OPEN, suppress)
             return
         if self.breaker.state == "half_open":
             self._note_breaker()  # the probe tells the sidecar the breaker is open
@@ -827,6 +849,15 @@ class Shim:
         self.stats.inc("sync_ok")
         if was != "closed":
             self._note_breaker()
+
+    def _unconfirmed_note(self) -> None:
+        self.stats.inc("unconfirmed")
+        self._note_breaker()
+
+    def _unconfirmed(self, op: str, full: str, rel: str, suppress: bool) -> None:
+        """A sync write or delete that did not wait (the breaker is open)."""
+        self._unconfirmed_note()
+        self._sync_failed(op, full, rel, _BREAKER_OPEN, suppress)
 
     def _note_breaker(self) -> None:
         """Put the breaker's state and counts in the header of every later frame.
@@ -1028,9 +1059,9 @@ class Shim:
                 # In async mode the call's own bytes are what the file holds
                 # (checked by size, and by the daemon against the file): no
                 # read-back, the dearest part of reporting.
-                if shim.sync:
+                if shim.sync and not shim.breaker.skips():
                     shim.report_write(path)
-                else:
+                else:  # async, or a sync write that would not wait (breaker open)
                     shim.report_written(path, text, data, args, kwargs)
             return result
 
@@ -1074,7 +1105,7 @@ class Shim:
                 if p.__class__ is not str or not p.startswith(self.prefixes):
                     p = self.candidate(path_obj)
             if p is not None:
-                if self.sync:
+                if self.sync and not self.breaker.skips():
                     return None
                 for prefix in self.prefixes:
                     if p.startswith(prefix):
@@ -1107,15 +1138,22 @@ class Shim:
             # Opened (so truncated): report what is there, as the general route does.
             self.report_write(p, suppress=True)
             raise
+        unconfirmed = False
         try:
             if self.ignored(rel):
                 self.stats.inc("ignored")
-            elif not self._ready():
-                self.stats.inc("dropped_unavailable")
             else:
-                self.transport.deliver(Event("write", rel, data, None, next(_seq), _pid, self, codec), False)
+                if self.sync:  # the breaker is open: this sync write does not wait
+                    self._unconfirmed_note()
+                    unconfirmed = True
+                if not self._ready():
+                    self.stats.inc("dropped_unavailable")
+                else:
+                    self.transport.deliver(Event("write", rel, data, None, next(_seq), _pid, self, codec), False)
         except Exception:
             self.stats.inc("errors")
+        if unconfirmed:
+            self._sync_failed("write", p, rel, _BREAKER_OPEN, False)
         return (result,)
 
     def make_path_unlink(self, orig: Callable[..., Any]) -> Callable[..., Any]:

@@ -19,7 +19,7 @@ import shim
 from conftest import wait_for
 from daemon_fixtures import DaemonProcess, daemon_config, running  # noqa: F401
 from shim._breaker import CLOSED, HALF_OPEN, OPEN, Breaker
-from shim_helpers import ServerThread
+from shim_helpers import Recorder, ServerThread
 
 TIMEOUT_MS = 1500  # the shim's wait for one confirmation
 BREAKER_MS = 1000  # how long the breaker stays open after a failure
@@ -45,6 +45,64 @@ def test_breaker_opens_probes_once_and_closes():
     assert b.state == CLOSED and b.allow()
 
 
+
+
+class FlakyRecorder(Recorder):
+    """Sync deliveries fail (the breaker opens); async ones are recorded. ``up``: ready()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = True
+
+    def ready(self) -> bool:
+        return self.up
+
+    def deliver(self, event, sync):
+        if sync:
+            raise shim.DeliveryError("timed out waiting for the sidecar")
+        super().deliver(event, sync)
+
+
+@pytest.mark.parametrize("policy", ["open", "closed"])
+def test_open_breaker_takes_the_async_route_and_carries_the_report(tmp_path, policy):
+    """While the breaker is open, a sync write costs what an async one does: the
+    call's own bytes are queued (no read-back), or nothing at all while the sidecar
+    is away; each is counted unconfirmed; with closed, each raises at once."""
+    data = tmp_path / "data"
+    data.mkdir()
+    t = FlakyRecorder()
+    assert shim.install(mode="sync", data_dir=str(data), transport=t, on_failure=policy, breaker_ms=60_000)
+    try:
+        def write(name, **kw):
+            try:
+                (data / name).write_text('{"a": 1}', **kw)
+                return 0
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+                assert "circuit breaker open" in str(exc) or "timed out" in str(exc)
+                return 1
+        raised = write("first.json", encoding="utf-8")  # waits, fails: the breaker opens
+        assert shim.breaker_state() == "open" and shim.stats()["sync_failed"] == 1
+        assert t.report == ',"shim":{"breaker":"open","unconfirmed":0,"sync_failed":1,"breaker_opened":1}'
+        raised += write("known.json", encoding="utf-8")  # bytes known: queued as they are
+        raised += write("guessed.json")  # default encoding: read back, then queued
+        assert t.summary == [("write", "known.json"), ("write", "guessed.json")] and t.sync_flags == [False, False]
+        t.up = False  # the sidecar away: nothing read back, nothing queued
+        raised += write("away.json", encoding="utf-8") + write("away2.json")
+        try:
+            (data / "first.json").unlink()  # a delete that would not wait either
+        except OSError as exc:
+            assert exc.errno == errno.EIO and "circuit breaker open" in str(exc)
+            raised += 1
+        assert not (data / "first.json").exists()
+        stats = shim.stats()
+        assert stats["unconfirmed"] == 5, stats
+        assert stats["dropped_unavailable"] == 3
+        assert len(t.events) == 2
+        assert raised == (6 if policy == "closed" else 0)  # the first failure too
+        assert t.report.startswith(',"shim":{"breaker":"open","unconfirmed":%d,' % stats["unconfirmed"])
+    finally:
+        shim.uninstall()
 
 
 # --- the half-open probe, against a sidecar whose answer the test holds ----------------------
