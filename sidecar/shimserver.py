@@ -501,9 +501,9 @@ class ShimServer:
         status, error = await self._handle(event)
         self.stats[status] += 1
         if ack:
-            await self._reply(writer, status, error)
             if status in OK:
-                self.clients.confirmed(event.pid)
+                self.clients.confirmed(event.pid)  # the shim's breaker closes on this reply
+            await self._reply(writer, status, error)
         return True
 
     async def _handle(self, event: ShimEvent) -> tuple[str, str | None]:

@@ -19,7 +19,7 @@ import shim
 from conftest import wait_for
 from daemon_fixtures import DaemonProcess, daemon_config, running  # noqa: F401
 from shim._breaker import CLOSED, HALF_OPEN, OPEN, Breaker
-from shim_helpers import Recorder, ServerThread
+from shim_helpers import RecordingHandler, Recorder, ServerThread, connect, frame, header, read_reply
 
 TIMEOUT_MS = 1500  # the shim's wait for one confirmation
 BREAKER_MS = 1000  # how long the breaker stays open after a failure
@@ -323,3 +323,46 @@ def test_outage_costs_at_most_one_timeout_per_breaker_period(data_dir, outage, p
         outage.wait_parity(60)
     finally:
         shim.uninstall()
+
+
+# --- the daemon's side of the report ---------------------------------------------------------
+def test_shim_clients_keep_the_last_report_per_process_and_refuse_bad_ones():
+    from sidecar.shimserver import ShimClients, parse_report
+
+    now = [0.0]
+    c = ShimClients(max_clients=2, ttl_s=60, clock=lambda: now[0])
+    good = {"breaker": "open", "unconfirmed": 3, "sync_failed": 1, "breaker_opened": 1}
+    c.heard(10, good, True)
+    c.heard(11, None, False)  # never reported: not shown
+    summary = c.summary()
+    assert (summary["processes"], summary["breakers_open"], summary["unconfirmed"]) == (1, 1, 3)
+    for bad in ({"breaker": "sideways", "unconfirmed": 1, "sync_failed": 0, "breaker_opened": 0},
+                {**good, "unconfirmed": -1}, {**good, "unconfirmed": True}, {**good, "sync_failed": "2"},
+                "open", None, [good]):
+        assert parse_report(bad) is None
+        c.heard(10, bad, True)  # ignored, counted; the last good report stays
+    assert c.summary()["bad_reports"] == 7 and c.summary()["unconfirmed"] == 3
+    c.confirmed(10)  # an ok reply to its sync frame: its breaker closes on it
+    assert c.summary()["breakers_open"] == 0 and c.summary()["unconfirmed"] == 3
+    c.heard(12, good, True)
+    c.heard(13, good, True)  # bounded: the least recently heard goes
+    assert sorted(e["pid"] for e in c.summary()["by_pid"]) == [12, 13]
+    now[0] = 61.0  # silent for longer than the TTL: no longer counted
+    assert c.summary()["processes"] == 0
+
+
+def test_a_malformed_report_never_costs_the_write_it_rides_on(tmp_path):
+    with ServerThread(tmp_path / "s.sock", RecordingHandler()) as srv:
+        s = connect(tmp_path / "s.sock")
+        try:
+            s.sendall(frame(header(shim={"breaker": "open", "unconfirmed": "many"}), b"{}"))
+            assert read_reply(s)["ok"] is True
+            good = {"breaker": "open", "unconfirmed": 2, "sync_failed": 1, "breaker_opened": 1}
+            s.sendall(frame(header(seq=2, shim=good), b"{}"))
+            assert read_reply(s)["ok"] is True  # an ok sync reply: that breaker closes
+        finally:
+            s.close()
+        report = srv.server.report()
+        assert report["frames"]["bad_frames"] == 0 and report["frames"]["written"] == 2
+        clients = report["clients"]
+        assert clients["bad_reports"] == 1 and clients["unconfirmed"] == 2 and clients["breakers_open"] == 0
