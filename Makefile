@@ -12,13 +12,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Offline validators for the deploy files that do not come from PyPI.
+# Offline validators that do not come from PyPI, from Debian (as root, with apt-get):
+# docker-compose (compose config check) and prometheus (promtool: alert rules, dashboard PromQL).
+# One apt-get update for whatever is missing; a warning (and a clear pytest skip) if it cannot be installed.
+# The prometheus package enables its server: stopped and disabled again at once (only promtool is used).
+APT_TOOLS := docker-compose:docker-compose promtool:prometheus
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 tools:
-	@command -v docker-compose >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
-	      || echo "warning: could not install docker-compose; its config check will be skipped"; \
-	  else echo "warning: docker-compose missing and cannot apt-get install it"; fi; }
+	@missing=""; for pair in $(APT_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "warning:$$missing missing and cannot apt-get install them; their checks will be skipped"; exit 0; fi; \
+	$(APT_GET) update -qq || echo "warning: apt-get update failed"; \
+	for pkg in $$missing; do \
+	  $(APT_GET) install -y -qq --no-install-recommends $$pkg >/dev/null \
+	    || echo "warning: could not install $$pkg; its checks will be skipped"; \
+	  if [ $$pkg = prometheus ]; then \
+	    if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1; \
+	    else service prometheus stop >/dev/null 2>&1; fi; true; fi; \
+	done
 
 run: $(STAMP)
 	$(BIN)/python -m sidecar.demo
