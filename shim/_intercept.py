@@ -832,8 +832,6 @@ class Shim:
                 self.stats.inc("errors")
             self._sync_failed(event.op, full, event.path, _BREAKER_OPEN, suppress)
             return
-        if self.breaker.state == "half_open":
-            self._note_breaker()  # the probe tells the sidecar the breaker is open
         try:
             self.transport.deliver(event, True)
         except Exception as exc:
@@ -844,11 +842,8 @@ class Shim:
             self._note_breaker()
             self._sync_failed(event.op, full, event.path, str(exc) or type(exc).__name__, suppress)
             return
-        was = self.breaker.state
         self.breaker.success()
         self.stats.inc("sync_ok")
-        if was != "closed":
-            self._note_breaker()
 
     def _unconfirmed_note(self) -> None:
         self.stats.inc("unconfirmed")
@@ -860,20 +855,24 @@ class Shim:
         self._sync_failed(op, full, rel, _BREAKER_OPEN, suppress)
 
     def _note_breaker(self) -> None:
-        """Put the breaker's state and counts in the header of every later frame.
+        """From now on, every frame's header carries the breaker's state and counts.
 
         Set the first time the breaker opens (never in async mode or before an
-        outage: nothing to add to the hot path), so the sidecar shows writes it
+        outage: nothing is added to the hot path), so the sidecar shows writes it
         could not confirm in /memory/status and /metrics as soon as frames reach it
         again (async ones while the breaker is open, the probe when it is due).
         """
+        if getattr(self.transport, "reporter", False) is None:
+            try:
+                self.transport.reporter = self.report_text
+            except AttributeError:  # a transport without the attribute (tests)
+                pass
+
+    def report_text(self) -> str:
+        """The ``shim`` key of a frame header (PROTOCOL.md), formatted."""
         counts = self.stats.snapshot()
-        report = ',"shim":{"breaker":"%s","unconfirmed":%d,"sync_failed":%d,"breaker_opened":%d}' % (
+        return ',"shim":{"breaker":"%s","unconfirmed":%d,"sync_failed":%d,"breaker_opened":%d}' % (
             self.breaker.view(), counts["unconfirmed"], counts["sync_failed"], counts["breaker_opened"])
-        try:
-            self.transport.report = report
-        except AttributeError:  # a transport without the attribute (tests)
-            pass
 
     def _sync_failed(self, op: str, full: str, rel: str, reason: str, suppress: bool) -> None:
         if self.closed_on_failure and not suppress:

@@ -180,8 +180,10 @@ class SocketTransport:
         self.queue_size = queue_size
         self.stats = stats
         # The shim's health, sent in every frame's header once set (Shim._note_breaker):
-        # the sidecar learns of writes it could not confirm when it is back.
-        self.report = ""
+        # the sidecar learns of writes it could not confirm when it is back. A
+        # callable, formatted when a frame is built (on the sender thread for async
+        # frames), not on every API write.
+        self.reporter = None
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -356,7 +358,8 @@ class SocketTransport:
         if conn is not None and conn.peer_gone():
             conn.close()
             conn = None
-        payload = encode_frames(batch, self.report)
+        reporter = self.reporter
+        payload = encode_frames(batch, reporter() if reporter is not None else "")
         # A second try covers a sidecar restart between two bursts: the
         # stale connection fails, a fresh one is made at once. A burst that
         # failed half-way is resent whole; the sidecar de-duplicates by hash.
@@ -412,7 +415,8 @@ class SocketTransport:
                     raise DeliveryError(f"sidecar unavailable ({type(exc).__name__})") from None
                 self._tls.conn = conn
             try:
-                reply = conn.request(event, deadline, self.report)
+                reporter = self.reporter
+                reply = conn.request(event, deadline, reporter() if reporter is not None else "")
                 break
             except (BrokenPipeError, ConnectionResetError) as exc:
                 # A kept connection may predate a sidecar restart: retry once
