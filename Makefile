@@ -12,13 +12,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Offline validators for the deploy files that do not come from PyPI.
+# Offline validators for the deploy files, and a headless browser for the status page test:
+# system tools that do not come from PyPI.
 tools:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
 	      || echo "warning: could not install docker-compose; its config check will be skipped"; \
 	  else echo "warning: docker-compose missing and cannot apt-get install it"; fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends chromium >/dev/null) \
+	      || echo "warning: could not install chromium; the status page's browser test will be skipped"; \
+	  else echo "warning: chromium missing and cannot apt-get install it"; fi; }
 
 run: $(STAMP)
 	$(BIN)/python -m sidecar.demo
