@@ -285,3 +285,108 @@ def render(o: dict[str, Any]) -> str:
         '<a href="/readyz">/readyz</a>. Read-only: nothing on this page changes state.</footer>'
         "</body></html>\n"
     )
+
+
+# --- the same overview for a terminal (`memory-sidecar status`) -------------------------------------
+def _t(value: Any) -> str:
+    """Text for a terminal: control characters (an escape sequence in a file name) shown, not sent."""
+    text = "–" if value is None else str(value)
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _text_table(head: list[str], rows: list[list[Any]], indent: str = "  ") -> list[str]:
+    cells = [[_t(h) for h in head]] + [[_t(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+
+
+def render_text(o: dict[str, Any], events: int = 10) -> str:
+    """A plain-text view of one overview dict: the page's sections as tables."""
+    mongo = o.get("mongo") or {}
+    mode = o.get("mode") or {}
+    pending = o.get("pending") or {}
+    mirrored = o.get("mirrored") or {}
+    ready = "yes" if o.get("ready") else f"NO: {_t(o.get('reason'))}"
+    conn = "connected" if mongo.get("connected") else "UNREACHABLE"
+    if mongo.get("error"):
+        conn += f": {_t(mongo['error'])}"
+    lines = [
+        f"ready        {ready}",
+        f"phase        {_t(o.get('phase'))} (watcher {_t(o.get('watcher'))}, version {_t(o.get('version'))})",
+        f"mode         {_t(mode.get('active_mode'))} (MEMORY_STORE_BACKEND={_t(mode.get('configured_backend'))}"
+        f"{', dual write' if mode.get('dual_write_enabled') else ''})",
+        f"mongodb      {conn}; database {_t(mongo.get('db_name'))}",
+        f"pending      {_t(pending.get('paths'))} paths, lag {_t(pending.get('lag_seconds'))} s, "
+        f"write in flight {_t(pending.get('write_inflight_seconds'))} s",
+    ]
+    if mirrored:
+        lines.append(f"mirrored     {_t(mirrored.get('files'))} files, {_t(mirrored.get('hub_entries'))} hub entries "
+                     f"in {_t(mirrored.get('hubs'))} hubs, {_t(mirrored.get('episodes'))} episodes, "
+                     f"{_t(mirrored.get('snapshots'))} snapshots")
+    lines.append(f"last write   {_t(_short_time(o.get('last_sync_at')))}; "
+                 f"last reconcile {_t(_short_time(o.get('last_reconcile_at')))}")
+    restore = o.get("restore") or {}
+    if restore.get("progress"):
+        lines.append(f"restoring    {_t(restore['progress'].get('done'))} files written so far")
+
+    parity = o.get("parity")
+    lines.append("")
+    if not parity or "kinds" not in parity:
+        lines.append("parity       not computed since the daemon started (the full scan runs on GET /parity "
+                     "or `memory-sidecar parity`)")
+        if parity and parity.get("last_error"):
+            lines.append(f"             last attempt failed: {_t(parity['last_error'].get('error'))}")
+    else:
+        verdict = "all match" if parity.get("all_match") else "MISMATCH"
+        lines.append(f"parity       {verdict} (the last GET /parity, {_t(_short_time(parity.get('computed_at')))}, "
+                     f"{_t(parity.get('age_seconds'))} s ago)")
+        kinds = parity.get("kinds") or {}
+        names = [k for k in KIND_ORDER if k in kinds] + [k for k in kinds if k not in KIND_ORDER]
+        cols = ["files", "bad_files", "entries", "documents", "missing", "extra", "different", "pending",
+                "mismatch"]
+        rows = [[n, "yes" if kinds[n].get("match") else "NO", *(kinds[n].get(c) for c in cols)] for n in names]
+        lines += _text_table(["kind", "match", *cols], rows)
+
+    div = o.get("divergences") or {}
+    items = div.get("items") or []
+    lines.append("")
+    lines.append(f"divergences  {_t(div.get('count', 0))} held ({_t(div.get('files', 0))} files, "
+                 f"{_t(div.get('entries', 0))} hub entries)")
+    if items:
+        lines += _text_table(["path", "what", "count", "reason", "keys (sample)"],
+                             [[d.get("path"), d.get("what"), d.get("count"), d.get("reason"),
+                               ", ".join((d.get("keys") or [])[:5])] for d in items])
+        lines.append("  accept: memory-sidecar divergences accept PATH (or POST /divergences/accept with the token)")
+
+    problems = o.get("problems") or []
+    lines.append("")
+    lines.append(f"problems     {len(problems)} now")
+    if problems:
+        lines += _text_table(["path", "reason", "message"],
+                             [[p.get("path"), p.get("reason"), p.get("message")] for p in problems])
+    errors = o.get("errors_by_kind") or {}
+    if errors:
+        lines.append("errors       " + ", ".join(f"{_t(k)} {_t(v)}" for k, v in sorted(errors.items())))
+
+    evs = (o.get("events") or [])[:events]
+    lines.append("")
+    lines.append(f"events       last {len(evs)} (newest first)")
+    if evs:
+        lines += _text_table(["time", "event", "path", "source", "detail"],
+                             [[_short_time(ev.get("created_at")), ev.get("event_type"), ev.get("path"),
+                               ev.get("source"),
+                               " ".join(x for x in (ev.get("reason") or "",
+                                                    f"count {ev['count']}" if ev.get("count") is not None
+                                                    else "") if x)]
+                              for ev in evs])
+
+    shim = o.get("shim") or {}
+    lines.append("")
+    outcomes = shim.get("outcomes") or {}
+    server = shim.get("server") or {}
+    lines.append("shim         " + ("socket listening" if shim.get("socket") else "no socket"))
+    if outcomes:
+        lines.append("  outcomes   " + ", ".join(f"{_t(k)} {_t(v)}" for k, v in sorted(outcomes.items())))
+    if server:
+        lines.append("  server     " + ", ".join(f"{_t(k)} {_t(v)}" for k, v in server.items()))
+    return "\n".join(lines) + "\n"
