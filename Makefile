@@ -13,10 +13,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Offline validators that do not come from PyPI, from Debian (as root, with apt-get):
-# docker-compose (compose config check) and prometheus (promtool: alert rules, dashboard PromQL).
+# docker-compose (compose config check), prometheus (promtool: alert rules, dashboard PromQL) and
+# chromium (the status page tested in a headless browser).
 # One apt-get update for whatever is missing; a warning (and a clear pytest skip) if it cannot be installed.
 # The prometheus package enables its server: stopped and disabled again at once (only promtool is used).
-APT_TOOLS := docker-compose:docker-compose promtool:prometheus
+APT_TOOLS := docker-compose:docker-compose promtool:prometheus chromium:chromium
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 tools:
 	@missing=""; for pair in $(APT_TOOLS); do \

@@ -3,7 +3,9 @@
 Exit codes: 0 success / parity holds; 1 parity mismatch (or bad input seen);
 2 usage or configuration error (bad setting, missing data dir, restore target
 not empty); 3 MongoDB unreachable; 4 another writer (a running daemon, another
-sync) holds the single-writer lease.
+sync) holds the single-writer lease; 5 (``status``) no daemon answers at the
+status server's address. ``status`` exits 0 when the daemon is ready, 1 when
+it is not.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pydantic import ValidationError
 
 from .config import Config
 
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_MONGO, EXIT_LEASE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_MONGO, EXIT_LEASE, EXIT_NO_DAEMON = 0, 1, 2, 3, 4, 5
 
 log = logging.getLogger("sidecar")
 
@@ -64,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
                         "`divergences accept [PATH...]` applies them")
     dv.add_argument("action", nargs="?", choices=["accept"], help="apply the held removals")
     dv.add_argument("paths", nargs="*", help="with accept: only these paths (default: every one held)")
+
+    st = sub.add_parser("status", help="the running daemon's status, read from its status server "
+                        "(exit 0 ready, 1 not ready, 5 no daemon answers)")
+    st.add_argument("--url", help="the status server (default: http://SIDECAR_HTTP_HOST:SIDECAR_HTTP_PORT)")
+    st.add_argument("--json", action="store_true", help="print the raw JSON (GET /status)")
+    st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
 
     sub.add_parser("parity", help="compare files and MongoDB, no writes (exit 1 on mismatch)")
     sub.add_parser("indexes", help="ensure the indexes and list them")
@@ -138,6 +146,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 
         _print(describe(config))
         return EXIT_OK
+    if args.command == "status":
+        return _status(args, config)
     try:
         if args.command == "run":
             from .main import run_daemon
@@ -164,6 +174,44 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return EXIT_MONGO
 
 
+def _daemon_url(config: Config) -> str:
+    """The local daemon's status server, from SIDECAR_HTTP_HOST/PORT (a wildcard bind: loopback)."""
+    host = config.sidecar_http_host if config.sidecar_http_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{config.sidecar_http_port}"
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    """``memory-sidecar status``: GET /status of the running daemon, as a table or raw JSON."""
+    import urllib.error
+    import urllib.request
+
+    from .page import render_text
+
+    base = (args.url or _daemon_url(config)).rstrip("/")
+    try:
+        with urllib.request.urlopen(base + "/status", timeout=args.timeout) as resp:
+            overview = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        print(f"memory-sidecar: {base}/status answered HTTP {exc.code}: is that a memory sidecar daemon "
+              "(of this version)?", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        print(f"memory-sidecar: no daemon answers at {base} ({why}); is `memory-sidecar run` running, "
+              "and are SIDECAR_HTTP_HOST/SIDECAR_HTTP_PORT (or --url) right?", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    if not isinstance(overview, dict) or "ready" not in overview:
+        print(f"memory-sidecar: {base}/status is not a memory sidecar status", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    if args.json:
+        _print(overview)
+    else:
+        sys.stdout.write(f"memory-sidecar at {base}\n" + render_text(overview))
+    return EXIT_OK if overview["ready"] else EXIT_MISMATCH
+
+
 def _ask_daemon_to_reconcile(config: Config) -> bool:
     """A running daemon re-reads MongoDB's state after an accept done beside it."""
     import urllib.error
@@ -171,8 +219,7 @@ def _ask_daemon_to_reconcile(config: Config) -> bool:
 
     if not config.token:
         return False
-    host = config.sidecar_http_host if config.sidecar_http_host not in ("0.0.0.0", "::") else "127.0.0.1"
-    req = urllib.request.Request(f"http://{host}:{config.sidecar_http_port}/reconcile", method="POST",
+    req = urllib.request.Request(f"{_daemon_url(config)}/reconcile", method="POST",
                                  headers={"Authorization": f"Bearer {config.token}"})
     try:
         with urllib.request.urlopen(req, timeout=2) as resp:
@@ -188,9 +235,8 @@ def _daemon_accept(config: Config, paths: list[str] | None) -> dict | None:
 
     if not config.token:
         return None
-    host = config.sidecar_http_host if config.sidecar_http_host not in ("0.0.0.0", "::") else "127.0.0.1"
     body = json.dumps({"paths": paths} if paths else {}).encode()
-    req = urllib.request.Request(f"http://{host}:{config.sidecar_http_port}/divergences/accept", data=body,
+    req = urllib.request.Request(f"{_daemon_url(config)}/divergences/accept", data=body,
                                  method="POST", headers={"Authorization": f"Bearer {config.token}",
                                                          "Content-Type": "application/json"})
     try:
@@ -248,11 +294,18 @@ def _one_shot(args: argparse.Namespace, config: Config) -> int:
             from .classify import is_ignored
             from .restore import restore
 
+            from .sync import _progress
+
             store.ping()
             out = args.out or config.data_dir
-            result = restore(store, out, force=args.force, dry_run=args.dry_run,
-                             include_deleted=args.include_deleted, as_of=args.as_of,
-                             ignore=lambda rel: is_ignored(rel, config.ignore_globs))
+            bar = _progress(None, "restoring")  # on a terminal only
+            try:
+                result = restore(store, out, force=args.force, dry_run=args.dry_run,
+                                 include_deleted=args.include_deleted, as_of=args.as_of,
+                                 ignore=lambda rel: is_ignored(rel, config.ignore_globs),
+                                 progress=lambda _: bar.update(1))
+            finally:
+                bar.close()
             _print(result.as_dict(args.dry_run))
             return EXIT_OK if not result.skipped else EXIT_MISMATCH
         raise AssertionError(args.command)

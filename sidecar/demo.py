@@ -5,7 +5,8 @@ imported) on a free loopback port, copies the sample Mentorix files into
 ``.demo/data/system``, and runs ``memory-sidecar run`` on them until Ctrl-C
 (or ``--seconds N``). Try, in another shell:
 
-    curl -s localhost:8787/memory/status; curl -s localhost:8787/parity
+    open http://127.0.0.1:8787/ (the status page), or
+    curl -s localhost:8787/memory/status; curl -s localhost:8787/parity; memory-sidecar status
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main() -> int:
                    MONGODB_URL=f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true",
                    SIDECAR_HTTP_PORT=str(args.port), SIDECAR_SOCKET=str(args.dir / "sidecar.sock"))
         print(f"embedded MongoDB-wire server on 127.0.0.1:{mongo_port}; data dir {data}", flush=True)
-        print(f"status: http://127.0.0.1:{args.port}/memory/status  parity: /parity  metrics: /metrics",
+        print(f"status page: http://127.0.0.1:{args.port}/  (JSON: /status /memory/status /parity /metrics)",
               flush=True)
         sidecar = subprocess.Popen([sys.executable, "-m", "sidecar", "run"], env=env)
         children.insert(0, sidecar)

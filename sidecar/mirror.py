@@ -369,6 +369,8 @@ class Mirror:
                 self._send_events([])
 
     def _send_events(self, events: list[dict], defer: bool = False) -> None:
+        if events:
+            self.status.saw_events(events)
         if events and not self._unsent:
             self._unsent_since = time.monotonic()
         pending, self._unsent = self._unsent + events, []

@@ -552,6 +552,8 @@ def restore(
         if dry_run:
             result.written.append(rel)
             result.bytes += len(data)
+            if progress is not None:
+                progress(result)
             continue
         try:
             changed = write_new(out, rel, data) if missing_only else write_atomic(out, rel, data)

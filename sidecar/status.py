@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import threading
 from collections import Counter as PlainCounter
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 MAX_PROBLEMS = 200
+RECENT_EVENTS = 50  # the status page's "last events" (the full trail is memory_events)
+# What of an event the status page shows: never before/after (hashes, or the
+# payload itself with SIDECAR_EVENTS_PAYLOAD=full), never the sample keys.
+_EVENT_FIELDS = ("event_type", "path", "source", "reason", "count")
 
 
 def _now_iso() -> str:
@@ -94,6 +99,7 @@ class Status:
         # Set by the daemon: the shim socket server's report (ShimServer.report).
         self.live_shim = None
         self._shim_view: dict[str, Any] | None = None
+        self._recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
 
     # --- updates ---------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
@@ -163,6 +169,40 @@ class Status:
             p = self.restore_progress
             return f"starting: restoring missing files from MongoDB ({p['done']} written)"
         return "starting: " + self.phase
+
+    def saw_events(self, events: list[dict[str, Any]]) -> None:
+        """Keep the last few events the daemon built (type, path, source, reason,
+        count, time; nothing else) for the status page."""
+        with self._lock:
+            for ev in events:
+                item = {k: ev[k] for k in _EVENT_FIELDS if ev.get(k) is not None}
+                when = ev.get("created_at")
+                item["created_at"] = when.isoformat() if isinstance(when, datetime) else str(when)
+                self._recent_events.append(item)
+
+    def recent_events(self) -> list[dict[str, Any]]:
+        """Newest first."""
+        with self._lock:
+            return list(reversed(self._recent_events))
+
+    def shim_outcomes(self) -> dict[str, int]:
+        """``sidecar_shim_events_total`` by status."""
+        out: dict[str, int] = {}
+        for metric in self.shim_events.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels["status"]] = int(sample.value)
+        return out
+
+    def writes_by_collection(self) -> dict[str, int]:
+        """``sidecar_writes_total`` summed per collection."""
+        out: dict[str, int] = {}
+        for metric in self.writes.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    coll = sample.labels["collection"]
+                    out[coll] = out.get(coll, 0) + int(sample.value)
+        return out
 
     def set_pending(self, count: int, lag: float) -> None:
         self.pending.set(count)

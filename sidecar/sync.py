@@ -55,7 +55,17 @@ def writes_summary(result: ApplyResult | None) -> dict[str, int]:
 
 
 def _progress(total: int | None, desc: str) -> tqdm:
+    """A bar on stderr for a long one-shot command, only on a terminal (quiet in scripts and logs)."""
     return tqdm(total=total, desc=desc, unit="file", disable=not sys.stderr.isatty(), leave=False)
+
+
+def _scan(rec: Reconciler, state, source: str, desc: str, **kw):
+    """``rec.scan`` with a progress bar (the file count is only known once walked)."""
+    bar = _progress(None, desc)
+    try:
+        return rec.scan(state, source, progress=lambda rel: bar.update(1), **kw)
+    finally:
+        bar.close()
 
 
 def apply_ops(store: Store, ops: list[Op], state, problems: list[Problem]) -> ApplyResult:
@@ -179,7 +189,7 @@ def find_divergences(config: Config, store: Store) -> tuple[Reconciler, Any, lis
     store.ping()
     state = store.load_state()
     rec = Reconciler(config)
-    rec.scan(state, "divergences", view_only=False, hashes=False)
+    _scan(rec, state, "divergences", "scanning", view_only=False, hashes=False)
     held, _, _ = rec.drain()
     return rec, state, held
 
@@ -237,7 +247,7 @@ def run_parity(config: Config, store: Store) -> tuple[dict[str, Any], int]:
     store.ping()
     state = store.load_state()
     rec = Reconciler(config)
-    ops, view = rec.scan(state, "parity")
+    ops, view = _scan(rec, state, "parity", "comparing")
     held, _, _ = rec.drain()
     report = build_report(config, store, view, None, True, ops, state)
     report["divergences"] = _summary(held)

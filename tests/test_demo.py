@@ -33,3 +33,4 @@ def test_make_run_demo_reaches_parity_on_sample_data(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()[-2000:]
+    assert f"status page: http://127.0.0.1:{port}/ " in out.decode()
