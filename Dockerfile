@@ -37,10 +37,13 @@ RUN groupadd --system --gid 10001 sidecar \
  && chown -R sidecar:sidecar /app /run/memory-sidecar
 
 COPY --from=builder /dist/ /tmp/dist/
-# Runtime dependencies come from the wheel's metadata (lower bounds only); add
-# `-c constraints.txt` here if byte-for-byte reproducible images are required.
-RUN pip install --no-cache-dir /tmp/dist/*.whl \
- && rm -rf /tmp/dist
+# Runtime dependencies from the lock (exact versions, sha256 of every artefact:
+# `make lock` regenerates it), then our wheel alone: --no-deps, so nothing
+# unpinned is resolved from the index.
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock \
+ && pip install --no-cache-dir --no-deps /tmp/dist/*.whl \
+ && rm -rf /tmp/dist /tmp/requirements.lock
 
 # The shim's source, for the API container: Kubernetes copies it into a shared
 # emptyDir with an init step (deploy/), compose bind-mounts ./shim instead.

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench tools clean
+.PHONY: run test bench tools lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ tools:
 	    if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1; \
 	    else service prometheus stop >/dev/null 2>&1; fi; true; fi; \
 	done
+
+# The image's runtime dependencies (pyproject.toml [project] dependencies), pinned with
+# sha256 hashes for every wheel and sdist of each pin, so the same lock serves x86_64 and
+# aarch64 images (--universal; --python-version = the image's CPython, python:3.11-slim).
+# Needs the package index. Commit the result; tests/test_lock.py checks it still covers pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+	  --no-emit-index-url --no-emit-find-links --custom-compile-command 'make lock' \
+	  --quiet -o requirements.lock
 
 run: $(STAMP)
 	$(BIN)/python -m sidecar.demo

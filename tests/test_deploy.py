@@ -7,6 +7,7 @@ No Docker engine or cluster needed. The validators come from the dev extra
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -386,3 +387,116 @@ def test_metrics_service_is_servicemonitor_ready(pod):
     port = _by_name(svc["spec"]["ports"])["metrics"]
     assert port["targetPort"] == "metrics" and port["port"] == 8787
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+
+
+# --------------------------------------------------------------------------- MongoDB backup CronJob
+
+
+@pytest.fixture(scope="module")
+def backup() -> dict[str, dict]:
+    docs = list(yaml.safe_load_all((DEPLOY / "backup-cronjob.yaml").read_text()))
+    return {d["kind"]: d for d in docs}
+
+
+def _backup_container(backup: dict) -> dict:
+    pod = backup["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return container
+
+
+def test_backup_cronjob_shape(backup, compose):
+    assert set(backup) == {"PersistentVolumeClaim", "CronJob"}
+    cron = backup["CronJob"]["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid"  # never two dumps at once
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    volumes = _by_name(pod["volumes"])
+    assert volumes["backup"]["persistentVolumeClaim"]["claimName"] == backup["PersistentVolumeClaim"]["metadata"]["name"]
+    assert volumes["dump-config"]["emptyDir"]["medium"] == "Memory"  # the URL never lands on a disk
+    c = _backup_container(backup)
+    assert c["image"] == compose["services"]["mongo"]["image"]  # tools of the server's version
+    script = c["command"][-1]
+    assert "mongodump" in script and "--archive=" in script and "--gzip" in script
+    assert "mongorestore --config=/run/dump/config.yaml --dryRun" in script
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+
+
+def test_backup_url_and_db_come_from_the_sidecar_secret_and_configmap(backup):
+    env = {e["name"]: e for e in _backup_container(backup)["env"]}
+    secret, cm = _load("secret.example.yaml"), _load("configmap.yaml")
+    assert env["MONGODB_URL"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "MONGODB_URL"}
+    ref = env["MONGODB_DB_NAME"]["valueFrom"]["configMapKeyRef"]
+    assert ref == {"name": cm["metadata"]["name"], "key": "MONGODB_DB_NAME"} and "MONGODB_DB_NAME" in cm["data"]
+    assert not re.search(r"mongodb(\+srv)?://", (DEPLOY / "backup-cronjob.yaml").read_text())
+
+
+def test_backup_cronjob_is_opt_in_not_a_kustomization_resource():
+    # Backing MongoDB up belongs to whoever runs it (a managed cluster has its own backups), and the
+    # claim's size and class are site choices: `kubectl apply -f` it, or list it in an overlay.
+    assert "backup-cronjob.yaml" not in _load("kustomization.yaml")["resources"]
+    assert "backup-cronjob.yaml" in (DEPLOY / "README.md").read_text()
+
+
+def _fake_tools(bin_dir: Path, calls: Path, fail_dump: bool = False) -> None:
+    bin_dir.mkdir()
+    dump = bin_dir / "mongodump"
+    # writes a real gzip stream at --archive=PATH (or fails half-way, leaving a truncated one)
+    ending = ('head -c 5 "$out" > "$out.t" && mv "$out.t" "$out" && exit 1' if fail_dump else "exit 0")
+    dump.write_text(f"""#!/bin/sh
+echo "mongodump $*" >> {calls}
+for a in "$@"; do case "$a" in --archive=*) out="${{a#--archive=}}";; esac; done
+echo archive-body | gzip -c > "$out"
+{ending}
+""")
+    restore = bin_dir / "mongorestore"
+    restore.write_text(f'#!/bin/sh\necho "mongorestore $*" >> {calls}\n')
+    for f in (dump, restore):
+        f.chmod(0o755)
+
+
+def test_backup_script_behaviour(backup, tmp_path):
+    """Run the CronJob's script with fake mongodump/mongorestore (real sh, gzip, ls, xargs)."""
+    script = _backup_container(backup)["command"][-1]
+    out, run = tmp_path / "backup", tmp_path / "run"
+    out.mkdir()
+    run.mkdir()
+    script = script.replace("/run/dump", str(run)).replace("/backup", str(out))
+    calls = tmp_path / "calls"
+    _fake_tools(tmp_path / "bin", calls)
+    url = "mongodb://u:s3cr3t@db-0:27017/?replicaSet=rs0"
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MONGODB_URL": url, "MONGODB_DB_NAME": "mentorix",
+           "KEEP": "2"}
+    for old in ("mentorix-20200101T000000Z.archive.gz", "mentorix-20200102T000000Z.archive.gz"):
+        (out / old).write_bytes(b"old")
+    os.utime(out / "mentorix-20200101T000000Z.archive.gz", (1, 1))  # the oldest by mtime
+
+    proc = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    archives = sorted(p.name for p in out.glob("mentorix-*.archive.gz"))
+    assert len(archives) == 2 and "mentorix-20200101T000000Z.archive.gz" not in archives  # KEEP=2
+    assert not list(out.glob(".*.partial"))
+    text = calls.read_text()
+    assert "--db=mentorix" in text and "--dryRun" in text and "--nsInclude=mentorix.*" in text
+    assert "s3cr3t" not in text and "s3cr3t" not in proc.stdout + proc.stderr  # never on a command line
+    config = run / "config.yaml"
+    assert yaml.safe_load(config.read_text()) == {"uri": url}
+    assert config.stat().st_mode & 0o077 == 0
+
+
+def test_backup_script_keeps_no_archive_when_the_dump_fails(backup, tmp_path):
+    script = _backup_container(backup)["command"][-1]
+    out, run = tmp_path / "backup", tmp_path / "run"
+    out.mkdir()
+    run.mkdir()
+    script = script.replace("/run/dump", str(run)).replace("/backup", str(out))
+    calls = tmp_path / "calls"
+    _fake_tools(tmp_path / "bin", calls, fail_dump=True)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MONGODB_URL": "mongodb://db:27017",
+           "MONGODB_DB_NAME": "mentorix", "KEEP": "2"}
+    proc = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=20)
+    assert proc.returncode != 0
+    assert not list(out.glob("mentorix-*.archive.gz"))  # a failed run never looks like a good archive
+    assert "mongorestore" not in calls.read_text()

@@ -2,7 +2,8 @@
 clean virtualenv with runtime dependencies only (what the Dockerfile does), and
 run the console script there.
 
-pip resolves the runtime dependencies from the package index; the sync/restore
+The runtime dependencies come from requirements.lock (`--require-hashes`, downloaded
+from the package index), the wheel is installed on top with `--no-deps`; the sync/restore
 part uses the test server of tests/conftest.py (`mongo_url`, or MONGODB_TEST_URL).
 """
 
@@ -60,8 +61,13 @@ def venv(wheel, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("venv") / "venv"
     _check(_run([sys.executable, "-m", "venv", str(path)]), "venv")
     py = path / "bin" / "python"
-    _check(_run([str(py), "-m", "pip", "install", "--quiet", str(wheel)], timeout=540),
-           "pip install <wheel> (runtime dependencies from the package index)")
+    # As the Dockerfile does: the hashed lock first, then the wheel alone (--no-deps), so a
+    # dependency missing from the lock shows up as an import failure or in `pip check` below.
+    _check(_run([str(py), "-m", "pip", "install", "--quiet", "--require-hashes", "-r", str(ROOT / "requirements.lock")],
+                timeout=540),
+           "pip install --require-hashes -r requirements.lock (runtime dependencies, pinned)")
+    _check(_run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)], timeout=120),
+           "pip install --no-deps <wheel>")
     return path
 
 
@@ -91,6 +97,13 @@ def test_runtime_install_has_no_dev_packages(venv):
     assert not (installed & DEV_ONLY), f"dev/test packages in the runtime install: {installed & DEV_ONLY}"
     for dep in ("watchdog", "pymongo", "aiohttp", "pydantic-settings", "prometheus-client", "tqdm"):
         assert dep in installed, dep
+    # exactly the lock's versions (what the image gets)
+    from test_lock import parse_lock
+    pins = parse_lock((ROOT / "requirements.lock").read_text())
+    versions = {d["name"].lower().replace("_", "-"): d["version"] for d in json.loads(proc.stdout)}
+    for name, pin in pins.items():
+        if pin["marker"] is None or pin["marker"].evaluate():
+            assert versions.get(name) == str(pin["version"]), (name, versions.get(name), str(pin["version"]))
     _check(_run([str(venv / "bin" / "python"), "-m", "pip", "check"]), "pip check")
 
 
