@@ -12,13 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Offline validators for the deploy files that do not come from PyPI.
+# Offline validators for the deploy files that do not come from PyPI; git for the doctor tests.
 tools:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
 	      || echo "warning: could not install docker-compose; its config check will be skipped"; \
 	  else echo "warning: docker-compose missing and cannot apt-get install it"; fi; }
+	@command -v git >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get -o DPkg::Lock::Timeout=600 install -y -qq git >/dev/null) \
+	      || echo "warning: could not install git; the doctor's git tests will be skipped"; \
+	  else echo "warning: git missing and cannot apt-get install it (doctor's git tests skipped)"; fi; }
 
 run: $(STAMP)
 	$(BIN)/python -m sidecar.demo
