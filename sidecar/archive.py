@@ -316,13 +316,17 @@ def restore_archive(store: Store, path: Path) -> dict[str, Any]:
     archive = read_archive(path)
     put = {"episodes": 0, "files": 0, "blobs": 0}
     kept: list[dict[str, str]] = []
+    present = 0
     order = {"blob": 0, "episode": 1, "file": 2}
     bar = _progress(len(archive.records), "restoring")
     try:
         for rec in sorted(archive.records, key=lambda r: order[r["type"]]):
             if rec["type"] == "blob":
-                if store.blob_sha256(rec["blob_id"]) is not None:
-                    kept.append({"blob_id": str(rec["blob_id"]), "reason": "blob present"})
+                held = store.blob_sha256(rec["blob_id"])
+                if held == rec["sha256"]:
+                    present += 1  # the same bytes (kept alive by a tombstone until gc_blobs)
+                elif held is not None:
+                    kept.append({"blob_id": str(rec["blob_id"]), "reason": "another blob has this id"})
                 else:
                     store.bucket.upload_from_stream_with_id(rec["blob_id"], rec.get("filename") or "",
                                                             rec["data"], metadata=rec.get("metadata") or {})
@@ -349,7 +353,7 @@ def restore_archive(store: Store, path: Path) -> dict[str, Any]:
         bar.close()
     store.record_events([note_event("archive_restored", ".", "archive", utcnow(), archive=Path(path).name,
                                     count=put["episodes"])])
-    return {"archive": str(path), "restored": put, "kept": kept}
+    return {"archive": str(path), "restored": put, "blobs_present": present, "kept": kept}
 
 
 def run_archive_command(config: Config, store: Store, args) -> int:
