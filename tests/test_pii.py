@@ -93,6 +93,7 @@ def test_planted_value_never_in_logs_metrics_status_parity_divergences_or_report
     assert LEARNER in text["/divergences"] and "structured_hubs/operating_context.json" in text["/divergences"]
     assert LEARNER in text["/parity"]  # the stored-raw entry's key
     assert "runs/run_bad.json" in text["/memory/status"]
+    assert LEARNER not in text["/metrics"] and "run_bad" not in text["/metrics"]  # labels only
     assert '"level"' in text["daemon log"] and "DEBUG" in text["daemon log"]  # the log really was verbose
 
 
