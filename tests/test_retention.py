@@ -170,12 +170,13 @@ def test_archive_without_prune_removes_nothing(synced, cli, db, tmp_path, capsys
     before = {c: db[c].count_documents({}) for c in ("episodic_memory", "memory_files", "memory_tombstones")}
     out = tmp_path / "a.jsonl.gz"
     assert cli("archive", "--before", "2026-01-06", "--out", str(out)) == 0
-    report = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
     assert report["exported"] == {"episodes": 1, "files": 2, "blobs": 0}  # only old1
     assert "pruned" not in report
     assert {c: db[c].count_documents({}) for c in before} == before
     # quiet without a terminal: no progress bar in stderr
-    assert "archiving" not in capsys.readouterr().err
+    assert "archiving" not in printed.err and "episode/s" not in printed.err
 
 
 def test_pruned_episode_whose_file_stays_on_disk_is_mirrored_again(synced, cli, config, store, db, tmp_path,
@@ -262,3 +263,11 @@ def test_truncated_or_altered_archive_restores_nothing(synced, cli, db, tmp_path
     assert cli("archive", "--restore", str(half), db=other_db) == 2
     assert other_db not in db.client.list_database_names() or \
         db.client[other_db]["episodic_memory"].count_documents({}) == 0
+
+
+def test_progress_bar_on_a_terminal(synced, cli, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli("archive", "--before", "2026-03-01", "--out", str(tmp_path / "a.jsonl.gz")) == 0
+    assert "archiving" in capsys.readouterr().err
