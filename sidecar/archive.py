@@ -101,8 +101,17 @@ class Exported:
     counts: dict[str, int] = field(default_factory=lambda: {"episodes": 0, "files": 0, "blobs": 0})
     digest: str = ""
     prints: list[tuple[str, Any, bytes]] = field(default_factory=list)
-    episodes: list[dict] = field(default_factory=list)  # the documents as exported (for pruning)
-    manifests: list[dict] = field(default_factory=list)
+    items: list["_Item"] = field(default_factory=list)  # what --prune removes (not the documents)
+
+
+@dataclass(slots=True)
+class _Item:
+    logical: str  # EPISODES or FILES
+    doc_id: Any  # the live document's _id
+    run_id: str
+    fingerprint: bytes
+    version: int
+    rel: str
 
 
 def _selected(store: Store, before: datetime) -> Iterator[dict]:
@@ -147,7 +156,10 @@ def export(store: Store, before: datetime, out: Path) -> Exported:
             for episode in _selected(store, before):
                 emit({"type": "episode", "coll": EPISODES, "run_id": episode["run_id"], "doc": episode})
                 result.prints.append(("episode", episode["run_id"], _fingerprint(episode)))
-                result.episodes.append(episode)
+                meta = episode.get("_sidecar")
+                rel = meta.get("path") if isinstance(meta, dict) and isinstance(meta.get("path"), str) else ""
+                result.items.append(_Item(EPISODES, episode["_id"], episode["run_id"], _fingerprint(episode),
+                                          _version(episode), rel or episode_path(episode["run_id"])))
                 result.counts["episodes"] += 1
                 for man in _files_of(store, episode):
                     blob_id = man.get("blob_id")
@@ -164,7 +176,8 @@ def export(store: Store, before: datetime, out: Path) -> Exported:
                     emit({"type": "file", "coll": store.files_name, "path": man["_id"],
                           "run_id": episode["run_id"], "doc": man})
                     result.prints.append(("file", man["_id"], _fingerprint(man)))
-                    result.manifests.append(man)
+                    result.items.append(_Item(FILES, man["_id"], episode["run_id"], _fingerprint(man),
+                                              _version(man), man["_id"]))
                     result.counts["files"] += 1
                 bar.update(1)
             bar.close()
@@ -188,23 +201,23 @@ def export(store: Store, before: datetime, out: Path) -> Exported:
 @dataclass
 class Archive:
     header: dict
-    records: list[dict]
     counts: dict[str, int]
+    prints: list[tuple[str, Any, bytes]]  # (type, id, fingerprint) per record, in file order
 
 
-def read_archive(path: Path) -> Archive:
-    """Read and check a whole archive: header, every line, the end line's counts and
-    sha256. Raises ArchiveError (never a value in the message)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    records: list[dict] = []
-    header: dict | None = None
-    end: dict | None = None
+def _print_of(rec: dict) -> tuple[str, Any, bytes]:
+    if rec["type"] == "blob":
+        return ("blob", rec["blob_id"], hashlib.sha256(rec["data"]).digest())
+    if rec["type"] == "episode":
+        return ("episode", rec["run_id"], _fingerprint(rec["doc"]))
+    return ("file", rec["path"], _fingerprint(rec["doc"]))
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes, dict]]:
+    """(line number, raw line, decoded object), one at a time (an archive may be large)."""
     try:
         with gzip.open(path, "rb") as gz:
             for number, data in enumerate(gz, 1):
-                if end is not None:
-                    raise ArchiveError(f"{path}: line {number} after the end line")
                 try:
                     obj = json_util.loads(data.decode("utf-8"), json_options=_JSON_IN)
                 except (ValueError, UnicodeDecodeError, bson.errors.InvalidBSON) as exc:
@@ -212,56 +225,75 @@ def read_archive(path: Path) -> Archive:
                                        f"({type(exc).__name__})") from None
                 if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
                     raise ArchiveError(f"{path}: line {number} has no type")
-                if obj["type"] == "end":
-                    end = obj
-                    continue
-                digest.update(data)
-                if number == 1:
-                    if obj["type"] != "header" or obj.get("format") != FORMAT:
-                        raise ArchiveError(f"{path}: not a {FORMAT} file")
-                    if obj.get("version") != VERSION:
-                        raise ArchiveError(f"{path}: archive version {obj.get('version')!r} not supported")
-                    header = obj
-                    continue
-                if obj["type"] not in ("episode", "file", "blob"):
-                    raise ArchiveError(f"{path}: line {number}: unknown type {obj['type'][:40]!r}")
-                if obj["type"] == "blob":
-                    try:
-                        obj["data"] = base64.b64decode(obj["data"], validate=True)
-                    except (KeyError, TypeError, ValueError):
-                        raise ArchiveError(f"{path}: line {number}: blob data is not base64") from None
-                    if hashlib.sha256(obj["data"]).hexdigest() != obj.get("sha256"):
-                        raise ArchiveError(f"{path}: line {number}: blob sha256 mismatch")
-                elif not isinstance(obj.get("doc"), dict):
-                    raise ArchiveError(f"{path}: line {number}: no document")
-                records.append(obj)
+                yield number, data, obj
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ArchiveError(f"{path}: cannot read the archive ({type(exc).__name__}: "
                            f"{getattr(exc, 'strerror', None) or 'truncated or not gzip'})") from None
+
+
+def _record(path: Path, number: int, obj: dict) -> dict:
+    if obj["type"] not in ("episode", "file", "blob"):
+        raise ArchiveError(f"{path}: line {number}: unknown type {obj['type'][:40]!r}")
+    if obj["type"] == "blob":
+        try:
+            obj["data"] = base64.b64decode(obj["data"], validate=True)
+        except (KeyError, TypeError, ValueError):
+            raise ArchiveError(f"{path}: line {number}: blob data is not base64") from None
+        if hashlib.sha256(obj["data"]).hexdigest() != obj.get("sha256"):
+            raise ArchiveError(f"{path}: line {number}: blob sha256 mismatch")
+    elif not isinstance(obj.get("doc"), dict):
+        raise ArchiveError(f"{path}: line {number}: no document")
+    return obj
+
+
+def records(path: Path, kind: str | None = None) -> Iterator[dict]:
+    """The records of an archive ``read_archive`` checked, streamed (of one type)."""
+    for number, _, obj in _lines(Path(path)):
+        if obj["type"] in ("header", "end") or (kind is not None and obj["type"] != kind):
+            continue
+        yield _record(Path(path), number, obj)
+
+
+def read_archive(path: Path) -> Archive:
+    """Read and check a whole archive: header, every line, the end line's counts and
+    sha256. Raises ArchiveError (never a value in the message). Streams: only the
+    records' fingerprints are kept."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    header: dict | None = None
+    end: dict | None = None
+    prints: list[tuple[str, Any, bytes]] = []
+    counts = {"episodes": 0, "files": 0, "blobs": 0}
+    for number, data, obj in _lines(path):
+        if end is not None:
+            raise ArchiveError(f"{path}: line {number} after the end line")
+        if obj["type"] == "end":
+            end = obj
+            continue
+        digest.update(data)
+        if number == 1:
+            if obj["type"] != "header" or obj.get("format") != FORMAT:
+                raise ArchiveError(f"{path}: not a {FORMAT} file")
+            if obj.get("version") != VERSION:
+                raise ArchiveError(f"{path}: archive version {obj.get('version')!r} not supported")
+            header = obj
+            continue
+        rec = _record(path, number, obj)
+        prints.append(_print_of(rec))
+        counts[rec["type"] + "s"] += 1
     if header is None:
         raise ArchiveError(f"{path}: empty archive")
     if end is None:
         raise ArchiveError(f"{path}: no end line (truncated)")
-    counts = {"episodes": 0, "files": 0, "blobs": 0}
-    for rec in records:
-        counts[rec["type"] + "s"] += 1
     if end.get("sha256") != digest.hexdigest() or end.get("counts") != counts:
         raise ArchiveError(f"{path}: the end line's counts or sha256 do not match the content")
-    return Archive(header, records, counts)
+    return Archive(header, counts, prints)
 
 
 def verify(exported: Exported) -> Archive:
     """Re-read the archive just written; every document as exported."""
     archive = read_archive(exported.path)
-    prints = []
-    for rec in archive.records:
-        if rec["type"] == "blob":
-            prints.append(("blob", rec["blob_id"], hashlib.sha256(rec["data"]).digest()))
-        elif rec["type"] == "episode":
-            prints.append(("episode", rec["run_id"], _fingerprint(rec["doc"])))
-        else:
-            prints.append(("file", rec["path"], _fingerprint(rec["doc"])))
-    if prints != exported.prints or archive.counts != exported.counts:
+    if archive.prints != exported.prints or archive.counts != exported.counts:
         raise ArchiveError(f"{exported.path}: re-read archive differs from what was exported; nothing pruned")
     return archive
 
@@ -277,24 +309,18 @@ def prune(store: Store, exported: Exported) -> dict[str, Any]:
     that changed since it was exported is kept (reported)."""
     kept: list[dict[str, str]] = []
     ops: list[Op] = []
-    for episode in exported.episodes:
-        live = store.find_one(EPISODES, {"_id": episode["_id"]})
-        if live is None or _fingerprint(live) != _fingerprint(episode):
-            kept.append({"run_id": episode["run_id"], "reason": "changed or gone since exported"})
+    changed: set[str] = set()
+    for item in exported.items:  # each episode before its files
+        if item.run_id in changed:
+            continue  # its episode stays: so do its files
+        live = store.find_one(item.logical, {"_id": item.doc_id})
+        if live is None or _fingerprint(live) != item.fingerprint:
+            kept.append({"run_id": item.run_id, "path": item.rel, "reason": "changed or gone since exported"})
+            if item.logical == EPISODES:
+                changed.add(item.run_id)
             continue
-        meta = episode.get("_sidecar")
-        rel = meta.get("path") if isinstance(meta, dict) and isinstance(meta.get("path"), str) else ""
-        ops.append(Op(EPISODES, "delete", episode["run_id"], _version(episode), rel=rel or episode_path(
-            episode["run_id"])))
-    skipped = {k["run_id"] for k in kept}
-    for man in exported.manifests:
-        owner = man.get("doc_id") or ""
-        live = store.find_one(FILES, {"_id": man["_id"]})
-        if owner in skipped or live is None or _fingerprint(live) != _fingerprint(man):
-            if owner not in skipped:
-                kept.append({"path": man["_id"], "reason": "changed or gone since exported"})
-            continue
-        ops.append(Op(FILES, "delete", man["_id"], _version(man), rel=man["_id"]))
+        op_id = item.run_id if item.logical == EPISODES else item.doc_id
+        ops.append(Op(item.logical, "delete", op_id, item.version, rel=item.rel))
     result = store.apply(ops)
     now = utcnow()
     for op in result.stale:
@@ -317,35 +343,36 @@ def restore_archive(store: Store, path: Path) -> dict[str, Any]:
     put = {"episodes": 0, "files": 0, "blobs": 0}
     kept: list[dict[str, str]] = []
     present = 0
-    order = {"blob": 0, "episode": 1, "file": 2}
-    bar = _progress(len(archive.records), "restoring")
+    bar = _progress(sum(archive.counts.values()), "restoring")
     try:
-        for rec in sorted(archive.records, key=lambda r: order[r["type"]]):
-            if rec["type"] == "blob":
-                held = store.blob_sha256(rec["blob_id"])
-                if held == rec["sha256"]:
-                    present += 1  # the same bytes (kept alive by a tombstone until gc_blobs)
-                elif held is not None:
-                    kept.append({"blob_id": str(rec["blob_id"]), "reason": "another blob has this id"})
-                else:
-                    store.bucket.upload_from_stream_with_id(rec["blob_id"], rec.get("filename") or "",
-                                                            rec["data"], metadata=rec.get("metadata") or {})
-                    put["blobs"] += 1
-            elif rec["type"] == "episode":
-                doc = rec["doc"]
-                if store.coll[EPISODES].find_one({"$or": [{"_id": doc["_id"]}, {"run_id": doc.get("run_id")}]},
-                                                 {"_id": 1}) is not None:
-                    kept.append({"run_id": str(doc.get("run_id")), "reason": "a live document exists"})
-                else:
-                    store.coll[EPISODES].insert_one(doc)
-                    put["episodes"] += 1
+        for rec in records(path, "blob"):
+            held = store.blob_sha256(rec["blob_id"])
+            if held == rec["sha256"]:
+                present += 1  # the same bytes (kept alive by a tombstone until gc_blobs)
+            elif held is not None:
+                kept.append({"blob_id": str(rec["blob_id"]), "reason": "another blob has this id"})
             else:
-                doc = rec["doc"]
-                if store.coll[FILES].find_one({"_id": doc["_id"]}, {"_id": 1}) is not None:
-                    kept.append({"path": str(doc["_id"]), "reason": "a live manifest exists"})
-                else:
-                    store.coll[FILES].insert_one(doc)
-                    put["files"] += 1
+                store.bucket.upload_from_stream_with_id(rec["blob_id"], rec.get("filename") or "",
+                                                        rec["data"], metadata=rec.get("metadata") or {})
+                put["blobs"] += 1
+            bar.update(1)
+        for rec in records(path, "episode"):
+            doc = rec["doc"]
+            if store.coll[EPISODES].find_one({"$or": [{"_id": doc["_id"]}, {"run_id": doc.get("run_id")}]},
+                                             {"_id": 1}) is not None:
+                kept.append({"run_id": str(doc.get("run_id")), "reason": "a live document exists"})
+            else:
+                store.coll[EPISODES].insert_one(doc)
+                put["episodes"] += 1
+            bar.update(1)
+        # manifests last: a manifest claims the file's content is there
+        for rec in records(path, "file"):
+            doc = rec["doc"]
+            if store.coll[FILES].find_one({"_id": doc["_id"]}, {"_id": 1}) is not None:
+                kept.append({"path": str(doc["_id"]), "reason": "a live manifest exists"})
+            else:
+                store.coll[FILES].insert_one(doc)
+                put["files"] += 1
             bar.update(1)
     except PyMongoError as exc:
         raise store._unavailable(exc) from None

@@ -271,3 +271,21 @@ def test_progress_bar_on_a_terminal(synced, cli, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert cli("archive", "--before", "2026-03-01", "--out", str(tmp_path / "a.jsonl.gz")) == 0
     assert "archiving" in capsys.readouterr().err
+
+
+def test_episode_changed_after_export_is_kept_with_its_files(synced, cli, db, tmp_path, capsys, monkeypatch):
+    real = archive_mod.verify
+
+    def verify_then_someone_writes(exported):
+        archive = real(exported)
+        db["episodic_memory"].update_one({"run_id": "old1"}, {"$set": {"status": "re-opened"}})
+        return archive
+    monkeypatch.setattr(archive_mod, "verify", verify_then_someone_writes)
+    assert cli("archive", "--before", "2026-03-01", "--out", str(tmp_path / "a.jsonl.gz"), "--prune") == 1
+    pruned = json.loads(capsys.readouterr().out)["pruned"]
+    assert pruned["removed"] == {"episodes": 1, "files": 2}
+    assert [k["run_id"] for k in pruned["kept"]] == ["old1"]
+    assert db["episodic_memory"].find_one({"run_id": "old1"})["status"] == "re-opened"
+    assert db["memory_files"].count_documents({"_id": {"$in": ["episodes/skeleton_old1.json",
+                                                               "runs/run_old1.json"]}}) == 2
+    assert db["episodic_memory"].count_documents({"run_id": "old2"}) == 0
