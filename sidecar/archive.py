@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import json
 import logging
 import os
 import sys

@@ -10,6 +10,7 @@ from collections import namedtuple
 
 import pytest
 
+from daemon_fixtures import daemon_config, running  # noqa: F401 - fixtures
 from sidecar import doctor
 from sidecar.cli import main
 from sidecar.store import Store
@@ -246,3 +247,20 @@ def test_cli_doctor_exit_codes(mongo_url, db_name, data_dir, store, tmp_path, ca
     monkeypatch.setenv("SIDECAR_HTTP_HOST", "0.0.0.0")
     assert main(args) == 1
     assert "FAIL  http" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_beside_a_running_daemon_its_socket_and_lease_are_seen(running, monkeypatch):
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda p: Usage(100 << 30, 10 << 30, 90 << 30))
+    d = running()
+    config = d.config
+    s = Store(config)
+    try:
+        assert doctor.daemon_running(s) is True
+        checks = {c.name: c for c in doctor.run_checks(config, s)}
+    finally:
+        s.close()
+    assert checks["socket"].status == doctor.PASS, checks["socket"].message
+    assert "0600" in checks["socket"].message
+    assert all(c.status == doctor.PASS for n, c in checks.items() if n != "git"), \
+        {n: c.line() for n, c in checks.items()}
