@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 
 # Offline validators that do not come from PyPI, from Debian (as root, with apt-get):
 # docker-compose (compose config check), prometheus (promtool: alert rules, dashboard PromQL) and
-# chromium (the status page tested in a headless browser).
+# chromium (the status page tested in a headless browser), git (the doctor's git checks).
 # One apt-get update for whatever is missing; a warning (and a clear pytest skip) if it cannot be installed.
 # The prometheus package enables its server: stopped and disabled again at once (only promtool is used).
-APT_TOOLS := docker-compose:docker-compose promtool:prometheus chromium:chromium
+APT_TOOLS := docker-compose:docker-compose promtool:prometheus chromium:chromium git:git
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 tools:
 	@missing=""; for pair in $(APT_TOOLS); do \

@@ -76,6 +76,20 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("parity", help="compare files and MongoDB, no writes (exit 1 on mismatch)")
     sub.add_parser("indexes", help="ensure the indexes and list them")
     sub.add_parser("config", help="print the effective settings (credentials hidden)")
+    sub.add_parser("doctor", help="check git hygiene, MongoDB, indexes, TTLs, socket, HTTP binding, disk "
+                   "(exit 1 if a check fails; warnings exit 0)")
+
+    a = sub.add_parser("archive", help="export episodes older than a date to a .jsonl.gz "
+                       "(--prune: then remove them from MongoDB, via the tombstones); --restore PATH puts "
+                       "an archive back")
+    a.add_argument("--before", type=_date, metavar="YYYY-MM-DD",
+                   help="episodes whose updated_at is before this day (00:00 UTC)")
+    a.add_argument("--out", type=Path, metavar="PATH.jsonl.gz", help="the archive file to write")
+    a.add_argument("--prune", action="store_true",
+                   help="after the archive is written, fsynced and verified, remove the archived episodes "
+                   "(and their files' manifests) from MongoDB; never touches files on disk")
+    a.add_argument("--restore", type=Path, metavar="PATH",
+                   help="put the episodes of this archive back into MongoDB (a live document wins)")
     return p
 
 
@@ -88,6 +102,14 @@ def _iso_time(text: str) -> datetime:
             f"not an ISO 8601 time: {text[:60]!r} (e.g. 2026-02-21T05:29:24 or 2026-02-21T05:29:24+00:00)"
         ) from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _date(text: str) -> datetime:
+    try:
+        day = datetime.strptime(text.strip(), "%Y-%m-%d")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text[:40]!r}") from None
+    return day.replace(tzinfo=timezone.utc)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -149,6 +171,18 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "status":
         return _status(args, config)
     try:
+        if args.command == "doctor":
+            from .doctor import exit_code, run_checks
+            from .store import Store
+
+            store = Store(config)
+            try:
+                checks = run_checks(config, store)
+            finally:
+                store.close()
+            for check in checks:
+                print(check.line())
+            return exit_code(checks)
         if args.command == "run":
             from .main import run_daemon
 
@@ -290,6 +324,10 @@ def _one_shot(args: argparse.Namespace, config: Config) -> int:
             store.ping()
             _print(store.ensure_indexes())
             return EXIT_OK
+        if args.command == "archive":
+            from .archive import run_archive_command
+
+            return run_archive_command(config, store, args)
         if args.command == "restore":
             from .classify import is_ignored
             from .restore import restore

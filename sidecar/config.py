@@ -80,6 +80,8 @@ class Config(BaseSettings):
     sidecar_flush_interval_ms: int = Field(default=10, ge=0)
     # memory_events keep hashes of before/after by default; "full" stores values.
     sidecar_events_payload: Literal["hash", "full"] = "hash"
+    # memory_events older than this many days are removed by a TTL index on created_at; 0 = kept forever.
+    sidecar_events_ttl_days: int = Field(default=0, ge=0)
     sidecar_files_collection: str = "memory_files"
     # What leaves the live collections is kept this long in memory_tombstones (TTL).
     sidecar_tombstone_days: int = Field(default=30, ge=1)

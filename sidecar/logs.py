@@ -133,4 +133,7 @@ def setup_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(numeric_level)
+    # pymongo's DEBUG logs (pymongo.command, .connection ...) carry the commands and
+    # replies themselves: learner payloads. Never below INFO, whatever the level.
+    logging.getLogger("pymongo").setLevel(max(numeric_level, logging.INFO))
     return handler

@@ -230,9 +230,17 @@ class Store:
             plan.append((EPISODES, [("updated_at_dt", -1)], {
                 "name": "ix_episodes_updated_at_dt_ttl",
                 "expireAfterSeconds": self.config.mongodb_episodes_ttl_days * 86400}))
+        if self.config.sidecar_events_ttl_days > 0:
+            # Ascending, so its key differs from ix_events_created_at_desc's (a server
+            # refuses two indexes on one key pattern that differ only in options).
+            plan.append((EVENTS, [("created_at", 1)], {
+                "name": "ix_events_created_at_ttl",
+                "expireAfterSeconds": self.config.sidecar_events_ttl_days * 86400}))
         return plan
 
-    TTL_INDEXES = {SNAPSHOTS: "ix_snapshots_timestamp_dt_ttl", EPISODES: "ix_episodes_updated_at_dt_ttl"}
+    # The TTL indexes a setting turns on (> 0 days) and off (0: dropped).
+    TTL_INDEXES = {SNAPSHOTS: "ix_snapshots_timestamp_dt_ttl", EPISODES: "ix_episodes_updated_at_dt_ttl",
+                   EVENTS: "ix_events_created_at_ttl"}
 
     def ensure_indexes(self) -> dict[str, list[dict]]:
         """Create what is missing, fix a changed TTL, drop a TTL that was turned off."""
