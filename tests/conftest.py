@@ -99,8 +99,8 @@ def mongo_url(mongo_server) -> str:
     return mongo_server.url
 
 
-@pytest.fixture
-def db_name(mongo_url):
+def _scratch_db(mongo_url):
+    """A database name of its own, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
     client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
@@ -110,6 +110,17 @@ def db_name(mongo_url):
         pass
     finally:
         client.close()
+
+
+@pytest.fixture
+def db_name(mongo_url):
+    yield from _scratch_db(mongo_url)
+
+
+@pytest.fixture
+def other_db(mongo_url):
+    """A second scratch database (e.g. a restore target)."""
+    yield from _scratch_db(mongo_url)
 
 
 @pytest.fixture

@@ -457,15 +457,21 @@ echo archive-body | gzip -c > "$out"
         f.chmod(0o755)
 
 
-def test_backup_script_behaviour(backup, tmp_path):
-    """Run the CronJob's script with fake mongodump/mongorestore (real sh, gzip, ls, xargs)."""
+def _script_with_fakes(backup, tmp_path, **fake):
+    """The CronJob's script pointed at tmp dirs, with fake mongodump/mongorestore on PATH."""
     script = _backup_container(backup)["command"][-1]
     out, run = tmp_path / "backup", tmp_path / "run"
     out.mkdir()
     run.mkdir()
     script = script.replace("/run/dump", str(run)).replace("/backup", str(out))
     calls = tmp_path / "calls"
-    _fake_tools(tmp_path / "bin", calls)
+    _fake_tools(tmp_path / "bin", calls, **fake)
+    return script, out, run, calls
+
+
+def test_backup_script_behaviour(backup, tmp_path):
+    """Run the CronJob's script with fake mongodump/mongorestore (real sh, gzip, ls, xargs)."""
+    script, out, run, calls = _script_with_fakes(backup, tmp_path)
     url = "mongodb://u:s3cr3t@db-0:27017/?replicaSet=rs0"
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MONGODB_URL": url, "MONGODB_DB_NAME": "mentorix",
            "KEEP": "2"}
@@ -487,13 +493,7 @@ def test_backup_script_behaviour(backup, tmp_path):
 
 
 def test_backup_script_keeps_no_archive_when_the_dump_fails(backup, tmp_path):
-    script = _backup_container(backup)["command"][-1]
-    out, run = tmp_path / "backup", tmp_path / "run"
-    out.mkdir()
-    run.mkdir()
-    script = script.replace("/run/dump", str(run)).replace("/backup", str(out))
-    calls = tmp_path / "calls"
-    _fake_tools(tmp_path / "bin", calls, fail_dump=True)
+    script, out, _run, calls = _script_with_fakes(backup, tmp_path, fail_dump=True)
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "MONGODB_URL": "mongodb://db:27017",
            "MONGODB_DB_NAME": "mentorix", "KEEP": "2"}
     proc = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=20)

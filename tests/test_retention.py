@@ -6,10 +6,8 @@ import gzip
 import hashlib
 import json
 import stat
-import uuid
 from pathlib import Path
 
-import pymongo
 import pytest
 
 from sidecar import archive as archive_mod
@@ -100,17 +98,6 @@ def cli(mongo_url, db_name, data_dir):
     def call(*args: str, db: str | None = None) -> int:
         return main(["--data-dir", str(data_dir), "--mongodb-url", mongo_url, "--db-name", db or db_name, *args])
     return call
-
-
-@pytest.fixture
-def other_db(mongo_url):
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    client = pymongo.MongoClient(mongo_url, serverSelectionTimeoutMS=5000)
-    try:
-        client.drop_database(name)
-    finally:
-        client.close()
 
 
 def sha(data: bytes) -> str:
