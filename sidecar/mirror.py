@@ -87,6 +87,10 @@ class Mirror:
         self._transient: dict[str, int] = {}
         self._last_error_log = 0.0
         self._last_ping = 0.0
+        # (name, uuid) of the mirrored collections when the state was loaded: a restore
+        # from a dump into the running server re-creates them (Store.identity).
+        self._identity: tuple[tuple[str, str], ...] | None = None
+        self._last_identity = 0.0
         self._last_gc = time.monotonic()
         # Events whose documents were written but which MongoDB did not take
         # (it went away in between), or which wait for a batch (EVENTS_BATCH):
@@ -150,6 +154,8 @@ class Mirror:
                 self.store.ping()
                 self.status.set_mongo(True)
                 self._mongo_back()
+                if self._replaced():
+                    self.pending.mark_full()
                 if self.lease is not None:
                     try:
                         self._keep_lease()  # an idle writer keeps its lease too
@@ -248,7 +254,31 @@ class Mirror:
             if rel not in vanished:
                 self._vanished.pop(rel, None)  # there again (or never gone)
         ops.extend(self._settle_removals(vanished, taken))
+        removes = any(op.action in ("delete", "mark_deleted") for op in ops)
+        if (removes or time.monotonic() - self._last_identity >= PING_EVERY) and self._replaced():
+            # MongoDB is not what the state says (a dump restored into the running
+            # server): a removal now would tombstone the dump's older value, and the
+            # newer files would stay unmirrored. Compare every file again instead.
+            self.reconcile()
+            return
         self._write(ops, problems, good, "watch", taken)
+
+    def _replaced(self) -> bool:
+        """True when a mirrored collection was dropped or re-created since the state
+        was loaded from MongoDB (until the next full reconcile loads it again)."""
+        ident = self.store.identity()
+        self._last_identity = time.monotonic()
+        old = dict(self._identity or ())
+        new = dict(ident)
+        gone = sorted(name for name, uuid in old.items() if new.get(name) != uuid)
+        if gone:
+            log.warning("MongoDB's %s %s re-created or dropped since the sidecar loaded them (a restore from "
+                        "a dump?): a full reconcile compares every file with it again", ", ".join(gone),
+                        "was" if len(gone) == 1 else "were")
+            self.status.error("collections_replaced")
+            return True
+        self._identity = ident  # collections created since (the first writes) join it
+        return False
 
     # --- file removals: settle, directory checks, the mass-removal guard ---------------------
     def _root_now(self) -> tuple[int, int] | None:
@@ -310,6 +340,8 @@ class Mirror:
         """Full pass over the data dir (start-up, overflow, on request). Every removal
         it notices is held (nobody saw it happen), or in mongo mode resolved toward MongoDB."""
         with self.pending.writing():  # the writer waits on it as on a write
+            self._identity = self.store.identity()  # before the load: a restore after it shows
+            self._last_identity = time.monotonic()
             fresh = self.store.load_state()
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files

@@ -201,6 +201,24 @@ class Store:
         except PyMongoError as exc:
             raise self._unavailable(exc) from None
 
+    def identity(self) -> tuple[tuple[str, str], ...]:
+        """Which incarnation of the mirrored collections this is: (name, uuid) of each
+        that exists. ``mongorestore --drop`` (or any drop and re-create) gives them new
+        UUIDs, so a restore from a dump into a running server shows here. Empty where
+        the server does not report UUIDs (then nothing can be told)."""
+        names = [FILES, HUBS, EPISODES, SNAPSHOTS]
+        try:
+            infos = list(self.db.list_collections(filter={"name": {"$in": names}}))
+        except PyMongoError as exc:
+            raise self._unavailable(exc) from None
+        out = []
+        for info in infos:
+            uuid = (info.get("info") or {}).get("uuid") if isinstance(info, dict) else None
+            name = info.get("name") if isinstance(info, dict) else None
+            if isinstance(name, str) and uuid is not None:
+                out.append((name, str(uuid)))
+        return tuple(sorted(out))
+
     def close(self) -> None:
         self.client.close()
 
