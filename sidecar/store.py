@@ -209,6 +209,8 @@ class Store:
         names = [FILES, HUBS, EPISODES, SNAPSHOTS]
         try:
             infos = list(self.db.list_collections(filter={"name": {"$in": names}}))
+        except OperationFailure:
+            return ()  # refused (e.g. a role without listCollections): cannot be told, not an outage
         except PyMongoError as exc:
             raise self._unavailable(exc) from None
         out = []
