@@ -74,6 +74,16 @@ def _disk(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.relative_to(root).parts[0] != "reports"}
 
 
+def _restore_offline(d, db, snapshot, running, check=None, **config):
+    """The runbook's order: stop the sidecar, restore the dump, start it again."""
+    d.stop()
+    d._stop = None  # stopped here: the fixture's teardown must not stop it again
+    restore_dump(db, snapshot)
+    if check is not None:
+        check()
+    return running(**config)
+
+
 def _seed(root: Path) -> LegacyWriter:
     """The sample Mentorix data plus an episode, a run, scheduled jobs and a GridFS-sized file."""
     w = LegacyWriter(root, seed=15)
@@ -141,16 +151,12 @@ def test_older_dump_restored_then_restart_remirrors_the_newer_files(running, leg
     newer = _newer_writes(legacy_dir, w)
     _wait_mirrored(d, legacy_dir, store)
     on_disk = _disk(legacy_dir)
-    d.stop()
-    d._stop = None  # stopped here: the fixture's teardown must not stop it again
 
-    restore_dump(db, snapshot)
-    # the restore really took MongoDB back: the newer content is gone from it
-    assert db.episodic_memory.count_documents({"run_id": {"$in": newer["new_runs"]}}) == 0
-    assert db.memory_hubs.count_documents({"item_key": "learner-new"}) == 0
-    assert len(db.memory_files.find_one({"_id": "scheduled_jobs.json"})["content"]) == 3
-
-    d2 = running()
+    def restored():  # the restore really took MongoDB back: the newer content is gone from it
+        assert db.episodic_memory.count_documents({"run_id": {"$in": newer["new_runs"]}}) == 0
+        assert db.memory_hubs.count_documents({"item_key": "learner-new"}) == 0
+        assert len(db.memory_files.find_one({"_id": "scheduled_jobs.json"})["content"]) == 3
+    d2 = _restore_offline(d, db, snapshot, running, check=restored)
     _wait_mirrored(d2, legacy_dir, store)
     _assert_newer_content_in_mongo(db, newer)
     assert _disk(legacy_dir) == on_disk  # file mode: the files were never touched
@@ -208,11 +214,7 @@ def test_mongo_mode_older_dump_keeps_newer_files_and_brings_back_later_deletions
              20, what="the file deletion to be recorded")
     _wait_mirrored(d, legacy_dir, store)
     on_disk = _disk(legacy_dir)
-    d.stop()
-    d._stop = None  # stopped here: the fixture's teardown must not stop it again
-
-    restore_dump(db, snapshot)
-    d2 = running(memory_store_backend="mongo")
+    d2 = _restore_offline(d, db, snapshot, running, memory_store_backend="mongo")
     _wait_mirrored(d2, legacy_dir, store)
     _assert_newer_content_in_mongo(db, newer)
 
@@ -246,12 +248,10 @@ def test_file_mode_deletions_after_the_dump_come_back_as_held_divergences(runnin
              20, what="the file deletion to be mirrored")
     _wait_mirrored(d, legacy_dir, store)
     on_disk = _disk(legacy_dir)
-    d.stop()
-    d._stop = None  # stopped here: the fixture's teardown must not stop it again
 
-    restore_dump(db, snapshot)
-    assert db.memory_hubs.count_documents({"hub_type": "learner_preferences", "item_key": removed_key}) == 1
-    d2 = running(sidecar_propagate_file_deletes=True)
+    def restored():
+        assert db.memory_hubs.count_documents({"hub_type": "learner_preferences", "item_key": removed_key}) == 1
+    d2 = _restore_offline(d, db, snapshot, running, check=restored, sidecar_propagate_file_deletes=True)
     items = {i["path"]: i for i in d2.get("/divergences").json()["items"]}
     assert set(items) == {str(PREFS), "episodes/skeleton_run-gone.json"}, items
     assert _disk(legacy_dir) == on_disk  # file mode: nothing written into the files
