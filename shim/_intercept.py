@@ -700,18 +700,28 @@ class Shim:
             if self.ignored(rel):
                 self.stats.inc("ignored")
                 return
+        except Exception:
+            self.stats.inc("errors")
+            return
+        self._queue_written(path, rel, known[0], known[1])
+
+    def _queue_written(self, full: str, rel: str, data: Any, codec: str | None) -> None:
+        """Queue a write with the call's own bytes, no read-back (the sender settles it).
+
+        In sync mode this is a write that does not wait (the breaker is open): counted
+        unconfirmed, and with SIDECAR_SHIM_ON_FAILURE=closed it raises once queued.
+        """
+        try:
             if self.sync:
                 self._unconfirmed_note()
             if not self._ready():
                 self.stats.inc("dropped_unavailable")
             else:
-                event = Event("write", rel, known[0], None, next(_seq), _pid, self, known[1])
-                self.transport.deliver(event, False)
+                self.transport.deliver(Event("write", rel, data, None, next(_seq), _pid, self, codec), False)
         except Exception:
             self.stats.inc("errors")
-            return
         if self.sync:
-            self._sync_failed("write", path, rel, _BREAKER_OPEN, False)
+            self._sync_failed("write", full, rel, _BREAKER_OPEN, False)
 
     def settle(self, event: Event) -> bool:
         """Finish a write event of ``report_written`` (on the sender thread).
@@ -1137,22 +1147,20 @@ class Shim:
             # Opened (so truncated): report what is there, as the general route does.
             self.report_write(p, suppress=True)
             raise
-        unconfirmed = False
         try:
             if self.ignored(rel):
                 self.stats.inc("ignored")
-            else:
-                if self.sync:  # the breaker is open: this sync write does not wait
-                    self._unconfirmed_note()
-                    unconfirmed = True
+                return (result,)
+            if not self.sync:  # the hot path: inline, no further call
                 if not self._ready():
                     self.stats.inc("dropped_unavailable")
                 else:
                     self.transport.deliver(Event("write", rel, data, None, next(_seq), _pid, self, codec), False)
+                return (result,)
         except Exception:
             self.stats.inc("errors")
-        if unconfirmed:
-            self._sync_failed("write", p, rel, _BREAKER_OPEN, False)
+            return (result,)
+        self._queue_written(p, rel, data, codec)  # sync with the breaker open: does not wait
         return (result,)
 
     def make_path_unlink(self, orig: Callable[..., Any]) -> Callable[..., Any]:

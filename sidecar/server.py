@@ -177,8 +177,8 @@ def overview(daemon: Any, last_parity: dict[str, Any]) -> dict[str, Any]:
         "stale_refused": snap["stale_refused"],
         "events": status.recent_events(),
         "shim": {"socket": shim is not None, "outcomes": status.shim_outcomes(),
-                 "server": dict(shim.stats) if shim is not None else None,
-                 "clients": shim.clients.summary() if shim is not None else None},
+                 # what the snapshot already read from the socket server (Status.live_shim)
+                 "server": (snap["shim"] or {}).get("frames"), "clients": (snap["shim"] or {}).get("clients")},
     }
 
 
