@@ -83,7 +83,7 @@ class Daemon:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
         self.status = Status()
-        self.store = store or Store(config)
+        self.store = store or Store(config, timers=self.status.timers)
         self.pending = Pending()
         self.state = MirrorState()
         self.divergences = DivergenceBook()

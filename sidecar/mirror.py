@@ -130,6 +130,10 @@ class Mirror:
             if self._stop.is_set():
                 self.pending.requeue(taken, 0.0, full)
                 break
+            if taken:
+                now = time.monotonic()
+                for first in taken.values():
+                    self.status.timers.observe("queue_wait", now - first)
             if full is None and not taken:
                 self._idle()
                 continue
@@ -194,7 +198,8 @@ class Mirror:
                 if full is not None:
                     self.reconcile()
                 else:
-                    self._flush_paths(taken)
+                    with self.status.timers.time("flush"):
+                        self._flush_paths(taken)
         except MongoUnavailable as exc:
             self.pending.requeue(taken, 0.0, full)
             self._mongo_down(str(exc))
@@ -242,6 +247,7 @@ class Mirror:
         ops: list[Op] = []
         problems: list[Problem] = []
         good: list[str] = []
+        t0 = time.perf_counter()
         for rel in taken:
             file_ops, file_problems = self.rec.process_file(rel, self.state, "watch", now=now)
             ops.extend(file_ops)
@@ -249,6 +255,7 @@ class Mirror:
                 problems.extend(file_problems)
             else:
                 good.append(rel)
+        self.status.timers.observe("plan", time.perf_counter() - t0)
         vanished, self.rec.vanished = self.rec.vanished, []
         for rel in taken:
             if rel not in vanished:
@@ -339,6 +346,10 @@ class Mirror:
     def reconcile(self) -> None:
         """Full pass over the data dir (start-up, overflow, on request). Every removal
         it notices is held (nobody saw it happen), or in mongo mode resolved toward MongoDB."""
+        with self.status.timers.time("reconcile"):
+            self._reconcile()
+
+    def _reconcile(self) -> None:
         with self.pending.writing():  # the writer waits on it as on a write
             self._identity = self.store.identity()  # before the load: a restore after it shows
             self._last_identity = time.monotonic()
@@ -374,7 +385,7 @@ class Mirror:
         started = time.monotonic()
         result = None
         if ops:
-            with self.pending.writing():
+            with self.pending.writing(), self.status.timers.time("write"):
                 result = self.store.apply(ops, self.state)
         now = utcnow()
         events: list[dict] = []
@@ -412,7 +423,7 @@ class Mirror:
             self._unsent = pending
             return
         try:
-            with self.pending.writing():
+            with self.pending.writing(), self.status.timers.time("events"):
                 self.store.record_events(pending)
         except MongoUnavailable:
             self._unsent = pending[-MAX_UNSENT_EVENTS:]

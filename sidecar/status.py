@@ -16,6 +16,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .timers import Timers
+
 MAX_PROBLEMS = 200
 RECENT_EVENTS = 50  # the status page's "last events" (the full trail is memory_events)
 # What of an event the status page shows: never before/after (hashes, or the
@@ -58,6 +60,7 @@ class Status:
         self.root_ok = Gauge("sidecar_root_ok", "1 when the data dir is a real directory being watched",
                              registry=r)
         self.root_ok.set(1)
+        self.timers = Timers(r)  # sidecar_stage_seconds; "stages" in the status
         # From the shim socket server (sidecar/shimserver.py), read at each view.
         self.shim_bad_frames = Counter("sidecar_shim_bad_frames_total",
                                        "Shim frames refused as breaking the protocol", registry=r)
@@ -267,5 +270,6 @@ class Status:
             "divergences": self.divergences.summary() if self.divergences is not None else None,
             "restore": self.restore_progress,
             "shim": self._shim_view,
+            "stages": self.timers.snapshot(),
         }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +33,7 @@ from .config import Config
 from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state, pack_hash
 from .model import EPISODES, EVENTS, HUBS, META, SNAPSHOTS, TOMBSTONES, entry_value, file_fields, parse_iso, utcnow
 from .parse import intern_format, value_hash
+from .timers import Timers
 
 log = logging.getLogger("sidecar.store")
 
@@ -153,8 +155,10 @@ class _Removal:
 
 
 class Store:
-    def __init__(self, config: Config, client: pymongo.MongoClient | None = None) -> None:
+    def __init__(self, config: Config, client: pymongo.MongoClient | None = None,
+                 timers: Timers | None = None) -> None:
         self.config = config
+        self.timers = timers  # per-collection bulk-write time (sidecar/timers.py), when given
         try:
             self.client = client or self._connect(config)
         except (pymongo.errors.ConfigurationError, ValueError, TypeError) as exc:
@@ -724,8 +728,11 @@ class Store:
             for logical in (HUBS, EPISODES, SNAPSHOTS, FILES):
                 batch = by_coll.get(logical, [])
                 size = self.config.sidecar_batch_size
+                t0 = time.perf_counter()
                 for start in range(0, len(batch), size):
                     self._write_batch(logical, batch[start:start + size], now, result)
+                if batch and self.timers is not None:
+                    self.timers.observe(f"write.{logical}", time.perf_counter() - t0)
             result.applied.extend(tracked)  # nothing to send; the state still learns
         except (PyMongoError, gridfs.errors.GridFSError) as exc:
             if isinstance(exc, BulkWriteError):  # pragma: no cover - handled in _bulk

@@ -28,6 +28,7 @@ from .reconcile import Problem, Reconciler, SourceView
 from .restore import write_atomic
 from .source import check_root
 from .store import ApplyResult, Store
+from .timers import Timers
 
 log = logging.getLogger("sidecar.sync")
 
@@ -80,22 +81,25 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
     started = time.monotonic()
     root = check_root(config.data_dir)
     store.ping()
+    timers = Timers()
     if not dry_run:
-        store.ensure_indexes()
+        with timers.time("ensure_indexes"):
+            store.ensure_indexes()
     lease = None
     if not dry_run:
         lease = Lease(store, "sync", config.sidecar_lease_ttl_s)
         lease.acquire()  # LeaseHeld: a daemon (or another sync) writes this database now
     try:
-        return _sync(config, store, root, started, dry_run, report_path, lease)
+        return _sync(config, store, root, started, dry_run, report_path, lease, timers)
     finally:
         if lease is not None:
             lease.release()
 
 
 def _sync(config: Config, store: Store, root: Path, started: float, dry_run: bool,
-          report_path: Path | None, lease) -> tuple[dict[str, Any], int]:
-    state = store.load_state()
+          report_path: Path | None, lease, timers: Timers) -> tuple[dict[str, Any], int]:
+    with timers.time("load_state"):
+        state = store.load_state()
     rec = Reconciler(config)
     bar = _progress(None, "scanning")  # the file count is only known once walked
 
@@ -104,12 +108,14 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
         if lease is not None:
             lease.ensure()  # a long scan keeps its lease
 
-    ops, view = rec.scan(state, "sync", progress=progress)
+    with timers.time("scan"):
+        ops, view = rec.scan(state, "sync", progress=progress)
     bar.close()
     held, _, _ = rec.drain()
     result: ApplyResult | None = None
     if not dry_run and ops:
-        result = apply_ops(store, ops, state, view.problems)
+        with timers.time("write"):
+            result = apply_ops(store, ops, state, view.problems)
     if not dry_run:
         now = utcnow()
         events = build_events(result.applied if result else [], "sync", now, summarize_inserts=True,
@@ -123,7 +129,8 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
         events += [note_event("stored_raw", item["path"], "sync", now, reason=item["reason"],
                               **({"key": item["key"]} if "key" in item else {}))
                    for item in view.stored_raw if item["path"] in written]
-        store.record_events(events)
+        with timers.time("events"):
+            store.record_events(events)
     for d in held:
         log.warning("divergence held: %s (%s, %d); MongoDB keeps the data", d.path, d.reason, d.count)
     for p in view.problems:
@@ -134,9 +141,11 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
     # The write path never deletes a GridFS blob; the ones no manifest and no
     # (unexpired) tombstone names any more go here.
     blobs_collected = 0 if dry_run else store.gc_blobs()
-    report = build_report(config, store, view, result, dry_run, ops, state)
+    with timers.time("report"):
+        report = build_report(config, store, view, result, dry_run, ops, state)
     report["divergences"] = _summary(held)
     report["blobs_collected"] = blobs_collected
+    report["stages"] = timers.snapshot()  # seconds per step (sidecar/timers.py)
     report["duration_s"] = round(time.monotonic() - started, 3)
     path = report_path or root / REPORT_REL
     _write_report(path, report)
