@@ -20,7 +20,7 @@ Steps:
 
 Target: VmRSS of the running daemon ≤ 100 MB (MiB here) after ready, after the burst and
 after a warm restart; VmHWM (the peak) is reported against it too. ``--profile`` adds child
-runs of the same daemon (started through ``sidecar.main.Daemon``; no edits to sidecar/):
+runs of the same daemon (started through ``sidecar.daemon.Daemon``; no edits to sidecar/):
 one untraced, reporting the allocators' own account (pymalloc arenas held vs live blocks,
 glibc heap in use vs free), the deep size of the MirrorState and what gc.collect() +
 malloc_trim(0) give back; one under tracemalloc, reporting the top allocation sites after
@@ -239,7 +239,7 @@ if NFRAMES:
     tracemalloc.start(NFRAMES)
 from sidecar import reconcile as _rec
 from sidecar.config import Config
-from sidecar.main import Daemon
+from sidecar.daemon import Daemon
 
 def top_sites(snap, n):
     return [{"where": f"{st.traceback[0].filename.split('site-packages/')[-1].replace(os.getcwd() + '/', '')}:{st.traceback[0].lineno}",

@@ -74,7 +74,7 @@ POOL = 64  # distinct payloads cycled through (each differs from the previous on
 # product daemon is ``python -m sidecar run`` unchanged.
 SHIM_ONLY_DAEMON = """
 import sys
-from sidecar import main as m
+from sidecar import daemon as m
 _init = m.Daemon.__init__
 def _no_watcher(self, *a, **k):
     _init(self, *a, **k)

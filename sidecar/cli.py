@@ -184,7 +184,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
                 print(check.line())
             return exit_code(checks)
         if args.command == "run":
-            from .main import run_daemon
+            from .daemon import run_daemon
 
             check_root(config.data_dir, must_exist=False)  # a missing one is created; a symlink is refused
             return run_daemon(config)

@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from conftest import wait_for
-from sidecar.main import Daemon
+from sidecar.daemon import Daemon
 
 
 @dataclass
