@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 
@@ -27,6 +26,7 @@ from .model import utcnow
 from .pending import Pending
 from .reconcile import Problem, Reconciler
 from .restore import restore_file
+from .retry import BACKOFF_MAX, BACKOFF_MIN, Backoff
 from .source import FileRead, SourceError, parent_ino, read_file, sha256_hex
 from .status import Status
 from .store import MongoUnavailable, Store
@@ -39,7 +39,6 @@ log = logging.getLogger("sidecar.mirror")
 TRANSIENT = {"empty", "invalid_json", "invalid_utf8", "unstable"}
 TRANSIENT_RETRIES = 3
 TRANSIENT_DELAY = 0.3
-BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 PING_EVERY = 2.0
 # GridFS blobs no manifest or tombstone names any more are collected this often
 # (the write path never deletes a blob: sidecar/store.py).
@@ -83,7 +82,9 @@ class Mirror:
         self.lock = threading.RLock()  # one writer at a time: the loop, the shim, shutdown
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._backoff = 0.0
+        # After a failed flush: 0.1 s doubling to 5 s, jittered (so retries do not
+        # fall in step); a held lease waits at least 1 s, unjittered.
+        self._backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX, jitter=0.2)
         self._transient: dict[str, int] = {}
         self._last_error_log = 0.0
         self._last_ping = 0.0
@@ -138,7 +139,7 @@ class Mirror:
                 self._idle()
                 continue
             if not self.flush(full, taken):
-                self._stop.wait(self._backoff)
+                self._stop.wait(self._backoff.delay)
                 continue
             self._check_heals()
             if self._unsent and not self.pending.queued():
@@ -192,7 +193,7 @@ class Mirror:
                     if self.status.lease_problem is None:
                         log.warning("not writing: %s", exc)
                     self.status.lease_problem = str(exc)
-                    self._backoff = min(BACKOFF_MAX, max(1.0, self._backoff * 2))
+                    self._backoff.next(at_least=1.0, jitter=False)
                     return False
             with self.lock:
                 if full is not None:
@@ -208,7 +209,7 @@ class Mirror:
             self.pending.done(taken, full)
             raise
         self.pending.done(taken, full)
-        self._backoff = 0.0
+        self._backoff.reset()
         self.status.set_mongo(True)
         self._mongo_back()
         return True
@@ -234,8 +235,7 @@ class Mirror:
         self._was_down = True
         self.status.set_mongo(False, message)
         self.status.error("mongo_unavailable")
-        self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
-        self._backoff *= random.uniform(0.8, 1.0)
+        self._backoff.next()
         now = time.monotonic()
         if now - self._last_error_log > 30:  # rate-limited: one line per 30 s
             self._last_error_log = now
