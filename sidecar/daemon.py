@@ -1,8 +1,13 @@
 """``memory-sidecar run``: the continuous daemon.
 
+Shaped like uvicorn's ``Server``: ``serve()`` is ``startup()`` → ``main_loop()``
+(until the one stop signal, ``Daemon.stopping``) → ``shutdown()``.
+
 Start-up order matters and is the whole no-missed-write argument:
-  1. HTTP up at once (``/healthz`` 200, ``/readyz`` 503 until ready);
-  2. wait for MongoDB (backoff, never exit), ensure indexes;
+  1. HTTP up at once (``/healthz`` 200, ``/readyz`` 503 until ready), then the
+     shim socket; the rest (``start_mirroring``) runs in a worker thread so
+     both keep answering meanwhile;
+  2. wait for MongoDB (backoff, never exit), ensure indexes; take the lease;
   3. start the watcher *before* anything touches the files, so a write the API
      makes during the restore or the reconcile is queued rather than missed;
   4. mongo mode: restore every file MongoDB holds that is missing on disk (and
@@ -26,17 +31,18 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from . import parityscan, server
 from .classify import is_ignored
 from .config import Config
 from .diff import MirrorState
 from .divergence import DivergenceBook
-from .mirror import BACKOFF_MAX, Mirror
+from .mirror import Mirror
 from .lease import Lease, LeaseHeld
 from .pending import Pending
 from .restore import clean_temp_files, restore
+from .retry import BACKOFF_MAX, BACKOFF_MIN, Backoff, Stopped, StopSignal
 from .rootwatch import RootMonitor
 from .shimserver import ShimEvent, ShimServer
 from .source import DataDirMissing, check_root
@@ -45,6 +51,8 @@ from .store import MongoUnavailable, Store
 from .watcher import Watcher
 
 log = logging.getLogger("sidecar")
+
+T = TypeVar("T")
 
 SHUTDOWN_SECONDS = 10.0
 
@@ -82,27 +90,29 @@ def release_memory() -> bool:
 class Daemon:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
-        self.status = Status()
-        self.store = store or Store(config, timers=self.status.timers)
+        # The one stop signal: a signal handler, a test or the caller's event sets
+        # it; every wait (MongoDB, the lease, the data dir) and the main loop end on it.
+        self.stopping = StopSignal()
         self.pending = Pending()
-        self.state = MirrorState()
         self.divergences = DivergenceBook()
-        self.status.divergences = self.divergences
+        # Built here (it opens nothing until ``start``), so the status has all its
+        # sources from the start; ``self.shim`` is set once the socket listens.
+        self._shim_server = ShimServer(config.socket_path, self.on_shim)
+        self.status = Status(pending=self.pending, divergences=self.divergences, shim=self._shim_server,
+                             write_stall_s=config.sidecar_write_stall_s)
+        self.store = store or Store(config, timers=self.status.timers)
+        self.state = MirrorState()
         self.mirror = Mirror(config, self.store, self.status, self.pending, self.state, self.divergences)
-        self.status.live_pending = lambda: (len(self.pending), self.pending.oldest_age())
         self.lease = Lease(self.store, "daemon", config.sidecar_lease_ttl_s)
-        self.status.live_write_age = self.pending.write_age
-        self.status.write_stall_s = config.sidecar_write_stall_s
         self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status,
                                lineage_break=self.mirror.rec.lineage.broken)
         self.rootwatch = RootMonitor(self.watcher, config.sidecar_root_check_ms / 1000, self._on_root_change)
         self.watcher.on_root_suspect = self.rootwatch.poke
         self.shim: ShimServer | None = None
         self.http_port: int | None = None
-        self._stopping = threading.Event()
-        self._started = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_async: asyncio.Event | None = None
+        self._started = threading.Event()  # mirroring started: shim frames are taken
+        self._runner = None  # the HTTP server (aiohttp AppRunner)
+        self._mirroring: asyncio.Future | None = None  # ``start_mirroring`` in its worker thread
 
     # --- the server's view ---------------------------------------------------------
     def parity_report(self) -> dict[str, Any]:
@@ -128,49 +138,76 @@ class Daemon:
     def accept_divergences(self, paths: list[str] | None) -> dict[str, Any]:
         return self.mirror.accept(paths)
 
-    # --- start-up (blocking; runs in a worker thread) -----------------------------------
-    def startup(self) -> None:
-        self.status.phase = "connecting"
-        delay = 0.1
-        while not self._stopping.is_set():
+    # --- lifecycle: serve = startup → main_loop → shutdown ------------------------------
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Run until the stop signal. ``stop``: an event of the caller's that sets it
+        too (the in-process test daemon and the benchmarks set theirs)."""
+        follow = asyncio.ensure_future(self._follow(stop)) if stop is not None else None
+        try:
+            await self.startup()
             try:
-                self.store.ping()
-                self.store.ensure_indexes()
-                self.status.set_mongo(True)
-                break
-            except MongoUnavailable as exc:
-                self.status.set_mongo(False, str(exc))
-                log.warning("waiting for MongoDB: %s", exc)
-                self._stopping.wait(delay)
-                delay = min(BACKOFF_MAX, delay * 2)
-        if self._stopping.is_set() or not self._take_lease():
-            return
+                await self.main_loop()
+            finally:
+                await self.shutdown()
+        finally:
+            if follow is not None:
+                follow.cancel()
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.stopping.set()
+
+    async def startup(self) -> None:
+        """HTTP and the shim socket up at once; mirroring starts in a worker thread."""
+        self._runner = await server.start(self)
+        self.http_port = server.bound_port(self._runner)
+        log.info("status server on %s:%s", self.config.sidecar_http_host, self.http_port)
+        try:
+            await self._shim_server.start()
+            self.shim = self._shim_server
+        except OSError as exc:
+            log.warning("shim socket unavailable (%s); the watcher alone mirrors writes", exc.strerror)
+        self._mirroring = asyncio.get_running_loop().run_in_executor(None, self._start_mirroring_logged)
+
+    async def main_loop(self) -> None:
+        await self.stopping.until_set()
+
+    async def shutdown(self) -> None:
+        """No more shim frames, start-up left, watcher stopped, a last flush with a
+        bounded deadline, HTTP down, the lease handed back."""
+        self.stopping.set()
+        if self.shim is not None:
+            await self.shim.stop()
+        await asyncio.wait_for(asyncio.shield(self._mirroring), timeout=SHUTDOWN_SECONDS + 30)
+        self.status.set_ready(False)
+        self.status.phase = "stopping"
+        self.rootwatch.stop()
+        self.watcher.stop()
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        await asyncio.get_running_loop().run_in_executor(None, self.mirror.stop, deadline)
+        await self._runner.cleanup()
+        try:
+            self.lease.release()  # the next writer need not wait for it to expire
+        except MongoUnavailable:
+            pass
+        self.store.close()
+
+    # --- start mirroring (blocking; in a worker thread) --------------------------------
+    def start_mirroring(self) -> None:
+        """MongoDB, the lease, the data dir, the watcher, the restore (mongo mode),
+        the full reconcile, the writer thread: then ready. Each wait retries with
+        backoff until the stop signal (``Stopped``)."""
+        self._connect()
+        self._take_lease()
         root = self.config.data_dir
-        if not self._wait_root_not_symlink(root):
-            return
+        self._wait_root_not_symlink(root)
         root.mkdir(parents=True, exist_ok=True)
         self.watcher.start()
         self.rootwatch.start()
         if self.config.memory_store_backend == "mongo":
-            self.status.phase = "restoring"
-            self.status.restore_progress = {"done": 0}
-            clean_temp_files(root)  # what a killed restore or heal left behind
-
-            def progress(result) -> None:
-                self.status.restore_progress = {"done": len(result.written)}
-
-            result = self._retry(lambda: restore(self.store, root, missing_only=True, ignore=self._ignored,
-                                                 progress=progress))
-            if result is None:
-                return
-            self.status.restored_files += len(result.written)
-            for item in result.skipped:
-                self.status.problem(item["path"], "restore_skipped", item["reason"])
-            if result.written:
-                log.info("restored %d missing files from MongoDB", len(result.written))
+            self._restore_missing(root)
         self.status.phase = "reconciling"
-        if self._retry(self.mirror.reconcile, locked=True) is False:
-            return
+        self._retry(self._reconcile_locked)
         # The reconcile's reads, parses and source view are freed: give the pages back.
         release_memory()
         self.mirror.start()
@@ -179,12 +216,99 @@ class Daemon:
         self._started.set()
         log.info("ready: watching %s", root)
 
+    def _start_mirroring_logged(self) -> None:
+        """``start_mirroring`` in the executor: an unexpected failure is logged with its
+        traceback and shown (``/readyz`` 503 and ``/memory/status``), never lost."""
+        try:
+            self.start_mirroring()
+        except Stopped:
+            pass
+        except Exception as exc:  # noqa: BLE001 - anything: a bug or a document we cannot use
+            log.exception("start-up failed")
+            self.status.startup_error = self.config.scrub(f"{type(exc).__name__}: {exc}")[:300]
+            self.status.phase = "failed"
+            self.status.set_ready(False)
+        finally:
+            for item in self.store.foreign_skipped:
+                self.status.problem(f"mongodb:{item['collection']}:{item['_id']}", "foreign_document",
+                                    item["reason"])
+
+    def _connect(self) -> None:
+        self.status.phase = "connecting"
+        self._retry(self._ping_and_index, waiting=True)
+
+    def _ping_and_index(self) -> None:
+        self.store.ping()
+        self.store.ensure_indexes()
+        self.status.set_mongo(True)
+
+    def _retry(self, fn: Callable[[], T], waiting: bool = False) -> T:
+        """``fn()``'s value, called again with backoff while MongoDB is unavailable
+        (``waiting``: each failure logged); ``Stopped`` when the stop signal comes first."""
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
+        while not self.stopping.is_set():
+            try:
+                return fn()
+            except MongoUnavailable as exc:
+                self.status.set_mongo(False, str(exc))
+                if waiting:
+                    log.warning("waiting for MongoDB: %s", exc)
+                backoff.wait(self.stopping)
+        raise Stopped
+
+    def _take_lease(self) -> None:
+        """Wait for the single-writer lease (a ``sync`` or another daemon may hold it)."""
+        told = False
+        backoff = Backoff(0.5, BACKOFF_MAX)
+        while not self.stopping.is_set():
+            try:
+                self.lease.acquire()
+                self.status.lease_problem = None
+                self.mirror.lease = self.lease
+                return
+            except LeaseHeld as exc:
+                self.status.lease_problem = str(exc)
+                self.status.phase = "waiting_for_lease"
+                if not told:
+                    log.warning("waiting: %s", exc)
+                    told = True
+            except MongoUnavailable as exc:
+                self.status.set_mongo(False, str(exc))
+            backoff.wait(self.stopping)
+        raise Stopped
+
+    def _restore_missing(self, root) -> None:
+        """Mongo mode: write back every file MongoDB holds that is missing on disk."""
+        self.status.phase = "restoring"
+        self.status.restore_progress = {"done": 0}
+        clean_temp_files(root)  # what a killed restore or heal left behind
+
+        def progress(result) -> None:
+            self.status.restore_progress = {"done": len(result.written)}
+
+        result = self._retry(lambda: restore(self.store, root, missing_only=True, ignore=self._ignored,
+                                             progress=progress))
+        self.status.restored_files += len(result.written)
+        for item in result.skipped:
+            self.status.problem(item["path"], "restore_skipped", item["reason"])
+        if result.written:
+            log.info("restored %d missing files from MongoDB", len(result.written))
+
+    def _reconcile_locked(self) -> None:
+        with self.mirror.lock:
+            self.mirror.reconcile()
+
+    def _ignored(self, rel: str) -> bool:
+        return is_ignored(rel, self.config.ignore_globs)
+
     # --- the watched root ---------------------------------------------------------------
-    def _wait_root_not_symlink(self, root) -> bool:
+    def _wait_root_not_symlink(self, root) -> None:
         """A data dir that is a symlink (or not a directory) is never followed, nor
         written through (mkdir, restore): stay not ready, with the reason, until it
-        is a real directory or missing (then created). False when stopping."""
-        while not self._stopping.is_set():
+        is a real directory or missing (then created). ``Stopped`` when stopping."""
+        interval = self.config.sidecar_root_check_ms / 1000
+        every = Backoff(interval, interval, factor=1.0)  # a fixed poll, like the root monitor's
+        while not self.stopping.is_set():
             try:
                 check_root(root, must_exist=False)
             except DataDirMissing as exc:
@@ -192,11 +316,11 @@ class Daemon:
                     log.error("%s; not ready until it is a directory", exc.message)
                 self.status.set_root_problem(ROOT_REASONS["symlink" if exc.reason == "data_dir_symlink"
                                                           else "not_dir"])
-                self._stopping.wait(self.config.sidecar_root_check_ms / 1000)
+                every.wait(self.stopping)
                 continue
             self.status.set_root_problem(None)
-            return True
-        return False
+            return
+        raise Stopped
 
     def _on_root_change(self, event: str) -> None:
         """The root monitor saw the data dir change (runs in its thread)."""
@@ -211,61 +335,6 @@ class Daemon:
         self.status.set_root_problem(None)
         self.status.clear_problem(".")  # a reconcile that found no data dir
         self.mirror.root_replaced()
-
-    def _startup_logged(self) -> None:
-        """``startup`` in the executor: an unexpected failure is logged with its
-        traceback and shown (``/readyz`` 503 and ``/memory/status``), never lost."""
-        try:
-            self.startup()
-        except Exception as exc:  # noqa: BLE001 - anything: a bug or a document we cannot use
-            log.exception("start-up failed")
-            self.status.startup_error = self.config.scrub(f"{type(exc).__name__}: {exc}")[:300]
-            self.status.phase = "failed"
-            self.status.set_ready(False)
-        finally:
-            for item in self.store.foreign_skipped:
-                self.status.problem(f"mongodb:{item['collection']}:{item['_id']}", "foreign_document",
-                                    item["reason"])
-
-    def _take_lease(self) -> bool:
-        """Wait for the single-writer lease (a ``sync`` or another daemon may hold it)."""
-        told = False
-        delay = 0.5
-        while not self._stopping.is_set():
-            try:
-                self.lease.acquire()
-                self.status.lease_problem = None
-                self.mirror.lease = self.lease
-                return True
-            except LeaseHeld as exc:
-                self.status.lease_problem = str(exc)
-                self.status.phase = "waiting_for_lease"
-                if not told:
-                    log.warning("waiting: %s", exc)
-                    told = True
-            except MongoUnavailable as exc:
-                self.status.set_mongo(False, str(exc))
-            self._stopping.wait(delay)
-            delay = min(BACKOFF_MAX, delay * 2)
-        return False
-
-    def _ignored(self, rel: str) -> bool:
-        return is_ignored(rel, self.config.ignore_globs)
-
-    def _retry(self, fn, locked: bool = False):
-        delay = 0.1
-        while not self._stopping.is_set():
-            try:
-                if locked:
-                    with self.mirror.lock:
-                        fn()
-                    return True
-                return fn()
-            except MongoUnavailable as exc:
-                self.status.set_mongo(False, str(exc))
-                self._stopping.wait(delay)
-                delay = min(BACKOFF_MAX, delay * 2)
-        return False if locked else None
 
     # --- shim frames ---------------------------------------------------------------------
     async def on_shim(self, event: ShimEvent) -> str:
@@ -318,53 +387,14 @@ class Daemon:
         self.status.shim_events.labels(status=outcome).inc()
         return outcome
 
-    # --- run ---------------------------------------------------------------------------------
-    async def serve(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_async = stop
-        runner = await server.start(self)
-        self.http_port = server.bound_port(runner)
-        log.info("status server on %s:%s", self.config.sidecar_http_host, self.http_port)
-        self.shim = ShimServer(self.config.socket_path, self.on_shim)
-        self.status.live_shim = self.shim.report
-        try:
-            await self.shim.start()
-        except OSError as exc:
-            log.warning("shim socket unavailable (%s); the watcher alone mirrors writes", exc.strerror)
-            self.shim = None
-        startup = self._loop.run_in_executor(None, self._startup_logged)
-        try:
-            await stop.wait()
-        finally:
-            self._stopping.set()
-            if self.shim is not None:
-                await self.shim.stop()
-            await asyncio.wait_for(asyncio.shield(startup), timeout=SHUTDOWN_SECONDS + 30)
-            self.status.set_ready(False)
-            self.status.phase = "stopping"
-            self.rootwatch.stop()
-            self.watcher.stop()
-            deadline = time.monotonic() + SHUTDOWN_SECONDS
-            await self._loop.run_in_executor(None, self.mirror.stop, deadline)
-            await runner.cleanup()
-            try:
-                self.lease.release()  # the next writer need not wait for it to expire
-            except MongoUnavailable:
-                pass
-            self.store.close()
-
-    def request_stop(self) -> None:
-        if self._loop is not None and self._stop_async is not None:
-            self._loop.call_soon_threadsafe(self._stop_async.set)
-
 
 def run_daemon(config: Config) -> int:
     async def main() -> None:
-        stop = asyncio.Event()
+        daemon = Daemon(config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Daemon(config).serve(stop)
+            loop.add_signal_handler(sig, daemon.stopping.set)
+        await daemon.serve()
 
     asyncio.run(main())
     return 0

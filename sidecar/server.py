@@ -177,7 +177,7 @@ def overview(daemon: Any, last_parity: dict[str, Any]) -> dict[str, Any]:
         "stale_refused": snap["stale_refused"],
         "events": status.recent_events(),
         "shim": {"socket": shim is not None, "outcomes": status.shim_outcomes(),
-                 # what the snapshot already read from the socket server (Status.live_shim)
+                 # what the snapshot already read from the socket server (the Status's shim source)
                  "server": (snap["shim"] or {}).get("frames"), "clients": (snap["shim"] or {}).get("clients")},
     }
 

@@ -12,11 +12,16 @@ import threading
 from collections import Counter as PlainCounter
 from collections import deque
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .timers import Timers
+
+if TYPE_CHECKING:
+    from .divergence import DivergenceBook
+    from .pending import Pending
+    from .shimserver import ShimServer
 
 MAX_PROBLEMS = 200
 RECENT_EVENTS = 50  # the status page's "last events" (the full trail is memory_events)
@@ -30,7 +35,13 @@ def _now_iso() -> str:
 
 
 class Status:
-    def __init__(self) -> None:
+    """``pending``, ``divergences``, ``shim``: where the live figures are read at each
+    view (the change queue, the held divergences, the shim socket server's report);
+    each may be left out (a test's bare ``Status()``: those figures stay 0 / none).
+    ``write_stall_s``: ``/readyz`` is 503 while one MongoDB write has waited longer."""
+
+    def __init__(self, *, pending: Pending | None = None, divergences: DivergenceBook | None = None,
+                 shim: ShimServer | None = None, write_stall_s: float | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events = Counter("sidecar_events_total", "Filesystem/shim events seen", ["kind", "event"], registry=r)
@@ -90,18 +101,21 @@ class Status:
         self.error_counts: PlainCounter[str] = PlainCounter()
         self.problems: dict[str, dict[str, Any]] = {}
         self.stale_refused = 0
-        # Set by the daemon: reads the pending queue live, so views are never stale.
-        self.live_pending = None
-        # Set by the daemon: seconds the oldest MongoDB write under way has waited.
-        self.live_write_age = None
+        # The pending queue, read live at each view so it is never stale; also the age
+        # of the oldest MongoDB write under way (Pending.write_age).
+        self._queue = pending
         # /readyz is 503 while one write has waited longer than this (SIDECAR_WRITE_STALL_S).
-        self.write_stall_s: float | None = None
-        # Set by the daemon: the held divergences (sidecar/divergence.py).
-        self.divergences = None
+        self.write_stall_s = write_stall_s
+        # The held divergences (sidecar/divergence.py).
+        self.divergences = divergences
         self.restore_progress: dict[str, int] | None = None
-        # Set by the daemon: the shim socket server's report (ShimServer.report).
-        self.live_shim = None
+        # The shim socket server (its report: frame counters, the writers' breakers).
+        self._shim = shim
         self._shim_view: dict[str, Any] | None = None
+        # The gauges' last values, kept plain for the snapshot.
+        self._pending_count = 0
+        self._lag_s = 0.0
+        self._write_inflight_s = 0.0
         self._recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
 
     # --- updates ---------------------------------------------------------------
@@ -208,11 +222,13 @@ class Status:
         return out
 
     def set_pending(self, count: int, lag: float) -> None:
+        self._pending_count, self._lag_s = count, lag
         self.pending.set(count)
         self.lag.set(lag)
 
     def write_age(self) -> float:
-        age = self.live_write_age() if self.live_write_age is not None else 0.0
+        age = self._queue.write_age() if self._queue is not None else 0.0
+        self._write_inflight_s = age
         self.write_inflight.set(age)
         return age
 
@@ -225,11 +241,11 @@ class Status:
 
     # --- views -------------------------------------------------------------------
     def _refresh(self) -> None:
-        if self.live_pending is not None:
-            self.set_pending(*self.live_pending())
+        if self._queue is not None:
+            self.set_pending(len(self._queue), self._queue.oldest_age())
         self.write_age()
-        if self.live_shim is not None:
-            view = self.live_shim()
+        if self._shim is not None:
+            view = self._shim.report()
             with self._lock:
                 bad = int(view["frames"].get("bad_frames", 0))
                 if bad > self._shim_bad_seen:
@@ -258,9 +274,9 @@ class Status:
             "root_problem": self.root_problem,
             "lease_problem": self.lease_problem,
             "startup_error": self.startup_error,
-            "pending": int(self.pending._value.get()),
-            "lag_seconds": round(float(self.lag._value.get()), 3),
-            "write_inflight_seconds": round(float(self.write_inflight._value.get()), 3),
+            "pending": int(self._pending_count),
+            "lag_seconds": round(float(self._lag_s), 3),
+            "write_inflight_seconds": round(float(self._write_inflight_s), 3),
             "last_sync_at": self.last_sync_at,
             "last_reconcile_at": self.last_reconcile_at,
             "restored_files": self.restored_files,
