@@ -36,7 +36,8 @@ from .divergence import DivergenceBook
 from .mirror import BACKOFF_MAX, Mirror
 from .lease import Lease, LeaseHeld
 from .pending import Pending
-from .restore import clean_temp_files, restore
+from .diskwrite import clean_temp_files
+from .restore import restore
 from .rootwatch import RootMonitor
 from .shimserver import ShimEvent, ShimServer
 from .source import DataDirMissing, check_root

@@ -16,20 +16,20 @@ import random
 import threading
 import time
 
-from .classify import UnsafePath
 from .config import Config
 from .diff import MirrorState, Op
 from .divergence import DIR_REPLACED, MASS_REMOVAL, Divergence, DivergenceBook
-from .events import build_events, note_event
+from .events import note_event
 from .heal import Healer
 from .lease import LeaseHeld
 from .model import utcnow
 from .pending import Pending
 from .reconcile import Problem, Reconciler
-from .restore import restore_file
+from .restore import Refill
 from .source import FileRead, SourceError, parent_ino, read_file, sha256_hex
 from .status import Status
 from .store import MongoUnavailable, Store
+from .writer import Writer
 
 log = logging.getLogger("sidecar.mirror")
 
@@ -44,13 +44,6 @@ PING_EVERY = 2.0
 # GridFS blobs no manifest or tombstone names any more are collected this often
 # (the write path never deletes a blob: sidecar/store.py).
 GC_BLOBS_EVERY = 600.0
-MAX_UNSENT_EVENTS = 10_000
-# Under steady load the writer's events are sent in batches of this many, or
-# when the oldest is this old, or as soon as the writer has nothing queued: an
-# insert of 5-8 events cost the server 2-3x more per event than one of 50
-# (~7 % of a core at 200 writes/s), all of it on the writer's critical path.
-EVENTS_BATCH = 50
-EVENTS_MAX_AGE = 0.5
 # A watched file's removal is mirrored only once it has stayed gone this long,
 # and only if its directory and the data dir are still the ones it was in:
 # ``rm -rf`` of a directory or of the data dir deletes the files first, and
@@ -74,6 +67,8 @@ class Mirror:
         self.book = book if book is not None else DivergenceBook()
         self.rec = Reconciler(config)
         self.healer = Healer(config.data_dir, store, self._observe_own)
+        self.writer = Writer(config, store, state, status, pending)
+        self.refill = Refill(store, config.data_dir, self.healer)
         self._vanished: dict[str, float] = {}  # watched files gone, settling (monotonic first seen)
         self._gone_seen: dict[str, float] = {}  # watched files seen gone (REMOVAL_WINDOW_S)
         self._root_id: tuple[int, int] | None = None
@@ -92,11 +87,6 @@ class Mirror:
         self._identity: tuple[tuple[str, str], ...] | None = None
         self._last_identity = 0.0
         self._last_gc = time.monotonic()
-        # Events whose documents were written but which MongoDB did not take
-        # (it went away in between), or which wait for a batch (EVENTS_BATCH):
-        # sent first on the next successful write.
-        self._unsent: list[dict] = []
-        self._unsent_since = 0.0
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -116,7 +106,7 @@ class Mirror:
         try:
             self._flush_events()
         except MongoUnavailable:
-            log.warning("shutdown: %d events not recorded (MongoDB unavailable)", len(self._unsent))
+            log.warning("shutdown: %d events not recorded (MongoDB unavailable)", len(self.writer.outbox))
         left = len(self.pending)
         if left:
             log.warning("shutdown: %d changed paths not mirrored (the next start reconciles them)", left)
@@ -141,7 +131,7 @@ class Mirror:
                 self._stop.wait(self._backoff)
                 continue
             self._check_heals()
-            if self._unsent and not self.pending.queued():
+            if len(self.writer.outbox) and not self.pending.queued():
                 try:
                     self._flush_events()  # nothing queued: the writer would idle, send them now
                 except MongoUnavailable as exc:
@@ -382,20 +372,8 @@ class Mirror:
 
     def _write(self, ops: list[Op], problems: list[Problem], good: list[str], source: str,
                taken: dict[str, float]) -> None:
-        started = time.monotonic()
-        result = None
-        if ops:
-            with self.pending.writing(), self.status.timers.time("write"):
-                result = self.store.apply(ops, self.state)
         now = utcnow()
-        events: list[dict] = []
-        if result is not None:
-            self.status.wrote(result.counts(), time.monotonic() - started)
-            self.status.stale_refused += len(result.stale)
-            for op, why in result.failed:
-                problems.append(Problem(op.rel, "mongo_rejected", f"{op.rel}: {op.entity}: {why}", op.coll))
-            events = build_events(result.applied, source, now, summarize_inserts=source == "reconcile",
-                                  full_payload=self.config.sidecar_events_payload == "full")
+        _, events = self.writer.write(ops, source, problems, now, summarize_inserts=source == "reconcile")
         for rel in good:
             self.status.clear_problem(rel)
             self._transient.pop(rel, None)
@@ -403,33 +381,13 @@ class Mirror:
             events.extend(self._problem(p, source, now, taken))
         events.extend(self._divergences(source, now))
         # A watch flush with more work queued behind it defers small batches.
-        self._send_events(events, defer=source == "watch" and bool(self.pending.queued()))
+        self.writer.record(events, defer=source == "watch" and bool(self.pending.queued()))
 
     def _flush_events(self) -> None:
         """Send the deferred events now. Raises MongoUnavailable (they stay kept)."""
-        if self._unsent:
+        if len(self.writer.outbox):
             with self.lock:
-                self._send_events([])
-
-    def _send_events(self, events: list[dict], defer: bool = False) -> None:
-        if events:
-            self.status.saw_events(events)
-        if events and not self._unsent:
-            self._unsent_since = time.monotonic()
-        pending, self._unsent = self._unsent + events, []
-        if not pending:
-            return
-        if defer and len(pending) < EVENTS_BATCH and time.monotonic() - self._unsent_since < EVENTS_MAX_AGE:
-            self._unsent = pending
-            return
-        try:
-            with self.pending.writing(), self.status.timers.time("events"):
-                self.store.record_events(pending)
-        except MongoUnavailable:
-            self._unsent = pending[-MAX_UNSENT_EVENTS:]
-            if len(pending) > MAX_UNSENT_EVENTS:
-                self.status.error("events_dropped")
-            raise
+                self.writer.outbox.flush()
 
     def _problem(self, p: Problem, source: str, now, taken: dict[str, float]) -> list[dict]:
         if p.reason in TRANSIENT and p.path in taken:
@@ -439,7 +397,7 @@ class Mirror:
                 self.pending.mark(p.path, TRANSIENT_DELAY, taken[p.path])
                 return []
         if (p.reason in TRANSIENT and p.kind == "hub" and self.config.memory_store_backend == "mongo"
-                and self._heal_broken_hub(p.path)):
+                and self.refill.broken_hub(p.path, self._fmt(p.path))):
             self._transient.pop(p.path, None)
             self.status.restored_files += 1
             return [note_event("restored_from_mongo", p.path, source, now, reason=p.reason)]
@@ -461,7 +419,10 @@ class Mirror:
         for div in held:
             if touched is not None:
                 touched.add(div.path)
-            if mongo and self._toward_mongo(div):
+            outcome = self.refill.divergence(div, self._fmt(div.path)) if mongo else "held"
+            if outcome == "retry":
+                self.pending.mark(div.path, TRANSIENT_DELAY)  # mid-write or raced: look again
+            if outcome == "restored":
                 self.book.resolve(div.path)
                 self.status.restored_files += 1
                 events.append(note_event("restored_from_mongo", div.path, source, now, reason=div.reason,
@@ -482,40 +443,9 @@ class Mirror:
         self.status.set_divergences(sum(1 for d in items if d.missing_file),
                                     sum(d.count for d in items if not d.missing_file))
 
-    def _toward_mongo(self, div: Divergence) -> bool:
-        """mongo mode: give the file MongoDB's data back. False: held (reported) for now."""
-        rel = div.path
-        try:
-            if not div.missing_file:
-                prev = self.state.files.get(rel)
-                outcome = self.healer.heal_hub(rel, prev.fmt if prev else None)
-                if outcome == "retry":
-                    self.pending.mark(rel, TRANSIENT_DELAY)  # mid-write or raced: look again
-                    return False
-                if outcome != "missing":
-                    return True
-            written = restore_file(self.store, self.config.data_dir, rel)
-            if written:
-                log.info("restored %s from MongoDB (%s)", rel, div.reason)
-            return True
-        except (UnsafePath, SourceError, LookupError, OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("could not restore %s from MongoDB: %s", rel, type(exc).__name__)
-            return False
-
-    def _heal_broken_hub(self, rel: str) -> bool:
-        """mongo mode: a hub that stayed empty or unparsable through the re-checks (a
-        torn write_text) gets MongoDB's entries, by the same compare-and-swap as a heal
-        (a writer finishing into the old inode meanwhile is merged back)."""
+    def _fmt(self, rel: str) -> dict | None:
         prev = self.state.files.get(rel)
-        try:
-            outcome = self.healer.heal_hub(rel, prev.fmt if prev else None, broken_ok=True)
-        except (SourceError, OSError, ValueError, TypeError) as exc:
-            log.warning("could not heal %s from MongoDB: %s", rel, type(exc).__name__)
-            return False
-        if outcome == "healed":
-            log.info("%s stayed unreadable; MongoDB's entries written back (mongo mode)", rel)
-            return True
-        return False
+        return prev.fmt if prev else None
 
     def _observe_own(self, read: FileRead) -> None:
         self.rec.own_writes[read.rel] = read.sha256
@@ -558,7 +488,7 @@ class Mirror:
             for rel in gone:
                 self.book.resolve(rel)
             self._update_divergence_gauges()
-            self._send_events(events)
+            self.writer.record(events)
         return {"accepted": [d.path for d in accepted], "no_longer_held": gone,
                 "documents": sum(1 for op in ops if op.action != "track")}
 
