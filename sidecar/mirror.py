@@ -23,10 +23,10 @@ from .events import note_event
 from .heal import Healer
 from .lease import LeaseHeld
 from .model import utcnow
-from .pending import Pending
+from .pending import Pending, Waiter
 from .reconcile import Problem, Reconciler
 from .restore import Refill
-from .source import FileRead, SourceError, parent_ino, read_file, sha256_hex
+from .source import FileRead, SourceError, parent_ino, read_file
 from .status import Status
 from .store import MongoUnavailable, Store
 from .writer import Writer
@@ -110,6 +110,7 @@ class Mirror:
         left = len(self.pending)
         if left:
             log.warning("shutdown: %d changed paths not mirrored (the next start reconciles them)", left)
+        self.pending.answer_all(RuntimeError("stopping"))  # sync frames not covered: not durable
         self.healer.close()
 
     def _run(self) -> None:
@@ -172,13 +173,16 @@ class Mirror:
         another writer holds the lease.
 
         The batch stays in flight in ``Pending`` (pending, lag, /parity) until
-        MongoDB acknowledged it or it is requeued."""
+        MongoDB acknowledged it or it is requeued. The sync shim frames it covers
+        (``Pending.claim``) are answered here, whatever happens."""
+        claims = self.pending.claim(taken)
         try:
             if self.lease is not None:
                 try:
                     self._keep_lease()
                 except LeaseHeld as exc:
                     self.pending.requeue(taken, 0.0, full)
+                    _answer_each(claims, "not_durable")
                     if self.status.lease_problem is None:
                         log.warning("not writing: %s", exc)
                     self.status.lease_problem = str(exc)
@@ -187,17 +191,26 @@ class Mirror:
             with self.lock:
                 if full is not None:
                     self.reconcile()
+                    answers = None
                 else:
                     with self.status.timers.time("flush"):
-                        self._flush_paths(taken)
+                        answers = self._flush_paths(taken, claims)
         except MongoUnavailable as exc:
             self.pending.requeue(taken, 0.0, full)
+            _answer_each(claims, error=exc)
             self._mongo_down(str(exc))
             return False
-        except BaseException:
+        except BaseException as exc:
             self.pending.done(taken, full)
+            _answer_each(claims, error=exc)
             raise
         self.pending.done(taken, full)
+        if answers is None:
+            self.pending.rewait(claims)  # a full reconcile ran: the next flush answers them precisely
+        else:
+            for waiters in claims.values():
+                for waiter in waiters:
+                    waiter.answer(*answers[id(waiter)])
         self._backoff = 0.0
         self.status.set_mongo(True)
         self._mongo_back()
@@ -232,14 +245,27 @@ class Mirror:
             log.warning("MongoDB unavailable, retrying with backoff (pending %d): %s",
                         len(self.pending), message)
 
-    def _flush_paths(self, taken: dict[str, float]) -> None:
+    def _flush_paths(self, taken: dict[str, float], claims: dict[str, list[Waiter]]
+                     ) -> dict[int, tuple[str | None, BaseException | None]] | None:
+        """Mirror the files of one batch; the answers for the sync frames in
+        ``claims`` (None: it turned into a full reconcile)."""
         now = utcnow()
         ops: list[Op] = []
         problems: list[Problem] = []
         good: list[str] = []
+        seen: dict[str, str | None] = {}  # a waited-for path -> the sha256 this flush read
         t0 = time.perf_counter()
         for rel in taken:
-            file_ops, file_problems = self.rec.process_file(rel, self.state, "watch", now=now)
+            read = None
+            if rel in claims:
+                # Read here (once) to tell the frame's bytes from a newer write's.
+                try:
+                    read = read_file(self.config.data_dir, rel)
+                except SourceError:
+                    read = None  # gone or unreadable now: process_file says what it is
+                seen[rel] = read.sha256 if read is not None else None
+            file_ops, file_problems = self.rec.process_file(rel, self.state, "shim" if rel in claims else "watch",
+                                                            now=now, read=read)
             ops.extend(file_ops)
             if file_problems:
                 problems.extend(file_problems)
@@ -257,8 +283,9 @@ class Mirror:
             # server): a removal now would tombstone the dump's older value, and the
             # newer files would stay unmirrored. Compare every file again instead.
             self.reconcile()
-            return
+            return None
         self._write(ops, problems, good, "watch", taken)
+        return _answers(claims, seen, ops, problems)
 
     def _replaced(self) -> bool:
         """True when a mirrored collection was dropped or re-created since the state
@@ -492,47 +519,29 @@ class Mirror:
         return {"accepted": [d.path for d in accepted], "no_longer_held": gone,
                 "documents": sum(1 for op in ops if op.action != "track")}
 
-    # --- the shim's path ----------------------------------------------------------------
-    def queue_if_busy(self, rel: str) -> bool:
-        """For an async shim frame, which nobody waits for: queue ``rel`` for the
-        writer if it is busy (something pending or a flush running) and say so.
 
-        Only an idle writer's frame is then mirrored at once (``mirror_bytes``, the
-        lowest latency); otherwise the path joins ``Pending``, so a burst of frames
-        is coalesced like the watcher's events (which usually queued this very
-        write already) rather than costing one MongoDB write and one event insert
-        per frame on the cores the API runs on. The writer re-reads the file, so
-        it mirrors this version or a newer one. Never blocks: the shim server
-        calls it on its event loop."""
-        if len(self.pending) or not self.lock.acquire(blocking=False):
-            self.pending.mark(rel, 0.0)
-            return True
-        self.lock.release()
-        return False
+def _answers(claims: dict[str, list[Waiter]], seen: dict[str, str | None], ops: list[Op],
+             problems: list[Problem]) -> dict[int, tuple[str | None, BaseException | None]]:
+    """What each sync frame of a flush is told (shim/PROTOCOL.md), by ``id`` of its
+    waiter: "stale" when the file no longer held the frame's bytes when read (a
+    newer write was mirrored, or it is gone), an error when the file had a
+    problem, else "written" or "unchanged"."""
+    bad = {p.path: p.reason for p in problems}
+    written = {op.rel for op in ops}
+    out: dict[int, tuple[str | None, BaseException | None]] = {}
+    for rel, waiters in claims.items():
+        for waiter in waiters:
+            if waiter.sha256 is not None and seen.get(rel) != waiter.sha256:
+                out[id(waiter)] = ("stale", None)
+            elif rel in bad:
+                out[id(waiter)] = (None, ValueError(bad[rel]))
+            else:
+                out[id(waiter)] = ("written" if rel in written else "unchanged", None)
+    return out
 
-    def mirror_bytes(self, rel: str, data: bytes, mtime_ns: int = 0) -> str:
-        """Mirror bytes handed over by the in-process shim. Returns written|unchanged|stale.
 
-        The shim's bytes are checked against the file as it is now: if the file
-        has moved on (a later write), the frame is stale and the path is queued
-        for the watcher's path instead. The version is the read's (sidecar/clock.py),
-        never the frame's mtime: mtimes go backwards.
-        """
-        sha = sha256_hex(data)
-        with self.lock:
-            prev = self.state.files.get(rel)
-            if prev is not None and not prev.deleted and prev.sha256 == sha:
-                return "unchanged"
-            try:
-                current = read_file(self.config.data_dir, rel)
-            except SourceError:
-                self.pending.mark(rel, 0.0)
-                return "stale"
-            if current.sha256 != sha:
-                self.pending.mark(rel, 0.0)
-                return "stale"
-            ops, problems = self.rec.process_file(rel, self.state, "shim", read=current)
-            self._write(ops, problems, [] if problems else [rel], "shim", {})
-            if problems:
-                raise ValueError(problems[0].reason)
-        return "written" if ops else "unchanged"
+def _answer_each(claims: dict[str, list[Waiter]], status: str | None = None,
+                 error: BaseException | None = None) -> None:
+    for waiters in claims.values():
+        for waiter in waiters:
+            waiter.answer(status, error)
