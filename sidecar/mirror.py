@@ -11,22 +11,22 @@ writes the newest content.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
 
 from .config import Config
 from .diff import MirrorState, Op
-from .divergence import DIR_REPLACED, MASS_REMOVAL, Divergence, DivergenceBook
+from .divergence import DivergenceBook
 from .events import note_event
 from .heal import Healer
 from .lease import LeaseHeld
 from .model import utcnow
 from .pending import Pending, Waiter
+from .removals import Removals
 from .reconcile import Problem, Reconciler
 from .restore import Refill
-from .source import FileRead, SourceError, parent_ino, read_file
+from .source import FileRead, SourceError, read_file
 from .status import Status
 from .store import MongoUnavailable, Store
 from .writer import Writer
@@ -44,17 +44,6 @@ PING_EVERY = 2.0
 # GridFS blobs no manifest or tombstone names any more are collected this often
 # (the write path never deletes a blob: sidecar/store.py).
 GC_BLOBS_EVERY = 600.0
-# A watched file's removal is mirrored only once it has stayed gone this long,
-# and only if its directory and the data dir are still the ones it was in:
-# ``rm -rf`` of a directory or of the data dir deletes the files first, and
-# inside this window it is seen as what it is (a directory gone: held).
-REMOVAL_SETTLE_S = 1.0
-# Every watched file seen gone within this window counts against
-# SIDECAR_MAX_REMOVALS, whether it was mirrored, held or is still settling: a
-# burst whose files mature in separate flushes, or a slow ``find -delete``, is
-# still one mass removal.
-REMOVAL_WINDOW_S = 60.0
-
 
 class Mirror:
     def __init__(self, config: Config, store: Store, status: Status, pending: Pending,
@@ -69,9 +58,7 @@ class Mirror:
         self.healer = Healer(config.data_dir, store, self._observe_own)
         self.writer = Writer(config, store, state, status, pending)
         self.refill = Refill(store, config.data_dir, self.healer)
-        self._vanished: dict[str, float] = {}  # watched files gone, settling (monotonic first seen)
-        self._gone_seen: dict[str, float] = {}  # watched files seen gone (REMOVAL_WINDOW_S)
-        self._root_id: tuple[int, int] | None = None
+        self.removals = Removals(config, self.rec.lineage, pending)
         self._touched: set[str] | None = None  # paths a running full reconcile looked at
         self.lease = None  # the writer lease (sidecar/lease.py), set by the daemon
         self._was_down = False  # MongoDB was unreachable: reload its state when it is back
@@ -245,10 +232,11 @@ class Mirror:
             log.warning("MongoDB unavailable, retrying with backoff (pending %d): %s",
                         len(self.pending), message)
 
-    def _flush_paths(self, taken: dict[str, float], claims: dict[str, list[Waiter]]
+    def _flush_paths(self, taken: dict[str, float], claims: dict[str, list[Waiter]] | None = None
                      ) -> dict[int, tuple[str | None, BaseException | None]] | None:
         """Mirror the files of one batch; the answers for the sync frames in
         ``claims`` (None: it turned into a full reconcile)."""
+        claims = claims or {}
         now = utcnow()
         ops: list[Op] = []
         problems: list[Problem] = []
@@ -275,7 +263,7 @@ class Mirror:
         vanished, self.rec.vanished = self.rec.vanished, []
         for rel in taken:
             if rel not in vanished:
-                self._vanished.pop(rel, None)  # there again (or never gone)
+                self.removals.present(rel)  # there again (or never gone)
         ops.extend(self._settle_removals(vanished, taken))
         removes = any(op.action in ("delete", "mark_deleted") for op in ops)
         if (removes or time.monotonic() - self._last_identity >= PING_EVERY) and self._replaced():
@@ -304,60 +292,21 @@ class Mirror:
         self._identity = ident  # collections created since (the first writes) join it
         return False
 
-    # --- file removals: settle, directory checks, the mass-removal guard ---------------------
-    def _root_now(self) -> tuple[int, int] | None:
-        try:
-            st = os.lstat(self.config.data_dir)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
-
     def _settle_removals(self, vanished: list[str], taken: dict[str, float]) -> list[Op]:
-        now = time.monotonic()
-        ready: list[str] = []
-        for rel in vanished:
-            first = self._vanished.setdefault(rel, now)
-            self._gone_seen.setdefault(rel, first)
-            wait = REMOVAL_SETTLE_S - (now - first)
-            if wait > 0:
-                self.pending.mark(rel, wait, taken.get(rel))
-            else:
-                ready.append(rel)
-        if not ready:
-            return []
-        root_same = self._root_id is not None and self._root_now() == self._root_id
-        keep: list[str] = []
-        for rel in ready:
-            self._vanished.pop(rel, None)
-            seen_dir = self.rec.lineage.dir_ino(rel)
-            if not root_same or seen_dir is None or parent_ino(self.config.data_dir, rel) != seen_dir:
-                self._hold_file(rel, DIR_REPLACED)
-            else:
-                keep.append(rel)
-        for rel, seen in list(self._gone_seen.items()):
-            if now - seen > REMOVAL_WINDOW_S:
-                del self._gone_seen[rel]
-        if len(set(self._gone_seen) | set(keep)) > self.config.sidecar_max_removals:
-            for rel in keep:
-                self._hold_file(rel, MASS_REMOVAL)
-            return []
+        """The removal ops of the files gone long enough (``sidecar/removals.py``)."""
+        keep, held = self.removals.settle(vanished, taken, self.state)
+        self.rec.held.extend(held)
         ops: list[Op] = []
         for rel in keep:
             ops.extend(self.rec.removal_ops(rel, self.state))
             self.rec.resolved.append((rel, None))
         return ops
 
-    def _hold_file(self, rel: str, reason: str) -> None:
-        self.rec.lineage.forget(rel)
-        prev = self.state.files.get(rel)
-        self.rec.held.append(Divergence(rel, prev.kind if prev else "other", reason, missing_file=True))
-
     def root_replaced(self) -> None:
         """The data dir was replaced: whatever it holds now is a new lineage; look at all of it."""
         with self.lock:
             self.rec.lineage.forget_all()
-            self._vanished.clear()
-            self._root_id = None
+            self.removals.root_replaced()
         self.pending.mark_full()
 
     def reconcile(self) -> None:
@@ -374,8 +323,7 @@ class Mirror:
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
         self.state.max_version = fresh.max_version
-        if self._root_id is None:
-            self._root_id = self._root_now()
+        self.removals.note_root()
         self.rec.drain()
         self._touched = set()
         try:
