@@ -41,7 +41,8 @@ from .divergence import DivergenceBook
 from .mirror import Mirror
 from .lease import Lease, LeaseHeld
 from .pending import Pending
-from .restore import clean_temp_files, restore
+from .diskwrite import clean_temp_files
+from .restore import restore
 from .retry import BACKOFF_MAX, BACKOFF_MIN, Backoff, Stopped, StopSignal
 from .rootwatch import RootMonitor
 from .shimserver import ShimEvent, ShimServer
@@ -338,7 +339,6 @@ class Daemon:
 
     # --- shim frames ---------------------------------------------------------------------
     async def on_shim(self, event: ShimEvent) -> str:
-        loop = asyncio.get_running_loop()
         if self._ignored(event.path):
             # The shim skips these itself; a frame for one comes from a shim
             # configured otherwise (or an older one). Never mirrored, never
@@ -361,24 +361,20 @@ class Daemon:
             self.status.shim_events.labels(status="not_durable").inc()
             return "not_durable"
         try:
-            if event.op == "delete":
-                self.pending.mark(event.path, 0.0)
-                outcome = "written"
+            if event.op == "delete" or not event.ack:
+                # An async frame (nobody waits for it) only queues its path, urgent:
+                # an idle writer takes it at once, a busy one coalesces a burst of
+                # frames (and the watcher's events for the same writes) into one
+                # flush. The writer reads the file: this version or a newer one.
+                self.pending.mark(event.path, 0.0, urgent=event.op != "delete")
+                outcome = "written" if event.op == "delete" else "queued"
             else:
-                # Sync frames wait for MongoDB's ack. Async ones join the writer's
-                # queue when it is busy, here on the loop (no thread hand-off per
-                # frame); only an idle writer's frame is mirrored at once.
-                if not event.ack and self.mirror.queue_if_busy(event.path):
-                    outcome = "queued"
-                else:
-                    # Pending (and lagging) until MongoDB acknowledged it, as a batch is.
-                    held = {event.path: time.monotonic()}
-                    self.pending.hold(held)
-                    try:
-                        outcome = await loop.run_in_executor(
-                            None, self.mirror.mirror_bytes, event.path, event.data, event.mtime_ns or 0)
-                    finally:
-                        self.pending.done(held)
+                # A sync frame waits for the flush that read the file after it was
+                # written (sidecar/pending.py): one thread writes to MongoDB.
+                waiter = self.pending.wait(event.path, event.sha256)
+                outcome = await asyncio.wrap_future(waiter.future)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             self.status.shim_events.labels(status="error").inc()
             # The watcher still sees the file: make sure it is looked at.

@@ -11,25 +11,25 @@ writes the newest content.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
-from .classify import UnsafePath
 from .config import Config
 from .diff import MirrorState, Op
-from .divergence import DIR_REPLACED, MASS_REMOVAL, Divergence, DivergenceBook
-from .events import build_events, note_event
+from .divergence import DivergenceBook
+from .events import note_event
 from .heal import Healer
 from .lease import LeaseHeld
 from .model import utcnow
-from .pending import Pending
+from .pending import Pending, Waiter
+from .removals import Removals
 from .reconcile import Problem, Reconciler
-from .restore import restore_file
+from .restore import Refill
 from .retry import BACKOFF_MAX, BACKOFF_MIN, Backoff
-from .source import FileRead, SourceError, parent_ino, read_file, sha256_hex
+from .source import FileRead, SourceError, read_file
 from .status import Status
 from .store import MongoUnavailable, Store
+from .writer import Writer
 
 log = logging.getLogger("sidecar.mirror")
 
@@ -43,24 +43,6 @@ PING_EVERY = 2.0
 # GridFS blobs no manifest or tombstone names any more are collected this often
 # (the write path never deletes a blob: sidecar/store.py).
 GC_BLOBS_EVERY = 600.0
-MAX_UNSENT_EVENTS = 10_000
-# Under steady load the writer's events are sent in batches of this many, or
-# when the oldest is this old, or as soon as the writer has nothing queued: an
-# insert of 5-8 events cost the server 2-3x more per event than one of 50
-# (~7 % of a core at 200 writes/s), all of it on the writer's critical path.
-EVENTS_BATCH = 50
-EVENTS_MAX_AGE = 0.5
-# A watched file's removal is mirrored only once it has stayed gone this long,
-# and only if its directory and the data dir are still the ones it was in:
-# ``rm -rf`` of a directory or of the data dir deletes the files first, and
-# inside this window it is seen as what it is (a directory gone: held).
-REMOVAL_SETTLE_S = 1.0
-# Every watched file seen gone within this window counts against
-# SIDECAR_MAX_REMOVALS, whether it was mirrored, held or is still settling: a
-# burst whose files mature in separate flushes, or a slow ``find -delete``, is
-# still one mass removal.
-REMOVAL_WINDOW_S = 60.0
-
 
 class Mirror:
     def __init__(self, config: Config, store: Store, status: Status, pending: Pending,
@@ -73,9 +55,9 @@ class Mirror:
         self.book = book if book is not None else DivergenceBook()
         self.rec = Reconciler(config)
         self.healer = Healer(config.data_dir, store, self._observe_own)
-        self._vanished: dict[str, float] = {}  # watched files gone, settling (monotonic first seen)
-        self._gone_seen: dict[str, float] = {}  # watched files seen gone (REMOVAL_WINDOW_S)
-        self._root_id: tuple[int, int] | None = None
+        self.writer = Writer(config, store, state, status, pending)
+        self.refill = Refill(store, config.data_dir, self.healer)
+        self.removals = Removals(config, self.rec.lineage, pending)
         self._touched: set[str] | None = None  # paths a running full reconcile looked at
         self.lease = None  # the writer lease (sidecar/lease.py), set by the daemon
         self._was_down = False  # MongoDB was unreachable: reload its state when it is back
@@ -93,11 +75,6 @@ class Mirror:
         self._identity: tuple[tuple[str, str], ...] | None = None
         self._last_identity = 0.0
         self._last_gc = time.monotonic()
-        # Events whose documents were written but which MongoDB did not take
-        # (it went away in between), or which wait for a batch (EVENTS_BATCH):
-        # sent first on the next successful write.
-        self._unsent: list[dict] = []
-        self._unsent_since = 0.0
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -117,10 +94,11 @@ class Mirror:
         try:
             self._flush_events()
         except MongoUnavailable:
-            log.warning("shutdown: %d events not recorded (MongoDB unavailable)", len(self._unsent))
+            log.warning("shutdown: %d events not recorded (MongoDB unavailable)", len(self.writer.outbox))
         left = len(self.pending)
         if left:
             log.warning("shutdown: %d changed paths not mirrored (the next start reconciles them)", left)
+        self.pending.answer_all(RuntimeError("stopping"))  # sync frames not covered: not durable
         self.healer.close()
 
     def _run(self) -> None:
@@ -142,7 +120,7 @@ class Mirror:
                 self._stop.wait(self._backoff.delay)
                 continue
             self._check_heals()
-            if self._unsent and not self.pending.queued():
+            if len(self.writer.outbox) and not self.pending.queued():
                 try:
                     self._flush_events()  # nothing queued: the writer would idle, send them now
                 except MongoUnavailable as exc:
@@ -183,13 +161,16 @@ class Mirror:
         another writer holds the lease.
 
         The batch stays in flight in ``Pending`` (pending, lag, /parity) until
-        MongoDB acknowledged it or it is requeued."""
+        MongoDB acknowledged it or it is requeued. The sync shim frames it covers
+        (``Pending.claim``) are answered here, whatever happens."""
+        claims = self.pending.claim(taken)
         try:
             if self.lease is not None:
                 try:
                     self._keep_lease()
                 except LeaseHeld as exc:
                     self.pending.requeue(taken, 0.0, full)
+                    _answer_each(claims, "not_durable")
                     if self.status.lease_problem is None:
                         log.warning("not writing: %s", exc)
                     self.status.lease_problem = str(exc)
@@ -198,17 +179,26 @@ class Mirror:
             with self.lock:
                 if full is not None:
                     self.reconcile()
+                    answers = None
                 else:
                     with self.status.timers.time("flush"):
-                        self._flush_paths(taken)
+                        answers = self._flush_paths(taken, claims)
         except MongoUnavailable as exc:
             self.pending.requeue(taken, 0.0, full)
+            _answer_each(claims, error=exc)
             self._mongo_down(str(exc))
             return False
-        except BaseException:
+        except BaseException as exc:
             self.pending.done(taken, full)
+            _answer_each(claims, error=exc)
             raise
         self.pending.done(taken, full)
+        if answers is None:
+            self.pending.rewait(claims)  # a full reconcile ran: the next flush answers them precisely
+        else:
+            for waiters in claims.values():
+                for waiter in waiters:
+                    waiter.answer(*answers[id(waiter)])
         self._backoff.reset()
         self.status.set_mongo(True)
         self._mongo_back()
@@ -242,14 +232,28 @@ class Mirror:
             log.warning("MongoDB unavailable, retrying with backoff (pending %d): %s",
                         len(self.pending), message)
 
-    def _flush_paths(self, taken: dict[str, float]) -> None:
+    def _flush_paths(self, taken: dict[str, float], claims: dict[str, list[Waiter]] | None = None
+                     ) -> dict[int, tuple[str | None, BaseException | None]] | None:
+        """Mirror the files of one batch; the answers for the sync frames in
+        ``claims`` (None: it turned into a full reconcile)."""
+        claims = claims or {}
         now = utcnow()
         ops: list[Op] = []
         problems: list[Problem] = []
         good: list[str] = []
+        seen: dict[str, str | None] = {}  # a waited-for path -> the sha256 this flush read
         t0 = time.perf_counter()
         for rel in taken:
-            file_ops, file_problems = self.rec.process_file(rel, self.state, "watch", now=now)
+            read = None
+            if rel in claims:
+                # Read here (once) to tell the frame's bytes from a newer write's.
+                try:
+                    read = read_file(self.config.data_dir, rel)
+                except SourceError:
+                    read = None  # gone or unreadable now: process_file says what it is
+                seen[rel] = read.sha256 if read is not None else None
+            file_ops, file_problems = self.rec.process_file(rel, self.state, "shim" if rel in claims else "watch",
+                                                            now=now, read=read)
             ops.extend(file_ops)
             if file_problems:
                 problems.extend(file_problems)
@@ -259,7 +263,7 @@ class Mirror:
         vanished, self.rec.vanished = self.rec.vanished, []
         for rel in taken:
             if rel not in vanished:
-                self._vanished.pop(rel, None)  # there again (or never gone)
+                self.removals.present(rel)  # there again (or never gone)
         ops.extend(self._settle_removals(vanished, taken))
         removes = any(op.action in ("delete", "mark_deleted") for op in ops)
         if (removes or time.monotonic() - self._last_identity >= PING_EVERY) and self._replaced():
@@ -267,8 +271,9 @@ class Mirror:
             # server): a removal now would tombstone the dump's older value, and the
             # newer files would stay unmirrored. Compare every file again instead.
             self.reconcile()
-            return
+            return None
         self._write(ops, problems, good, "watch", taken)
+        return _answers(claims, seen, ops, problems)
 
     def _replaced(self) -> bool:
         """True when a mirrored collection was dropped or re-created since the state
@@ -287,60 +292,21 @@ class Mirror:
         self._identity = ident  # collections created since (the first writes) join it
         return False
 
-    # --- file removals: settle, directory checks, the mass-removal guard ---------------------
-    def _root_now(self) -> tuple[int, int] | None:
-        try:
-            st = os.lstat(self.config.data_dir)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
-
     def _settle_removals(self, vanished: list[str], taken: dict[str, float]) -> list[Op]:
-        now = time.monotonic()
-        ready: list[str] = []
-        for rel in vanished:
-            first = self._vanished.setdefault(rel, now)
-            self._gone_seen.setdefault(rel, first)
-            wait = REMOVAL_SETTLE_S - (now - first)
-            if wait > 0:
-                self.pending.mark(rel, wait, taken.get(rel))
-            else:
-                ready.append(rel)
-        if not ready:
-            return []
-        root_same = self._root_id is not None and self._root_now() == self._root_id
-        keep: list[str] = []
-        for rel in ready:
-            self._vanished.pop(rel, None)
-            seen_dir = self.rec.lineage.dir_ino(rel)
-            if not root_same or seen_dir is None or parent_ino(self.config.data_dir, rel) != seen_dir:
-                self._hold_file(rel, DIR_REPLACED)
-            else:
-                keep.append(rel)
-        for rel, seen in list(self._gone_seen.items()):
-            if now - seen > REMOVAL_WINDOW_S:
-                del self._gone_seen[rel]
-        if len(set(self._gone_seen) | set(keep)) > self.config.sidecar_max_removals:
-            for rel in keep:
-                self._hold_file(rel, MASS_REMOVAL)
-            return []
+        """The removal ops of the files gone long enough (``sidecar/removals.py``)."""
+        keep, held = self.removals.settle(vanished, taken, self.state)
+        self.rec.held.extend(held)
         ops: list[Op] = []
         for rel in keep:
             ops.extend(self.rec.removal_ops(rel, self.state))
             self.rec.resolved.append((rel, None))
         return ops
 
-    def _hold_file(self, rel: str, reason: str) -> None:
-        self.rec.lineage.forget(rel)
-        prev = self.state.files.get(rel)
-        self.rec.held.append(Divergence(rel, prev.kind if prev else "other", reason, missing_file=True))
-
     def root_replaced(self) -> None:
         """The data dir was replaced: whatever it holds now is a new lineage; look at all of it."""
         with self.lock:
             self.rec.lineage.forget_all()
-            self._vanished.clear()
-            self._root_id = None
+            self.removals.root_replaced()
         self.pending.mark_full()
 
     def reconcile(self) -> None:
@@ -357,8 +323,7 @@ class Mirror:
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
         self.state.max_version = fresh.max_version
-        if self._root_id is None:
-            self._root_id = self._root_now()
+        self.removals.note_root()
         self.rec.drain()
         self._touched = set()
         try:
@@ -382,20 +347,8 @@ class Mirror:
 
     def _write(self, ops: list[Op], problems: list[Problem], good: list[str], source: str,
                taken: dict[str, float]) -> None:
-        started = time.monotonic()
-        result = None
-        if ops:
-            with self.pending.writing(), self.status.timers.time("write"):
-                result = self.store.apply(ops, self.state)
         now = utcnow()
-        events: list[dict] = []
-        if result is not None:
-            self.status.wrote(result.counts(), time.monotonic() - started)
-            self.status.stale_refused += len(result.stale)
-            for op, why in result.failed:
-                problems.append(Problem(op.rel, "mongo_rejected", f"{op.rel}: {op.entity}: {why}", op.coll))
-            events = build_events(result.applied, source, now, summarize_inserts=source == "reconcile",
-                                  full_payload=self.config.sidecar_events_payload == "full")
+        _, events = self.writer.write(ops, source, problems, now, summarize_inserts=source == "reconcile")
         for rel in good:
             self.status.clear_problem(rel)
             self._transient.pop(rel, None)
@@ -403,33 +356,13 @@ class Mirror:
             events.extend(self._problem(p, source, now, taken))
         events.extend(self._divergences(source, now))
         # A watch flush with more work queued behind it defers small batches.
-        self._send_events(events, defer=source == "watch" and bool(self.pending.queued()))
+        self.writer.record(events, defer=source == "watch" and bool(self.pending.queued()))
 
     def _flush_events(self) -> None:
         """Send the deferred events now. Raises MongoUnavailable (they stay kept)."""
-        if self._unsent:
+        if len(self.writer.outbox):
             with self.lock:
-                self._send_events([])
-
-    def _send_events(self, events: list[dict], defer: bool = False) -> None:
-        if events:
-            self.status.saw_events(events)
-        if events and not self._unsent:
-            self._unsent_since = time.monotonic()
-        pending, self._unsent = self._unsent + events, []
-        if not pending:
-            return
-        if defer and len(pending) < EVENTS_BATCH and time.monotonic() - self._unsent_since < EVENTS_MAX_AGE:
-            self._unsent = pending
-            return
-        try:
-            with self.pending.writing(), self.status.timers.time("events"):
-                self.store.record_events(pending)
-        except MongoUnavailable:
-            self._unsent = pending[-MAX_UNSENT_EVENTS:]
-            if len(pending) > MAX_UNSENT_EVENTS:
-                self.status.error("events_dropped")
-            raise
+                self.writer.outbox.flush()
 
     def _problem(self, p: Problem, source: str, now, taken: dict[str, float]) -> list[dict]:
         if p.reason in TRANSIENT and p.path in taken:
@@ -439,7 +372,7 @@ class Mirror:
                 self.pending.mark(p.path, TRANSIENT_DELAY, taken[p.path])
                 return []
         if (p.reason in TRANSIENT and p.kind == "hub" and self.config.memory_store_backend == "mongo"
-                and self._heal_broken_hub(p.path)):
+                and self.refill.broken_hub(p.path, self._fmt(p.path))):
             self._transient.pop(p.path, None)
             self.status.restored_files += 1
             return [note_event("restored_from_mongo", p.path, source, now, reason=p.reason)]
@@ -461,7 +394,10 @@ class Mirror:
         for div in held:
             if touched is not None:
                 touched.add(div.path)
-            if mongo and self._toward_mongo(div):
+            outcome = self.refill.divergence(div, self._fmt(div.path)) if mongo else "held"
+            if outcome == "retry":
+                self.pending.mark(div.path, TRANSIENT_DELAY)  # mid-write or raced: look again
+            if outcome == "restored":
                 self.book.resolve(div.path)
                 self.status.restored_files += 1
                 events.append(note_event("restored_from_mongo", div.path, source, now, reason=div.reason,
@@ -482,40 +418,9 @@ class Mirror:
         self.status.set_divergences(sum(1 for d in items if d.missing_file),
                                     sum(d.count for d in items if not d.missing_file))
 
-    def _toward_mongo(self, div: Divergence) -> bool:
-        """mongo mode: give the file MongoDB's data back. False: held (reported) for now."""
-        rel = div.path
-        try:
-            if not div.missing_file:
-                prev = self.state.files.get(rel)
-                outcome = self.healer.heal_hub(rel, prev.fmt if prev else None)
-                if outcome == "retry":
-                    self.pending.mark(rel, TRANSIENT_DELAY)  # mid-write or raced: look again
-                    return False
-                if outcome != "missing":
-                    return True
-            written = restore_file(self.store, self.config.data_dir, rel)
-            if written:
-                log.info("restored %s from MongoDB (%s)", rel, div.reason)
-            return True
-        except (UnsafePath, SourceError, LookupError, OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("could not restore %s from MongoDB: %s", rel, type(exc).__name__)
-            return False
-
-    def _heal_broken_hub(self, rel: str) -> bool:
-        """mongo mode: a hub that stayed empty or unparsable through the re-checks (a
-        torn write_text) gets MongoDB's entries, by the same compare-and-swap as a heal
-        (a writer finishing into the old inode meanwhile is merged back)."""
+    def _fmt(self, rel: str) -> dict | None:
         prev = self.state.files.get(rel)
-        try:
-            outcome = self.healer.heal_hub(rel, prev.fmt if prev else None, broken_ok=True)
-        except (SourceError, OSError, ValueError, TypeError) as exc:
-            log.warning("could not heal %s from MongoDB: %s", rel, type(exc).__name__)
-            return False
-        if outcome == "healed":
-            log.info("%s stayed unreadable; MongoDB's entries written back (mongo mode)", rel)
-            return True
-        return False
+        return prev.fmt if prev else None
 
     def _observe_own(self, read: FileRead) -> None:
         self.rec.own_writes[read.rel] = read.sha256
@@ -558,51 +463,33 @@ class Mirror:
             for rel in gone:
                 self.book.resolve(rel)
             self._update_divergence_gauges()
-            self._send_events(events)
+            self.writer.record(events)
         return {"accepted": [d.path for d in accepted], "no_longer_held": gone,
                 "documents": sum(1 for op in ops if op.action != "track")}
 
-    # --- the shim's path ----------------------------------------------------------------
-    def queue_if_busy(self, rel: str) -> bool:
-        """For an async shim frame, which nobody waits for: queue ``rel`` for the
-        writer if it is busy (something pending or a flush running) and say so.
 
-        Only an idle writer's frame is then mirrored at once (``mirror_bytes``, the
-        lowest latency); otherwise the path joins ``Pending``, so a burst of frames
-        is coalesced like the watcher's events (which usually queued this very
-        write already) rather than costing one MongoDB write and one event insert
-        per frame on the cores the API runs on. The writer re-reads the file, so
-        it mirrors this version or a newer one. Never blocks: the shim server
-        calls it on its event loop."""
-        if len(self.pending) or not self.lock.acquire(blocking=False):
-            self.pending.mark(rel, 0.0)
-            return True
-        self.lock.release()
-        return False
+def _answers(claims: dict[str, list[Waiter]], seen: dict[str, str | None], ops: list[Op],
+             problems: list[Problem]) -> dict[int, tuple[str | None, BaseException | None]]:
+    """What each sync frame of a flush is told (shim/PROTOCOL.md), by ``id`` of its
+    waiter: "stale" when the file no longer held the frame's bytes when read (a
+    newer write was mirrored, or it is gone), an error when the file had a
+    problem, else "written" or "unchanged"."""
+    bad = {p.path: p.reason for p in problems}
+    written = {op.rel for op in ops}
+    out: dict[int, tuple[str | None, BaseException | None]] = {}
+    for rel, waiters in claims.items():
+        for waiter in waiters:
+            if waiter.sha256 is not None and seen.get(rel) != waiter.sha256:
+                out[id(waiter)] = ("stale", None)
+            elif rel in bad:
+                out[id(waiter)] = (None, ValueError(bad[rel]))
+            else:
+                out[id(waiter)] = ("written" if rel in written else "unchanged", None)
+    return out
 
-    def mirror_bytes(self, rel: str, data: bytes, mtime_ns: int = 0) -> str:
-        """Mirror bytes handed over by the in-process shim. Returns written|unchanged|stale.
 
-        The shim's bytes are checked against the file as it is now: if the file
-        has moved on (a later write), the frame is stale and the path is queued
-        for the watcher's path instead. The version is the read's (sidecar/clock.py),
-        never the frame's mtime: mtimes go backwards.
-        """
-        sha = sha256_hex(data)
-        with self.lock:
-            prev = self.state.files.get(rel)
-            if prev is not None and not prev.deleted and prev.sha256 == sha:
-                return "unchanged"
-            try:
-                current = read_file(self.config.data_dir, rel)
-            except SourceError:
-                self.pending.mark(rel, 0.0)
-                return "stale"
-            if current.sha256 != sha:
-                self.pending.mark(rel, 0.0)
-                return "stale"
-            ops, problems = self.rec.process_file(rel, self.state, "shim", read=current)
-            self._write(ops, problems, [] if problems else [rel], "shim", {})
-            if problems:
-                raise ValueError(problems[0].reason)
-        return "written" if ops else "unchanged"
+def _answer_each(claims: dict[str, list[Waiter]], status: str | None = None,
+                 error: BaseException | None = None) -> None:
+    for waiters in claims.values():
+        for waiter in waiters:
+            waiter.answer(status, error)

@@ -10,6 +10,14 @@ the writer and keeps it *in flight* (counted by ``len``, ``paths`` and
 ``oldest_age``) until the writer says ``done`` or ``requeue``s it. Otherwise a
 write hanging on a frozen server would read as "nothing pending, no lag".
 ``writing`` times each MongoDB write itself, so a stall is seen while it lasts.
+
+Shim frames come in here too, so one thread (the writer) writes to MongoDB. An
+async frame marks its path *urgent*: the writer takes it without lingering for
+a burst. A sync frame also leaves a ``Waiter`` (``wait``): ``take`` hands the
+waiters of the paths it takes to that batch (``claim``), and the writer answers
+them once the flush that read the file after the frame was sent is
+acknowledged (or failed). A waiter that arrives while its path is in flight
+waits for the next flush: that one's read is the first certain to see the write.
 """
 
 from __future__ import annotations
@@ -18,13 +26,38 @@ import contextlib
 import itertools
 import threading
 import time
+from concurrent.futures import Future, InvalidStateError
 from typing import Iterator
+
+
+class Waiter:
+    """One sync shim frame waiting for the flush that covers its write: ``future``
+    gets the frame's status ("written", "unchanged", "stale", "not_durable") or an
+    exception. ``sha256``: of the frame's body (None: not compared)."""
+
+    __slots__ = ("sha256", "future")
+
+    def __init__(self, sha256: str | None) -> None:
+        self.sha256 = sha256
+        self.future: Future = Future()
+
+    def answer(self, status: str | None = None, error: BaseException | None = None) -> None:
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(status)
+        except InvalidStateError:
+            pass  # already answered, or cancelled (the frame's connection went away)
 
 
 class Pending:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._paths: dict[str, list[float]] = {}  # rel -> [first_seen, ready_at]
+        self._urgent: set[str] = set()  # queued paths a shim frame asked for: taken without lingering
+        self._waiters: dict[str, list[Waiter]] = {}  # sync frames of queued paths
+        self._claimed: dict[str, list[Waiter]] = {}  # sync frames the batch in flight answers
         self._full: float | None = None  # first_seen of a requested full reconcile
         # Taken by the writer, not yet acknowledged: rel -> [first_seen, batches holding it].
         self._inflight: dict[str, list] = {}
@@ -33,18 +66,65 @@ class Pending:
         self._tokens = itertools.count(1)
         self._closed = False
 
-    def mark(self, rel: str, delay: float = 0.0, first_seen: float | None = None) -> None:
-        """Ask for ``rel`` to be mirrored ``delay`` seconds after its last event."""
-        now = time.monotonic()
+    def mark(self, rel: str, delay: float = 0.0, first_seen: float | None = None,
+             urgent: bool = False) -> None:
+        """Ask for ``rel`` to be mirrored ``delay`` seconds after its last event
+        (``urgent``: a shim frame's; no lingering for a burst to gather)."""
         with self._cond:
-            entry = self._paths.get(rel)
-            if entry is None:
-                self._paths[rel] = [first_seen if first_seen is not None else now, now + delay]
-            else:
-                if first_seen is not None:
-                    entry[0] = min(entry[0], first_seen)
-                entry[1] = now + delay
-            self._cond.notify_all()
+            self._mark(rel, delay, first_seen, urgent)
+
+    def wait(self, rel: str, sha256: str | None) -> Waiter:
+        """A sync shim frame: queue ``rel`` now, urgent, and get a ``Waiter`` that the
+        writer answers after the flush that covered this write."""
+        waiter = Waiter(sha256)
+        with self._cond:
+            if self._closed:
+                waiter.answer(error=RuntimeError("stopping"))
+                return waiter
+            self._waiters.setdefault(rel, []).append(waiter)
+            self._mark(rel, 0.0, None, True)
+        return waiter
+
+    def claim(self, taken: dict[str, float]) -> dict[str, list[Waiter]]:
+        """The waiters the batch ``taken`` answers (handed over by ``take``)."""
+        with self._cond:
+            return {rel: self._claimed.pop(rel) for rel in taken if rel in self._claimed}
+
+    def rewait(self, claims: dict[str, list[Waiter]]) -> None:
+        """Waiters a batch could not answer precisely (it turned into a full
+        reconcile): back to their paths, for the next flush."""
+        with self._cond:
+            for rel, waiters in claims.items():
+                self._waiters.setdefault(rel, []).extend(waiters)
+                self._mark(rel, 0.0, None, True)
+
+    def answer_all(self, error: BaseException) -> None:
+        """Stopping: every waiter still here gets ``error``."""
+        with self._cond:
+            waiters = [w for ws in self._waiters.values() for w in ws]
+            waiters += [w for ws in self._claimed.values() for w in ws]
+            self._waiters.clear()
+            self._claimed.clear()
+        for w in waiters:
+            w.answer(error=error)
+
+    def waiting(self) -> int:
+        """Sync shim frames waiting for a flush."""
+        with self._cond:
+            return sum(map(len, self._waiters.values())) + sum(map(len, self._claimed.values()))
+
+    def _mark(self, rel: str, delay: float, first_seen: float | None, urgent: bool) -> None:
+        now = time.monotonic()
+        if urgent:
+            self._urgent.add(rel)
+        entry = self._paths.get(rel)
+        if entry is None:
+            self._paths[rel] = [first_seen if first_seen is not None else now, now + delay]
+        else:
+            if first_seen is not None:
+                entry[0] = min(entry[0], first_seen)
+            entry[1] = now + delay
+        self._cond.notify_all()
 
     def mark_full(self, first_seen: float | None = None) -> None:
         with self._cond:
@@ -72,8 +152,10 @@ class Pending:
                 self._cond.wait(max(wait, 0.001))
             # Linger only for a burst that is just starting: work that became
             # ready while the writer was busy (a flush in progress) has waited
-            # long enough already, and lingering on it would only add latency.
-            if linger > 0 and self._full is None and len(self._paths) < limit:
+            # long enough already, and lingering on it would only add latency;
+            # nor for a shim frame (a sync writer waits on it).
+            if linger > 0 and self._full is None and len(self._paths) < limit and not any(
+                    rel in self._urgent and e[1] <= now for rel, e in self._paths.items()):
                 oldest = min((e[1] for e in self._paths.values() if e[1] <= now), default=now)
                 if now - oldest < linger:
                     self._cond.wait(linger - (now - oldest))
@@ -84,6 +166,10 @@ class Pending:
                 if full is not None or ignore_delay or ready_at <= now:
                     taken[rel] = first
                     del self._paths[rel]
+                    self._urgent.discard(rel)
+                    waiters = self._waiters.pop(rel, None)
+                    if waiters:
+                        self._claimed.setdefault(rel, []).extend(waiters)
                     if len(taken) >= limit and full is None:
                         break
             self._hold(taken, full)
@@ -99,12 +185,6 @@ class Pending:
                 entry[1] += 1
         if full is not None:
             self._inflight_full.append(full)
-
-    def hold(self, taken: dict[str, float], full: float | None = None) -> None:
-        """Count ``taken`` (and a full reconcile) as in flight: for a write that did
-        not come through ``take`` (a shim frame mirrored at once). End with ``done``."""
-        with self._cond:
-            self._hold(taken, full)
 
     def done(self, taken: dict[str, float], full: float | None = None) -> None:
         """The batch of ``take`` (or ``hold``) was acknowledged by MongoDB, or given up."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +21,8 @@ from .classify import Kind, UnsafePath, classify, episode_path, hub_path, normal
 from .diff import FILES
 from .model import EPISODES, HUBS, SNAPSHOTS, TOMBSTONES, entry_value, file_fields, hubs_hash, parse_iso
 from .parse import render, value_hash
+from .diskwrite import is_empty, write_atomic, write_new
+from .source import SourceError
 from .store import Store
 
 log = logging.getLogger("sidecar.restore")
@@ -393,116 +394,6 @@ def _producer(store: Store, man: dict, tombs: Tombstones, chosen: _Chosen | None
     return generic
 
 
-def is_empty(out: Path, ignore: Callable[[str], bool] = lambda rel: False) -> bool:
-    if not out.exists():
-        return True
-    for dirpath, dirnames, filenames in os.walk(out):
-        for name in filenames:
-            rel = os.path.relpath(os.path.join(dirpath, name), out).replace(os.sep, "/")
-            if not ignore(rel):
-                return False
-    return True
-
-
-def _safe_dir(out: Path, rel: str) -> Path:
-    """Create rel's parent directories under out, refusing any symlink on the way
-    (``out`` itself included: a data dir replaced by a symlink is never written through)."""
-    if os.path.islink(out):
-        raise UnsafePath(f"{rel}: the target dir is a symlink; not written through")
-    current = out
-    for part in rel.split("/")[:-1]:
-        current = current / part
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            os.mkdir(current, 0o755)
-            continue
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise UnsafePath(f"{rel}: a parent is a symlink or not a directory")
-    return current
-
-
-def write_atomic(out: Path, rel: str, data: bytes) -> bool:
-    """Write one file atomically. Returns False when it already had these bytes."""
-    parent = _safe_dir(out, rel)
-    target = out / rel
-    try:
-        st = os.lstat(target)
-        if stat.S_ISLNK(st.st_mode):
-            raise UnsafePath(f"{rel}: target is a symlink; not written through")
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePath(f"{rel}: something other than a file is in the way")
-        if st.st_size == len(data) and target.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    tmp = _temp_with(parent, data)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(parent)
-    return True
-
-
-def _temp_with(parent: Path, data: bytes) -> Path:
-    """A new temp file beside the target holding ``data``, fsynced (ignored by name: ``.sidecar-*``)."""
-    tmp = parent / f".sidecar-restore-{os.getpid()}-{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _fsync_dir(parent: Path) -> None:
-    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def write_new(out: Path, rel: str, data: bytes) -> bool:
-    """Create ``rel`` with ``data`` only if nothing is there (False otherwise).
-
-    The temp file is hard-linked into place, which fails if the name exists: a
-    file the API created meanwhile is never overwritten by an older restore."""
-    parent = _safe_dir(out, rel)
-    target = out / rel
-    if os.path.lexists(target):
-        return False
-    tmp = _temp_with(parent, data)
-    try:
-        try:
-            os.link(tmp, target, follow_symlinks=False)
-        except FileExistsError:
-            return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(parent)
-    return True
-
-
-def clean_temp_files(out: Path) -> int:
-    """Remove temp files a killed restore or heal left behind (ours only, by name)."""
-    removed = 0
-    for dirpath, dirnames, filenames in os.walk(out):
-        for name in filenames:
-            if name.startswith((".sidecar-restore-", ".sidecar-heal-")):
-                path = os.path.join(dirpath, name)
-                if not os.path.islink(path):
-                    os.unlink(path)
-                    removed += 1
-    return removed
-
-
 def restore(
     store: Store, out: Path, *, force: bool = False, dry_run: bool = False,
     include_deleted: bool = False, ignore: Callable[[str], bool] = lambda rel: False,
@@ -580,3 +471,48 @@ def restore_file(store: Store, out: Path, rel: str) -> bool:
         return False
     write_new(Path(out), rel, _producer(store, man, Tombstones(store))())
     return True
+
+
+class Refill:
+    """Mongo mode (``MEMORY_STORE_BACKEND=mongo``): MongoDB is the source of truth,
+    so a file that lost what MongoDB holds gets it back, written by the daemon
+    while it runs: a hub missing entries is healed by compare-and-swap
+    (``sidecar/heal.py``), a missing file is restored (``restore_file``)."""
+
+    def __init__(self, store: Store, out: Path, healer: Any) -> None:
+        self.store = store
+        self.out = out
+        self.healer = healer  # sidecar.heal.Healer
+
+    def divergence(self, div: Any, fmt: dict | None) -> str:
+        """Give a held divergence's file (``sidecar.divergence.Divergence``) MongoDB's
+        data back: "restored", "retry" (mid-write or raced: look again) or "held"
+        (could not: reported for now)."""
+        rel = div.path
+        try:
+            if not div.missing_file:
+                outcome = self.healer.heal_hub(rel, fmt)
+                if outcome == "retry":
+                    return "retry"
+                if outcome != "missing":
+                    return "restored"
+            if restore_file(self.store, self.out, rel):
+                log.info("restored %s from MongoDB (%s)", rel, div.reason)
+            return "restored"
+        except (UnsafePath, SourceError, LookupError, OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("could not restore %s from MongoDB: %s", rel, type(exc).__name__)
+            return "held"
+
+    def broken_hub(self, rel: str, fmt: dict | None) -> bool:
+        """A hub that stayed empty or unparsable through the re-checks (a torn
+        ``write_text``) gets MongoDB's entries, by the same compare-and-swap as a
+        heal (a writer finishing into the old inode meanwhile is merged back)."""
+        try:
+            outcome = self.healer.heal_hub(rel, fmt, broken_ok=True)
+        except (SourceError, OSError, ValueError, TypeError) as exc:
+            log.warning("could not heal %s from MongoDB: %s", rel, type(exc).__name__)
+            return False
+        if outcome == "healed":
+            log.info("%s stayed unreadable; MongoDB's entries written back (mongo mode)", rel)
+            return True
+        return False

@@ -19,16 +19,17 @@ from tqdm import tqdm
 
 from . import parity
 from .config import Config
-from .diff import FILES, Op
-from .events import build_events, note_event
+from .diff import FILES, Op, summarize
+from .events import note_event
 from .model import EPISODES, HUBS, SNAPSHOTS, utcnow
 from .divergence import Divergence, DivergenceBook
 from .lease import Lease
 from .reconcile import Problem, Reconciler, SourceView
-from .restore import write_atomic
+from .diskwrite import write_atomic
 from .source import check_root
 from .store import ApplyResult, Store
 from .timers import Timers
+from .writer import Writer
 
 log = logging.getLogger("sidecar.sync")
 
@@ -36,22 +37,23 @@ REPORT_REL = "reports/memory_backfill_report.json"
 
 
 def writes_summary(result: ApplyResult | None) -> dict[str, int]:
-    applied = result.applied if result else []
-    count = Counter((op.coll, op.action) for op in applied)
-    upserts = lambda coll: count[(coll, "insert")] + count[(coll, "update")]  # noqa: E731
+    """The report's ``writes``, in the Mentorix backfill report's terms."""
+    count = summarize(result.applied if result else [])
+    get = lambda coll, action: count.get(f"{coll}.{action}", 0)  # noqa: E731
+    upserts = lambda coll: get(coll, "insert") + get(coll, "update")  # noqa: E731
     return {
         "hubs_upserted": upserts(HUBS),
         "snapshots_upserted": upserts(SNAPSHOTS),
         "episodes_upserted": upserts(EPISODES),
         "files_upserted": upserts(FILES),
-        "hubs_deleted": count[(HUBS, "delete")],
-        "episodes_deleted": count[(EPISODES, "delete")],
-        "files_deleted": count[(FILES, "delete")],
-        "file_deletions_recorded": count[(FILES, "mark_deleted")],
-        "positions_updated": count[(HUBS, "setpos")],
+        "hubs_deleted": get(HUBS, "delete"),
+        "episodes_deleted": get(EPISODES, "delete"),
+        "files_deleted": get(FILES, "delete"),
+        "file_deletions_recorded": get(FILES, "mark_deleted"),
+        "positions_updated": get(HUBS, "setpos"),
         "stale_refused": len(result.stale) if result else 0,
         "failed": len(result.failed) if result else 0,
-        "total": sum(1 for op in applied if op.action != "track"),
+        "total": sum(n for key, n in count.items() if not key.endswith(".track")),
     }
 
 
@@ -67,13 +69,6 @@ def _scan(rec: Reconciler, state, source: str, desc: str, **kw):
         return rec.scan(state, source, progress=lambda rel: bar.update(1), **kw)
     finally:
         bar.close()
-
-
-def apply_ops(store: Store, ops: list[Op], state, problems: list[Problem]) -> ApplyResult:
-    result = store.apply(ops, state)
-    for op, why in result.failed:
-        problems.append(Problem(op.rel, "mongo_rejected", f"{op.rel}: {op.entity}: {why}", op.coll))
-    return result
 
 
 def run_sync(config: Config, store: Store, *, dry_run: bool = False,
@@ -113,24 +108,22 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
     bar.close()
     held, _, _ = rec.drain()
     result: ApplyResult | None = None
-    if not dry_run and ops:
-        with timers.time("write"):
-            result = apply_ops(store, ops, state, view.problems)
     if not dry_run:
+        writer = Writer(config, store, state)
         now = utcnow()
-        events = build_events(result.applied if result else [], "sync", now, summarize_inserts=True,
-                              full_payload=config.sidecar_events_payload == "full")
+        with timers.time("write"):
+            result, events = writer.write(ops, "sync", view.problems, now, summarize_inserts=True)
         events += [note_event("bad_input", p.path, "sync", now, reason=p.reason) for p in view.problems]
         events += [note_event("divergence_held", d.path, "sync", now, reason=d.reason, count=d.count,
                               keys=sorted(d.keys)[:50]) for d in held]
         # What was written verbatim this time (BSON cannot hold it, or a layout
         # the documents cannot be rendered back into): path, key, reason.
-        written = {op.rel for op in result.applied} if result else set()
+        written = {op.rel for op in result.applied}
         events += [note_event("stored_raw", item["path"], "sync", now, reason=item["reason"],
                               **({"key": item["key"]} if "key" in item else {}))
                    for item in view.stored_raw if item["path"] in written]
         with timers.time("events"):
-            store.record_events(events)
+            writer.record(events)
     for d in held:
         log.warning("divergence held: %s (%s, %d); MongoDB keeps the data", d.path, d.reason, d.count)
     for p in view.problems:
@@ -166,7 +159,7 @@ def build_report(config: Config, store: Store, view: SourceView, result: ApplyRe
     report.update(parity.compute(store, view, state=state))
     report["writes"] = writes_summary(result)
     if dry_run:
-        report["planned_writes"] = dict(Counter(f"{op.coll}.{op.action}" for op in ops))
+        report["planned_writes"] = summarize(ops)
     report["bad_input"] = {
         "count": len(view.problems),
         "by_reason": dict(Counter(p.reason for p in view.problems)),
@@ -234,13 +227,12 @@ def _accept(config: Config, store: Store, rec: Reconciler, state, held: list[Div
             ops.extend(div_ops)
             accepted.append(div)
     problems: list[Problem] = []
-    result = apply_ops(store, ops, state, problems) if ops else None
+    writer = Writer(config, store, state)
     now = utcnow()
-    events = build_events(result.applied if result else [], "accept", now, summarize_inserts=False,
-                          full_payload=config.sidecar_events_payload == "full")
+    result, events = writer.write(ops, "accept", problems, now)
     events += [note_event("divergence_accepted", d.path, "accept", now, reason=d.reason, count=d.count,
                           keys=sorted(d.keys)[:50]) for d in accepted]
-    store.record_events(events)
+    writer.record(events)
     report = {
         "accepted": [d.path for d in accepted],
         "not_held": unknown,

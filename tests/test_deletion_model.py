@@ -168,7 +168,7 @@ def test_an_edit_that_empties_a_hub_is_held(data_dir, running):
 
 
 def test_mass_removal_guard_holds_many_files_gone(data_dir, running, monkeypatch):
-    from sidecar import mirror
+    from sidecar import removals
 
     for i in range(6):
         write_in_place(data_dir, f"runs/run_{i}.json", {"run_id": str(i)})
@@ -181,7 +181,7 @@ def test_mass_removal_guard_holds_many_files_gone(data_dir, running, monkeypatch
     assert files.count_documents({"deleted_at": {"$ne": None}}) == 0
     # Within the window every removal counts, held ones too; once it has passed,
     # one more alone is within the limit.
-    monkeypatch.setattr(mirror, "REMOVAL_WINDOW_S", 0.0)
+    monkeypatch.setattr(removals, "REMOVAL_WINDOW_S", 0.0)
     (data_dir / "runs" / "run_5.json").unlink()
     wait_for(lambda: (files.find_one({"_id": "runs/run_5.json"}) or {}).get("deleted_at"), 10,
              what="a single deletion to be recorded")

@@ -1,4 +1,4 @@
-"""sidecar/mirror.py: memory_events are batched while the writer has work queued,
+"""sidecar/events.py EventOutbox (the writer's, sidecar/writer.py): memory_events are batched while the writer has work queued,
 and never lost: sent when a batch fills, when the oldest is old enough, when the
 writer runs out of work, at shutdown, and kept across a MongoDB outage."""
 
@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-import sidecar.mirror as mirror_mod
+import sidecar.events as events_mod
 from sidecar.config import Config
 from sidecar.diff import MirrorState
-from sidecar.mirror import EVENTS_BATCH, Mirror
+from sidecar.events import EVENTS_BATCH
+from sidecar.mirror import Mirror
 from sidecar.pending import Pending
 from sidecar.status import Status
 from sidecar.store import MongoUnavailable
@@ -44,31 +45,31 @@ def events(n: int, start: int = 0) -> list[dict]:
 def test_small_batches_wait_while_work_is_queued_then_go_in_one_insert(mirror):
     sink = mirror.store
     for i in range(3):
-        mirror._send_events(events(5, i * 5), defer=True)
+        mirror.writer.record(events(5, i * 5), defer=True)
     assert sink.batches == []
-    mirror._send_events(events(EVENTS_BATCH, 15), defer=True)  # a full batch goes at once
+    mirror.writer.record(events(EVENTS_BATCH, 15), defer=True)  # a full batch goes at once
     assert len(sink.batches) == 1
     assert [e["n"] for e in sink.sent] == list(range(15 + EVENTS_BATCH))  # in order, none lost
 
 
 def test_old_events_go_even_under_load(mirror, monkeypatch):
     sink = mirror.store
-    mirror._send_events(events(2), defer=True)
+    mirror.writer.record(events(2), defer=True)
     assert sink.batches == []
-    clock = mirror_mod.time.monotonic() + mirror_mod.EVENTS_MAX_AGE + 1
-    monkeypatch.setattr(mirror_mod.time, "monotonic", lambda: clock)
-    mirror._send_events(events(1, 2), defer=True)
+    clock = events_mod.time.monotonic() + events_mod.EVENTS_MAX_AGE + 1
+    monkeypatch.setattr(events_mod.time, "monotonic", lambda: clock)
+    mirror.writer.record(events(1, 2), defer=True)
     assert [e["n"] for e in sink.sent] == [0, 1, 2]
 
 
 def test_not_deferred_and_flushed_when_idle_or_at_shutdown(mirror):
     sink = mirror.store
-    mirror._send_events(events(1), defer=False)
+    mirror.writer.record(events(1), defer=False)
     assert len(sink.sent) == 1
-    mirror._send_events(events(2, 1), defer=True)
-    mirror._flush_events()  # what the loop does when nothing is queued
+    mirror.writer.record(events(2, 1), defer=True)
+    mirror.writer.outbox.flush()  # what the loop does when nothing is queued
     assert [e["n"] for e in sink.sent] == [0, 1, 2]
-    mirror._send_events(events(1, 3), defer=True)
+    mirror.writer.record(events(1, 3), defer=True)
     import time
 
     mirror.stop(time.monotonic() + 5)  # never started: stop still sends what is kept
@@ -77,12 +78,12 @@ def test_not_deferred_and_flushed_when_idle_or_at_shutdown(mirror):
 
 def test_kept_across_an_outage(mirror):
     sink = mirror.store
-    mirror._send_events(events(3), defer=True)
+    mirror.writer.record(events(3), defer=True)
     sink.down = True
     with pytest.raises(MongoUnavailable):
-        mirror._flush_events()
+        mirror.writer.outbox.flush()
     with pytest.raises(MongoUnavailable):
-        mirror._send_events(events(1, 3), defer=False)
+        mirror.writer.record(events(1, 3), defer=False)
     sink.down = False
-    mirror._flush_events()
+    mirror.writer.outbox.flush()
     assert [e["n"] for e in sink.sent] == [0, 1, 2, 3]

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -149,57 +148,3 @@ def test_same_bytes_twice_are_one_write(data_dir, sock, daemon):
     after = daemon.daemon.status.writes.labels(collection="runtime_snapshots", op="insert")._value.get()
     assert after - before == 1
     assert daemon.daemon.store.db.runtime_snapshots.count_documents({}) == 1
-
-
-def test_late_frame_never_regresses_even_with_the_same_mtime(data_dir, daemon):
-    """Watcher vs shim race: an older frame arriving after a newer write is refused."""
-    path = data_dir / "scheduled_jobs.json"
-    old = json.dumps([{"id": "job-1", "v": 1}], indent=2).encode()
-    new = json.dumps([{"id": "job-1", "v": 2}], indent=2).encode()
-    path.write_bytes(new)
-    files = daemon.daemon.store.db[daemon.config.sidecar_files_collection]
-    wait_for(lambda: files.find_one({"_id": "scheduled_jobs.json", "content.0.v": 2}), 10, what="v2 mirrored")
-    mtime = path.stat().st_mtime_ns
-    # The late frame claims the very same mtime as the newer write (coarse clocks).
-    assert daemon.daemon.mirror.mirror_bytes("scheduled_jobs.json", old, mtime) == "stale"
-    assert daemon.daemon.mirror.mirror_bytes("scheduled_jobs.json", old, mtime - 1) == "stale"
-    assert files.find_one({"_id": "scheduled_jobs.json"})["content"] == [{"id": "job-1", "v": 2}]
-    assert daemon.daemon.mirror.mirror_bytes("scheduled_jobs.json", new, mtime) == "unchanged"
-
-
-def test_async_frames_are_coalesced_while_the_writer_is_busy(data_dir, daemon):
-    """An async frame is written at once when the writer is idle; while a flush runs
-    or anything is queued it only queues its path, and the writer then mirrors the
-    newest bytes (Mirror.queue_if_busy, then mirror_bytes, as the shim server does)."""
-    mirror = daemon.daemon.mirror
-    files = daemon.daemon.store.db[daemon.config.sidecar_files_collection]
-    path = data_dir / "scheduled_jobs.json"
-    rel = "scheduled_jobs.json"
-
-    def frame(v: int) -> bytes:
-        data = json.dumps([{"id": "job-1", "v": v}], indent=2).encode()
-        path.write_bytes(data)
-        return data
-
-    data = frame(1)
-    wait_for(lambda: files.find_one({"_id": rel, "content.0.v": 1}), 10, what="v1 mirrored")
-    wait_for(lambda: len(mirror.pending) == 0, 10, what="nothing pending")
-    with mirror.lock:  # no flush running (reentrant: this thread may still take it)
-        # Idle writer: handled at once (here: the watcher already wrote these bytes).
-        assert mirror.queue_if_busy(rel) is False
-        assert mirror.mirror_bytes(rel, data, path.stat().st_mtime_ns) == "unchanged"
-    with mirror.lock:  # what a flush in progress holds
-        for v in (2, 3, 4):
-            frame(v)
-            # From another thread, as the shim server's loop calls it (the lock is reentrant).
-            with ThreadPoolExecutor(1) as pool:
-                assert pool.submit(mirror.queue_if_busy, rel).result(timeout=10) is True
-        assert files.find_one({"_id": rel})["content"] == [{"id": "job-1", "v": 1}]
-    wait_for(lambda: files.find_one({"_id": rel, "content.0.v": 4}), 10, what="v4 mirrored")
-    # Something already pending (usually the watcher's event for this very write): queued too.
-    with mirror.lock:
-        mirror.pending.mark(rel, 60.0)
-        frame(5)
-        assert mirror.queue_if_busy(rel) is True
-        mirror.pending.mark(rel, 0.0)
-    wait_for(lambda: files.find_one({"_id": rel, "content.0.v": 5}), 10, what="v5 mirrored")
