@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config
-from .model import EPISODES, EVENTS, META, SNAPSHOTS, TOMBSTONES
+from .names import EPISODES, EVENTS, META, SNAPSHOTS, TOMBSTONES
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 # The data dir's file system: warn when less than this much (or this share) is free.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .diff import FILES, Op
-from .model import EPISODES, HUBS, SNAPSHOTS
+from .names import EPISODES, FILES, HUBS, SNAPSHOTS
+from .state import Op
 
 _NAMES = {HUBS: "hub", EPISODES: "episode", SNAPSHOTS: "snapshot", FILES: "file"}
 

@@ -31,7 +31,7 @@ from typing import Any
 from . import parityscan, server
 from .classify import is_ignored
 from .config import Config
-from .diff import MirrorState
+from .state import MirrorState
 from .divergence import DivergenceBook
 from .mirror import BACKOFF_MAX, Mirror
 from .lease import Lease, LeaseHeld

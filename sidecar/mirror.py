@@ -18,7 +18,7 @@ import time
 
 from .classify import UnsafePath
 from .config import Config
-from .diff import MirrorState, Op
+from .state import MirrorState, Op, build_state
 from .divergence import DIR_REPLACED, MASS_REMOVAL, Divergence, DivergenceBook
 from .events import build_events, note_event
 from .heal import Healer
@@ -353,7 +353,7 @@ class Mirror:
         with self.pending.writing():  # the writer waits on it as on a write
             self._identity = self.store.identity()  # before the load: a restore after it shows
             self._last_identity = time.monotonic()
-            fresh = self.store.load_state()
+            fresh = build_state(self.store.iter_state())
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
         self.state.max_version = fresh.max_version
@@ -386,7 +386,8 @@ class Mirror:
         result = None
         if ops:
             with self.pending.writing(), self.status.timers.time("write"):
-                result = self.store.apply(ops, self.state)
+                result = self.store.apply(ops)
+                self.state.apply(result)
         now = utcnow()
         events: list[dict] = []
         if result is not None:

@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from . import parity
 from .config import Config
-from .diff import FILES, Op
+from .names import EPISODES, FILES, HUBS, SNAPSHOTS
+from .state import Op, build_state
 from .events import build_events, note_event
-from .model import EPISODES, HUBS, SNAPSHOTS, utcnow
+from .model import utcnow
 from .divergence import Divergence, DivergenceBook
 from .lease import Lease
 from .reconcile import Problem, Reconciler, SourceView
@@ -70,7 +71,8 @@ def _scan(rec: Reconciler, state, source: str, desc: str, **kw):
 
 
 def apply_ops(store: Store, ops: list[Op], state, problems: list[Problem]) -> ApplyResult:
-    result = store.apply(ops, state)
+    result = store.apply(ops)
+    state.apply(result)
     for op, why in result.failed:
         problems.append(Problem(op.rel, "mongo_rejected", f"{op.rel}: {op.entity}: {why}", op.coll))
     return result
@@ -99,7 +101,7 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
 def _sync(config: Config, store: Store, root: Path, started: float, dry_run: bool,
           report_path: Path | None, lease, timers: Timers) -> tuple[dict[str, Any], int]:
     with timers.time("load_state"):
-        state = store.load_state()
+        state = build_state(store.iter_state())
     rec = Reconciler(config)
     bar = _progress(None, "scanning")  # the file count is only known once walked
 
@@ -196,7 +198,7 @@ def find_divergences(config: Config, store: Store) -> tuple[Reconciler, Any, lis
     held (this process saw none of them happen)."""
     check_root(config.data_dir)
     store.ping()
-    state = store.load_state()
+    state = build_state(store.iter_state())
     rec = Reconciler(config)
     _scan(rec, state, "divergences", "scanning", view_only=False, hashes=False)
     held, _, _ = rec.drain()
@@ -254,7 +256,7 @@ def run_parity(config: Config, store: Store) -> tuple[dict[str, Any], int]:
     """Parity only: the same comparison as sync, no writes, no report file."""
     check_root(config.data_dir)
     store.ping()
-    state = store.load_state()
+    state = build_state(store.iter_state())
     rec = Reconciler(config)
     ops, view = _scan(rec, state, "parity", "comparing")
     held, _, _ = rec.drain()

@@ -17,20 +17,11 @@ from pymongo.errors import DuplicateKeyError
 
 from sidecar.classify import Kind
 from sidecar.config import Config
-from sidecar.diff import (
-    FILES,
-    EmptyHubRefused,
-    FileState,
-    HubState,
-    MirrorState,
-    _positions,
-    apply_to_state,
-    deletion_ops,
-    diff_plan,
-    summarize,
-)
+from sidecar.diff import EmptyHubRefused, _positions, deletion_ops, diff_plan, summarize
+from sidecar.state import FileState, HubState, MirrorState, apply_to_state, build_state
 from sidecar.parse import BadInput
-from sidecar.model import EPISODES, HUBS, SNAPSHOTS, build_plan
+from sidecar.model import build_plan
+from sidecar.names import EPISODES, FILES, HUBS, SNAPSHOTS
 from sidecar.parse import value_hash
 from sidecar.source import FileRead, sha256_hex
 from sidecar.store import Store
@@ -368,7 +359,7 @@ def test_request_translation_writes_the_documents(mock_store):
     assert ops[-1].action == "track" and man["sha256"] == ops[-1].before
     assert state.files[HUB].sha256 == ops[-1].after
     # load_state reads back exactly the mirror state the ops produced
-    assert mock_store.load_state().hubs == state.hubs
+    assert build_state(mock_store.iter_state()).hubs == state.hubs
 
 
 def test_version_guard_refuses_a_stale_replace_and_delete(mock_store):
@@ -401,4 +392,4 @@ def test_mark_deleted_sets_deleted_at_and_keeps_content(mock_store):
     execute(mock_store, deletion_ops("runs/run_1.json", state, propagate=False, version=2))
     man = mock_store.db[mock_store.files_name].find_one({"_id": "runs/run_1.json"})
     assert man["deleted_at"] == NOW.replace(tzinfo=None) and man["content"] == {"a": 1}
-    assert mock_store.load_state().files["runs/run_1.json"].deleted
+    assert build_state(mock_store.iter_state()).files["runs/run_1.json"].deleted

@@ -8,7 +8,7 @@ import pytest
 
 import sidecar.mirror as mirror_mod
 from sidecar.config import Config
-from sidecar.diff import MirrorState
+from sidecar.state import MirrorState
 from sidecar.mirror import EVENTS_BATCH, Mirror
 from sidecar.pending import Pending
 from sidecar.status import Status
