@@ -79,7 +79,7 @@ class ApplyResult:
 
 def _content_sha(doc: dict) -> bytes | str | None:
     """A generic file's content hash as stored (see FilePlan.content_hash), packed
-    the way the mirror state keeps it (``diff.pack_hash``)."""
+    the way the mirror state keeps it (``state.pack_hash``)."""
     if doc.get("raw") is not None:
         return hashlib.sha256(bytes(doc["raw"])).digest()
     if doc.get("encoding") == "json":
@@ -339,50 +339,10 @@ class Store:
             op.doc["blob_id"] = blob_id
 
     def gc_blobs(self, grace: timedelta = BLOB_GC_GRACE) -> int:
-        """Delete the GridFS blobs that no live manifest (``blob_id``) and no
-        tombstone names, uploaded (or last reused) more than ``grace`` ago. The
-        write path never deletes a blob; tombstones expire by TTL, and so the
-        blobs only they kept are freed by the next collection. Returns the count."""
+        """Delete the GridFS blobs that no live manifest and no tombstone names,
+        older than ``grace`` (``Tombstones.gc_blobs``). Returns the count."""
         with self._mongo_errors():
-            keep: set[Any] = set()
-
-            def hold(value: Any) -> None:
-                try:
-                    keep.add(value)
-                except TypeError:  # an unhashable id written by someone else: never ours
-                    pass
-            for man in self.coll[FILES].find({"blob_id": {"$ne": None}}, {"blob_id": 1}):
-                hold(man.get("blob_id"))
-            for ts in self.coll[TOMBSTONES].find({"coll": {"$in": [self.files_name, self.blobs_name]}},
-                                                 {"coll": 1, "doc_id": 1, "doc.blob_id": 1}):
-                if ts.get("coll") == self.blobs_name:
-                    hold(ts.get("doc_id"))
-                doc = ts.get("doc")
-                if isinstance(doc, dict):
-                    hold(doc.get("blob_id"))
-            cutoff = utcnow() - grace
-            deleted = 0
-            for meta in self.db[f"{self.blobs_name}.files"].find({}, {"uploadDate": 1, "metadata.claimed_at": 1}):
-                blob_id = meta["_id"]
-                try:
-                    if blob_id in keep:
-                        continue
-                except TypeError:
-                    continue
-                claimed = (meta.get("metadata") or {}).get("claimed_at") if isinstance(
-                    meta.get("metadata"), dict) else None
-                stamps = [t for t in (meta.get("uploadDate"), claimed)
-                          if isinstance(t, datetime) and t.tzinfo is not None]
-                if not stamps or max(stamps) > cutoff:
-                    continue
-                try:
-                    self.bucket.delete(blob_id)
-                    deleted += 1
-                except gridfs.errors.NoFile:
-                    pass
-            if deleted:
-                log.info("gc: deleted %d GridFS blobs no manifest or tombstone names", deleted)
-            return deleted
+            return self.tombstones.gc_blobs(grace)
 
     def apply(self, ops: list[Op]) -> ApplyResult:
         """Write ops: which MongoDB acknowledged, which it refused as stale, which

@@ -2,11 +2,12 @@
 
 Before a delete is sent, the document it removes is copied to
 ``memory_tombstones`` (and a GridFS blob a manifest stops naming gets a
-tombstone too; blobs are only ever deleted by ``Store.gc_blobs``), and the
+tombstone too; blobs are only ever deleted by ``gc_blobs``), and the
 delete is addressed to exactly the document state its tombstone holds. A
 removal whose tombstone MongoDB refused is not sent; a delete that removed
 nothing (newer data arrived in between) is stale and its tombstone goes again.
-Tombstones expire by TTL (``expire_at``: ``deleted_at`` + SIDECAR_TOMBSTONE_DAYS).
+Tombstones expire by TTL (``expire_at``: ``deleted_at`` + SIDECAR_TOMBSTONE_DAYS),
+and ``gc_blobs`` then frees the GridFS blobs only they still named.
 
 Part of ``Store``'s write path (``Store._write_batch``), I/O like it.
 """
@@ -14,20 +15,25 @@ Part of ``Store``'s write path (``Store._write_batch``), I/O like it.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import bson
+import gridfs
 from pymongo import DeleteOne, ReplaceOne
 from pymongo.errors import BulkWriteError
 
 from .documents import natural_id, newer_than, version_guard
+from .model import utcnow
 from .names import EPISODES, FILES, HUBS, TOMBSTONES
 from .state import Op
 
 if TYPE_CHECKING:
     from .store import ApplyResult, Store
+
+log = logging.getLogger("sidecar.store")
 
 # The fields of a live document that any writer changes (ours: _sidecar; Mentorix:
 # updated_at / updated_at_dt; a recorded deletion: deleted_at). A delete is sent only
@@ -212,3 +218,49 @@ class Tombstones:
             if len(present) <= refused:
                 drop.extend(ts["_id"] for ts in removal.tombstones)
         self.drop(drop)
+
+    def gc_blobs(self, grace: timedelta) -> int:
+        """Delete the GridFS blobs that no live manifest (``blob_id``) and no
+        tombstone names, uploaded (or last reused) more than ``grace`` ago. The
+        write path never deletes a blob; tombstones expire by TTL, and so the
+        blobs only they kept are freed by the next collection. Returns the count."""
+        store = self.store
+        keep: set[Any] = set()
+
+        def hold(value: Any) -> None:
+            try:
+                keep.add(value)
+            except TypeError:  # an unhashable id written by someone else: never ours
+                pass
+        for man in store.coll[FILES].find({"blob_id": {"$ne": None}}, {"blob_id": 1}):
+            hold(man.get("blob_id"))
+        for ts in store.coll[TOMBSTONES].find({"coll": {"$in": [store.files_name, store.blobs_name]}},
+                                              {"coll": 1, "doc_id": 1, "doc.blob_id": 1}):
+            if ts.get("coll") == store.blobs_name:
+                hold(ts.get("doc_id"))
+            doc = ts.get("doc")
+            if isinstance(doc, dict):
+                hold(doc.get("blob_id"))
+        cutoff = utcnow() - grace
+        deleted = 0
+        for meta in store.db[f"{store.blobs_name}.files"].find({}, {"uploadDate": 1, "metadata.claimed_at": 1}):
+            blob_id = meta["_id"]
+            try:
+                if blob_id in keep:
+                    continue
+            except TypeError:
+                continue
+            claimed = (meta.get("metadata") or {}).get("claimed_at") if isinstance(
+                meta.get("metadata"), dict) else None
+            stamps = [t for t in (meta.get("uploadDate"), claimed)
+                      if isinstance(t, datetime) and t.tzinfo is not None]
+            if not stamps or max(stamps) > cutoff:
+                continue
+            try:
+                store.bucket.delete(blob_id)
+                deleted += 1
+            except gridfs.errors.NoFile:
+                pass
+        if deleted:
+            log.info("gc: deleted %d GridFS blobs no manifest or tombstone names", deleted)
+        return deleted
