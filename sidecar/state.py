@@ -59,16 +59,23 @@ def unpack_hash(value: Any) -> Any:
 _KINDS = {k.value: k.value for k in Kind}
 
 _FORMATS: dict[tuple, dict[str, Any]] = {}
+# id() of the shared dicts (kept alive by _FORMATS, so an id is never reused): one
+# already shared is recognised without building its key (a load interns each twice).
+_SHARED: set[int] = set()
 
 
 def intern_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
     """One shared dict per distinct format: the mirror state keeps one per file,
     and 50k copies of the same four keys would cost tens of MB. TypeError when a
     value is unhashable (a manifest written by someone else)."""
-    if fmt is None:
-        return None
+    if fmt is None or id(fmt) in _SHARED:
+        return fmt
     key = tuple(sorted(fmt.items()))
-    return _FORMATS.setdefault(key, dict(fmt))
+    shared = _FORMATS.get(key)
+    if shared is None:
+        shared = _FORMATS.setdefault(key, dict(fmt))  # atomic: two threads share the winner
+        _SHARED.add(id(shared))
+    return shared
 
 
 class HubState:
