@@ -102,6 +102,15 @@ def test_store_reads_typed_rows_and_writes_without_touching_the_state(legacy_dir
     assert state.files == build_state(store.iter_state()).files
 
 
+@pytest.mark.integration
+def test_a_manifest_whose_format_cannot_be_shared_is_skipped_as_foreign(store, db):
+    db[store.files_name].insert_one({"_id": "runs/odd_format.json", "kind": "run", "encoding": "json",
+                                     "content": {}, "deleted_at": None, "format": {"indent": [2]}})
+    state = build_state(store.iter_state())
+    assert "runs/odd_format.json" not in state.files
+    assert [d["_id"] for d in store.foreign_skipped] == [repr("runs/odd_format.json")]
+
+
 def _source(module: str) -> ast.Module:
     return ast.parse((SIDECAR / module).read_text(), module)
 
