@@ -120,7 +120,7 @@ WHATIF = set(filter(None, os.environ.get("BENCH_WHATIF", "").split(",")))
 if "events-off" in WHATIF:
     store.Store.record_events = lambda self, events: None
 if "manifests-off" in WHATIF:
-    from sidecar.diff import FILES
+    from sidecar.names import FILES
     orig_apply = store.Store.apply
     def apply(self, ops, state=None):
         keep = [op for op in ops if not (op.coll == FILES and op.doc is not None

@@ -69,8 +69,8 @@ from common import launch_secantus, stop_process  # noqa: E402  (bench/ is on sy
 import corpus  # noqa: E402
 from sidecar import sync as sync_mod  # noqa: E402
 from sidecar.config import Config  # noqa: E402
-from sidecar.diff import FILES, MirrorState  # noqa: E402
-from sidecar.model import EPISODES, EVENTS, HUBS, SNAPSHOTS  # noqa: E402
+from sidecar.names import EPISODES, EVENTS, FILES, HUBS, SNAPSHOTS  # noqa: E402
+from sidecar.state import MirrorState  # noqa: E402
 from sidecar.reconcile import Reconciler  # noqa: E402
 from sidecar.store import Store  # noqa: E402
 

@@ -49,10 +49,11 @@ from tqdm import tqdm
 
 from .classify import episode_path
 from .config import Config
-from .diff import FILES, Op
+from .names import EPISODES, FILES
+from .state import Op
 from .events import build_events, note_event
 from .lease import Lease
-from .model import EPISODES, parse_iso, utcnow
+from .model import parse_iso, utcnow
 from .store import Store
 
 log = logging.getLogger("sidecar.archive")

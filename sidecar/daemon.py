@@ -36,7 +36,7 @@ from typing import Any, Callable, TypeVar
 from . import parityscan, server
 from .classify import is_ignored
 from .config import Config
-from .diff import MirrorState
+from .state import MirrorState
 from .divergence import DivergenceBook
 from .mirror import Mirror
 from .lease import Lease, LeaseHeld

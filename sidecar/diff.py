@@ -1,175 +1,21 @@
 """Stage 4: diff a ``FilePlan`` against what was last mirrored → document ops.
 
-``MirrorState`` is the sidecar's memory of MongoDB (hashes, positions, versions),
-loaded once from the database and kept current as writes are acknowledged. It is
-state, not a log: however many times a file changes before a flush, it yields at
-most one op per document.
+What was last mirrored is the ``MirrorState`` (sidecar/state.py), the sidecar's
+memory of MongoDB. It is state, not a log: however many times a file changes
+before a flush, the diff yields at most one op per document.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from .classify import Kind, episode_path
-from .model import (
-    EPISODES,
-    HUBS,
-    SNAPSHOTS,
-    FilePlan,
-    episode_doc,
-    hub_doc,
-    hub_id,
-    manifest_doc,
-    parse_iso,
-    snapshot_doc,
-)
-
-FILES = "files"  # logical name; the real collection name is a setting
-
-
-def pack_hash(value: Any) -> Any:
-    """A lowercase hex sha256 (how hashes travel: plans, ops, documents) → its
-    32-byte digest, which is how the mirror state keeps it (a 64-character str
-    costs 113 bytes, the digest 65; at 50k files that is several MB).
-
-    Anything else (None, bytes already, a value read from a document that is not
-    a lowercase hex digest) is kept as it is, so ``unpack_hash(pack_hash(v)) == v``
-    always holds and comparisons with hex values stay exact."""
-    if type(value) is str and len(value) == 64:
-        try:
-            digest = bytes.fromhex(value)
-        except ValueError:
-            return value
-        # fromhex also takes upper case and spaces: those would not round-trip.
-        return digest if len(digest) == 32 and digest.hex() == value else value
-    return value
-
-
-def unpack_hash(value: Any) -> Any:
-    """The inverse of ``pack_hash``: a digest → lowercase hex; anything else as it is."""
-    return value.hex() if type(value) is bytes else value
-
-
-# One str object per kind, whichever document or plan it came from (a decoded
-# BSON string is a new object per document: 50k copies of "episode").
-_KINDS = {k.value: k.value for k in Kind}
-
-
-class HubState:
-    """One hub entry as mirrored: content hash (kept as a digest), position, version."""
-
-    __slots__ = ("_hash", "pos", "version")
-
-    def __init__(self, hash: str | bytes | None, pos: int | None, version: int | None) -> None:
-        self._hash = pack_hash(hash)
-        self.pos = pos
-        self.version = version
-
-    @property
-    def hash(self) -> str | None:
-        return unpack_hash(self._hash)
-
-    @hash.setter
-    def hash(self, value: str | bytes | None) -> None:
-        self._hash = pack_hash(value)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, HubState):
-            return NotImplemented
-        return (self._hash, self.pos, self.version) == (other._hash, other.pos, other.version)
-
-    __hash__ = None  # mutable, like the dataclass it replaces
-
-    def __repr__(self) -> str:
-        return f"HubState(hash={self.hash!r}, pos={self.pos!r}, version={self.version!r})"
-
-
-class FileState:
-    """One file as mirrored (its manifest). ``sha256`` and ``content_sha`` read and
-    write lowercase hex as before; inside they are 32-byte digests, and a generic
-    file's content hash, usually equal to its sha256, shares that object."""
-
-    __slots__ = ("_sha", "version", "kind", "deleted", "doc_id", "fmt", "_content")
-
-    def __init__(self, sha256: str | bytes | None, version: int | None, kind: str,
-                 deleted: bool = False, doc_id: str | None = None, fmt: dict | None = None,
-                 content_sha: str | bytes | None = None) -> None:
-        self._sha = pack_hash(sha256)
-        self.version = version
-        self.kind = _KINDS.get(kind, kind)
-        self.deleted = deleted
-        self.doc_id = doc_id
-        self.fmt = fmt
-        # generic files: the stored content's hash (FilePlan.content_hash); parity compares it.
-        self.content_sha = content_sha
-
-    @property
-    def sha256(self) -> str | None:
-        return unpack_hash(self._sha)
-
-    @sha256.setter
-    def sha256(self, value: str | bytes | None) -> None:
-        self._sha = pack_hash(value)
-
-    @property
-    def content_sha(self) -> str | None:
-        return unpack_hash(self._content)
-
-    @content_sha.setter
-    def content_sha(self, value: str | bytes | None) -> None:
-        packed = pack_hash(value)
-        self._content = self._sha if packed is not None and packed == self._sha else packed
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, FileState):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        return (f"FileState(sha256={self.sha256!r}, version={self.version!r}, kind={self.kind!r}, "
-                f"deleted={self.deleted!r}, doc_id={self.doc_id!r}, fmt={self.fmt!r}, "
-                f"content_sha={self.content_sha!r})")
-
-
-@dataclass
-class MirrorState:
-    """Hashes are kept packed (``pack_hash``): read them through ``HubState.hash``,
-    ``FileState.sha256``/``content_sha`` or ``unpack_hash``, never compare them raw
-    with hex strings."""
-
-    hubs: dict[str, dict[str, HubState]] = field(default_factory=dict)
-    # run_id -> (packed content hash, version)
-    episodes: dict[str, tuple[bytes | str | None, int | None]] = field(default_factory=dict)
-    # content hash (hex) -> (packed hash, its timestamp as an instant or None)
-    snapshots: dict[str, tuple[bytes | str | None, datetime | None]] = field(default_factory=dict)
-    files: dict[str, FileState] = field(default_factory=dict)
-    # The largest _sidecar.version MongoDB held when loaded: every version handed
-    # out after it is larger (sidecar/clock.py).
-    max_version: int = 0
-
-
-@dataclass(slots=True)
-class Op:
-    coll: str  # HUBS | SNAPSHOTS | EPISODES | FILES
-    action: str  # insert | update | delete | setpos | mark_deleted | track (state only)
-    id: str
-    version: int
-    doc: dict | None = None
-    before: str | None = None
-    after: str | None = None
-    pos: int | None = None
-    rel: str = ""
-    blob: bytes | None = None  # GridFS content for FILES ops
-    content_sha: str | None = None  # FILES ops: FilePlan.content_hash
-
-    @property
-    def entity(self) -> str:
-        return f"{self.coll}:{self.id}"
+from .documents import episode_doc, hub_doc, hub_id, manifest_doc, snapshot_doc
+from .model import FilePlan
+from .names import EPISODES, FILES, HUBS, SNAPSHOTS
+from .state import HubState, MirrorState, Op, unpack_hash
 
 
 class EmptyHubRefused(Exception):
@@ -309,42 +155,6 @@ def _diff_hub(
     return ops
 
 
-def apply_to_state(state: MirrorState, op: Op) -> None:
-    """Record an acknowledged op in the mirror state."""
-    if op.coll == HUBS:
-        hub_type, key = op.id.split("/", 1)
-        hub = state.hubs.setdefault(hub_type, {})
-        if op.action == "delete":
-            hub.pop(key, None)
-        else:
-            prev = hub.get(key)
-            hub[key] = HubState(op.after, op.pos, op.version if op.action != "setpos" or prev is None
-                                else prev.version)
-    elif op.coll == SNAPSHOTS:
-        state.snapshots[op.id] = (pack_hash(op.after), parse_iso((op.doc or {}).get("timestamp")))
-    elif op.coll == EPISODES:
-        if op.action == "delete":
-            state.episodes.pop(op.id, None)
-        else:
-            state.episodes[op.id] = (pack_hash(op.after), op.version)
-    elif op.coll == FILES:
-        if op.action == "delete":
-            state.files.pop(op.id, None)
-        elif op.action == "mark_deleted":
-            prev = state.files.get(op.id)
-            if prev:
-                prev.deleted = True
-        elif op.action == "track":
-            prev = state.files.get(op.id)
-            if prev:
-                prev.sha256, prev.version = op.after, op.version
-        else:
-            doc = op.doc or {}
-            state.files[op.id] = FileState(op.after, op.version, doc.get("kind", "other"),
-                                           False, doc.get("doc_id") or doc.get("hub_type"),
-                                           doc.get("format"), op.content_sha)
-
-
 def deletion_ops(rel: str, state: MirrorState, propagate: bool, version: int) -> list[Op]:
     """A file vanished from the data dir: always recorded; data removed only if propagating."""
     prev = state.files.get(rel)
@@ -370,11 +180,3 @@ def deletion_ops(rel: str, state: MirrorState, propagate: bool, version: int) ->
 def _live(state: MirrorState, rel: str) -> bool:
     fs = state.files.get(rel)
     return fs is not None and not fs.deleted
-
-
-def summarize(ops: list[Op]) -> dict[str, Any]:
-    out: dict[str, int] = {}
-    for op in ops:
-        key = f"{op.coll}.{op.action}"
-        out[key] = out.get(key, 0) + 1
-    return out

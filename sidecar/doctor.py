@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config
-from .model import EPISODES, EVENTS, META, SNAPSHOTS, TOMBSTONES
+from .names import EPISODES, EVENTS, IX_TOMBSTONES_EXPIRE_AT_TTL, META, SNAPSHOTS, TOMBSTONES
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 # The data dir's file system: warn when less than this much (or this share) is free.
@@ -185,10 +185,10 @@ def check_ttl(config: Config, store, indexes: dict | None = None) -> Check:
         else:
             ok.append(f"{cname} kept forever")
     tname = store.coll[TOMBSTONES].name
-    spec = indexes.get(tname, {}).get("ix_tombstones_expire_at_ttl")
+    spec = indexes.get(tname, {}).get(IX_TOMBSTONES_EXPIRE_AT_TTL)
     days = config.sidecar_tombstone_days
     if spec is None or spec.get("expireAfterSeconds") != 0:
-        problems.append(f"{tname}.ix_tombstones_expire_at_ttl missing or not expireAfterSeconds=0")
+        problems.append(f"{tname}.{IX_TOMBSTONES_EXPIRE_AT_TTL} missing or not expireAfterSeconds=0")
     else:
         other = store.coll[TOMBSTONES].count_documents({"days": {"$ne": days}})
         if other:

@@ -13,8 +13,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from .diff import FILES, Op
-from .model import EPISODES, HUBS, SNAPSHOTS
+from .names import EPISODES, FILES, HUBS, SNAPSHOTS
+from .state import Op
 from .store import MongoUnavailable
 
 _NAMES = {HUBS: "hub", EPISODES: "episode", SNAPSHOTS: "snapshot", FILES: "file"}

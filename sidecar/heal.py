@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from .classify import hub_type_of
-from .model import HUBS, entry_value
+from .documents import entry_value
+from .names import HUBS
 from .parse import DEFAULT_FORMAT, detect_format, render
 from .source import _FILE_FLAGS, FileRead, SourceError, _open_parent, sha256_hex
 from .store import Store

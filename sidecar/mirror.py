@@ -15,7 +15,7 @@ import threading
 import time
 
 from .config import Config
-from .diff import MirrorState, Op
+from .state import MirrorState, Op, build_state
 from .divergence import DivergenceBook
 from .events import note_event
 from .heal import Healer
@@ -319,7 +319,7 @@ class Mirror:
         with self.pending.writing():  # the writer waits on it as on a write
             self._identity = self.store.identity()  # before the load: a restore after it shows
             self._last_identity = time.monotonic()
-            fresh = self.store.load_state()
+            fresh = build_state(self.store.iter_state())
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
         self.state.max_version = fresh.max_version

@@ -1,7 +1,9 @@
-"""Stage 3: one file read → a ``FilePlan`` (what MongoDB should hold for it),
-and the reverse direction (documents → the file's exact bytes) used by restore.
+"""Stage 3: one file read → a ``FilePlan`` (what MongoDB should hold for it).
+The documents a plan becomes, and the way back from documents to values, are
+``sidecar/documents.py``'s.
 
-Collections (DESIGN §3):
+Collections (DESIGN §3; their names in ``sidecar/names.py``, the documents
+built by ``sidecar/documents.py``):
   memory_hubs        one document per hub entry, _id "<hub_type>/<item_key>"
   runtime_snapshots  one document per distinct snapshot, _id = content hash
   episodic_memory    one document per run, _id = run_id
@@ -59,12 +61,6 @@ from .source import FileRead
 
 log = logging.getLogger("sidecar.model")
 
-HUBS = "memory_hubs"
-SNAPSHOTS = "runtime_snapshots"
-EPISODES = "episodic_memory"
-EVENTS = "memory_events"
-TOMBSTONES = "memory_tombstones"
-META = "memory_sidecar_meta"  # the writer lease (sidecar/lease.py)
 REDACTED = "***REDACTED***"
 # Generic content larger than this goes to GridFS rather than inline.
 INLINE_MAX_BYTES = 8 * 1024 * 1024
@@ -204,26 +200,6 @@ def _checked_entry(key: str, val: Any, strings: bool) -> tuple[str, str | None]:
             raise
         return _hash_checked(val, raw=True), exc.reason
     return _hash_checked(val), None
-
-
-def decode_raw(raw: Any) -> Any:
-    """A value stored raw (its canonical JSON bytes). ValueError when it is not."""
-    if not isinstance(raw, bytes):
-        raise ValueError("not stored raw")
-    return json.loads(raw.decode("utf-8", "surrogatepass"))
-
-
-def entry_value(doc: dict) -> Any:
-    """A hub document's value: its payload, or what it keeps raw (payload null).
-    A raw field that does not decode (written by someone else) is ignored."""
-    payload = doc.get("payload")
-    meta = doc.get("_sidecar")
-    if payload is None and isinstance(meta, dict) and meta.get("raw") is not None:
-        try:
-            return decode_raw(meta["raw"])
-        except (ValueError, RecursionError):
-            return None
-    return payload
 
 
 def hubs_hash(pairs: Any) -> str:
@@ -459,7 +435,7 @@ def _plan_generic(plan: FilePlan, read: FileRead, redact_keys: frozenset[str], d
         plan.stored_raw = LAYOUT
 
 
-# --- documents ---------------------------------------------------------------
+# --- timestamps (documents: sidecar/documents.py) ----------------------------
 
 
 def utcnow() -> datetime:
@@ -475,157 +451,3 @@ def parse_iso(text: Any) -> datetime | None:
     except ValueError:
         return None
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
-def hub_id(hub_type: str, key: str) -> str:
-    return f"{hub_type}/{key}"
-
-
-def hub_doc(plan: FilePlan, entry: HubEntry, pos: int, source: str, now: datetime) -> dict:
-    value = entry.value
-    doc = {
-        "_id": hub_id(plan.hub_type, entry.key),
-        "hub_type": plan.hub_type,
-        "item_key": entry.key,
-        "learner_id": entry.key,
-        "payload": None if entry.stored_raw else value,
-        "updated_at": now.isoformat(),
-        "_sidecar": {
-            "path": plan.rel,
-            "hash": entry.hash,
-            "pos": pos,
-            "version": plan.version,
-            "source": source,
-        },
-    }
-    if entry.stored_raw:
-        # BSON cannot hold the value: its canonical JSON (what the hash is of).
-        doc["_sidecar"].update(raw=canonical(value), stored_raw=entry.stored_raw)
-    return doc
-
-
-# Fields of ours that a file's own top-level object may also use: the file's
-# values are kept aside in ``_sidecar.orig`` so restore gives them back.
-_RESERVED = ("_id", "_sidecar")
-
-
-def _own_fields(plan: FilePlan) -> tuple[dict[str, Any], dict[str, Any]]:
-    orig = {k: plan.obj[k] for k in _RESERVED if k in plan.obj}
-    fields = {k: v for k, v in plan.obj.items() if k not in orig}
-    if plan.stored_raw:
-        # The whole object is in _sidecar.raw; the document keeps (queryable) the
-        # top-level fields BSON can hold.
-        fields = {k: v for k, v in fields.items() if _storable({k: v})}
-        orig = {}
-    return fields, orig
-
-
-def _storable(value: Any) -> bool:
-    try:
-        validate(value, True)
-    except BadInput:
-        return False
-    return True
-
-
-def snapshot_doc(plan: FilePlan, source: str, now: datetime) -> dict:
-    fields, orig = _own_fields(plan)
-    doc: dict[str, Any] = {"_id": plan.doc_id}
-    doc.update(fields)
-    doc.setdefault("snapshot_id", plan.doc_id)
-    doc.setdefault("source", "memory-sidecar")
-    doc.setdefault("timestamp_dt", parse_iso(plan.obj.get("timestamp")) or now)
-    doc["_sidecar"] = _meta(plan, source, orig)
-    return doc
-
-
-def episode_doc(plan: FilePlan, source: str, now: datetime) -> dict:
-    fields, orig = _own_fields(plan)
-    doc: dict[str, Any] = {"_id": plan.doc_id}
-    doc.update(fields)
-    if doc.get("run_id") != plan.doc_id:
-        # Mentorix reads episodes by a string run_id; keep the file's own value aside.
-        if "run_id" in doc and not plan.stored_raw:
-            orig["run_id"] = doc["run_id"]
-        doc["run_id"] = plan.doc_id
-    doc.setdefault("updated_at", now.isoformat())
-    doc.setdefault("updated_at_dt", parse_iso(plan.obj.get("updated_at")) or now)
-    doc["_sidecar"] = _meta(plan, source, orig)
-    return doc
-
-
-def _meta(plan: FilePlan, source: str, orig: dict[str, Any]) -> dict:
-    meta = {
-        "path": plan.rel,
-        "hash": plan.doc_hash,
-        "version": plan.version,
-        "source": source,
-        "fields": [k for k in plan.obj if _storable(k)] if plan.stored_raw else list(plan.obj),
-    }
-    if orig:
-        meta["orig"] = orig
-    if plan.stored_raw:
-        meta.update(raw=canonical(plan.obj), stored_raw=plan.stored_raw)
-    return meta
-
-
-def manifest_doc(plan: FilePlan, source: str, now: datetime, blob_id: Any = None) -> dict:
-    """One per file. For hubs, snapshots and episodes it records where the
-    documents are and how the file is formatted; it is rewritten when that
-    changes, not on every content edit, so its ``sha256``/``size`` are those of
-    the version it was written for."""
-    doc: dict[str, Any] = {
-        "_id": plan.rel,
-        "path": plan.rel,
-        "kind": plan.kind.value,
-        "sha256": plan.sha256,
-        "size": plan.size,
-        "encoding": plan.encoding,
-        "format": plan.fmt,
-        "updated_at": now,
-        "deleted_at": None,
-        "_sidecar": {"hash": plan.sha256, "version": plan.version, "source": source},
-    }
-    if plan.kind is Kind.HUB:
-        doc["hub_type"] = plan.hub_type
-    elif plan.kind.structured:
-        doc["doc_id"] = plan.doc_id
-    if plan.kind.structured:
-        if plan.raw is not None:
-            doc["raw"] = plan.raw
-            doc["docs_hash"] = plan.docs_hash
-    elif plan.encoding == "json":
-        doc["content"] = plan.content
-        if plan.raw is not None:
-            doc["raw"] = plan.raw
-    elif plan.encoding == "bytes":
-        doc["raw"] = plan.raw
-    elif plan.encoding == "gridfs":
-        doc["blob_id"] = blob_id
-    return doc
-
-
-# --- the reverse: documents → file bytes (restore) ----------------------------
-
-_ADDED_FIELDS = ("_id", "_sidecar", "snapshot_id", "source", "timestamp_dt", "updated_at_dt")
-
-
-def file_fields(doc: dict) -> dict:
-    """The fields the file had, in the file's order, from a snapshot/episode document."""
-    meta = doc.get("_sidecar") or {}
-    if not isinstance(meta, dict):
-        meta = {}
-    if meta.get("raw") is not None:
-        try:
-            value = decode_raw(meta["raw"])
-        except (ValueError, RecursionError):
-            value = None  # not ours (or damaged): the document's fields speak
-        if isinstance(value, dict):
-            return value
-    names = meta.get("fields")
-    if isinstance(names, list):
-        orig = meta.get("orig") or {}
-        return {name: orig[name] if name in orig else doc[name] for name in names
-                if name in orig or name in doc}
-    # A document Mentorix wrote itself: drop what only the database added.
-    return {k: v for k, v in doc.items() if k not in _ADDED_FIELDS}

@@ -9,13 +9,12 @@ name keys and paths, never values.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .classify import Kind, episode_path, hub_path
-from .diff import FILES, MirrorState, pack_hash, unpack_hash
-from .model import EPISODES, HUBS, SNAPSHOTS
 from .reconcile import SourceView
+from .state import EpisodeRow, HubRow, MirrorState, SnapshotRow, pack_hash, state_rows, unpack_hash
 from .store import Store
 
 SAMPLE = 20  # keys listed per category; counts are always complete
@@ -91,25 +90,12 @@ def _split_pending(result: dict, pending: set[str] | None, path_of) -> None:
     result["mismatch"] = len(keys) - waiting
 
 
-def _state_rows(state: MirrorState) -> Iterator[tuple]:
-    """A mirror state as the rows ``Store.iter_state`` reads from MongoDB."""
-    for hub_type, entries in state.hubs.items():
-        for key, hs in entries.items():
-            yield HUBS, hub_type, key, hs.hash, hs.pos, hs.version
-    for run_id, (digest, version) in state.episodes.items():
-        yield EPISODES, run_id, digest, version
-    for snap_id, (digest, instant) in state.snapshots.items():
-        yield SNAPSHOTS, snap_id, digest, instant
-    for rel, fs in state.files.items():
-        yield FILES, rel, fs
-
-
 def compute(store: Store, view: SourceView, pending: set[str] | None = None,
             state: MirrorState | None = None) -> dict[str, Any]:
     """Compare the files (``view``) with MongoDB (``state``, read now unless given:
     ``sync`` passes the state it just loaded and updated with acknowledged writes).
     Read now, MongoDB's documents are compared as they stream in."""
-    rows = _state_rows(state) if state is not None else store.iter_state()
+    rows = state_rows(state) if state is not None else store.iter_state()
 
     src_hubs = {f"{t}/{k}": h for t, entries in view.hubs.items() for k, h in entries.items()}
     snap_src = {view.snapshot[0]: view.snapshot[1]} if view.snapshot else {}
@@ -120,28 +106,27 @@ def compute(store: Store, view: SourceView, pending: set[str] | None = None,
     snapshot_history = 0
     latest: tuple | None = None
     for row in rows:
-        coll = row[0]
-        if coll == HUBS:
-            hubs_t.add(f"{row[1]}/{row[2]}", pack_hash(row[3]))
-        elif coll == EPISODES:
-            eps_t.add(row[1], pack_hash(row[2]))
-        elif coll == SNAPSHOTS:
+        kind = type(row)
+        if kind is HubRow:
+            hubs_t.add(f"{row.hub_type}/{row.key}", pack_hash(row.digest))
+        elif kind is EpisodeRow:
+            eps_t.add(row.run_id, pack_hash(row.digest))
+        elif kind is SnapshotRow:
             snapshot_history += 1
             # The current snapshot is the newest by instant, whoever wrote it (as
             # Mentorix reads it: find_one(sort timestamp -1)); the others are history.
-            when = row[3] if len(row) > 3 else None
+            when = row.instant
             if latest is None or (when is not None and (latest[0] is None or when > latest[0])):
-                latest = (when, row[1], row[2])
-        else:
-            rel, fs = row[1], row[2]
-            if fs.deleted:
-                deleted_rels.add(rel)
-                if fs.kind == Kind.HUB.value:
-                    retained_hubs.add(fs.doc_id)
-                elif fs.kind == Kind.EPISODE.value:
-                    retained_runs.add(str(fs.doc_id))
-            elif fs.kind in GENERIC_KINDS:
-                files_t.add(rel, pack_hash(fs.content_sha) or "unreadable")
+                latest = (when, row.snapshot_id, row.digest)
+        else:  # FileRow
+            if row.deleted:
+                deleted_rels.add(row.rel)
+                if row.kind == Kind.HUB.value:
+                    retained_hubs.add(row.doc_id)
+                elif row.kind == Kind.EPISODE.value:
+                    retained_runs.add(str(row.doc_id))
+            elif row.kind in GENERIC_KINDS:
+                files_t.add(row.rel, pack_hash(row.content_sha) or "unreadable")
 
     if latest is not None and snap_src:
         # Compared under the file's key: a newer snapshot written by someone else is "different".

@@ -32,7 +32,7 @@ def compute(config: Config, pending: set[str] | None, store: Any = None) -> dict
     """The report, computed in this process (with ``store`` if given: the daemon's
     fallback reuses its own client instead of opening another)."""
     from . import parity
-    from .diff import MirrorState
+    from .state import MirrorState
     from .reconcile import Reconciler
     from .store import Store
 

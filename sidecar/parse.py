@@ -167,23 +167,12 @@ def render(value: Any, fmt: dict[str, Any] | None) -> bytes:
     return text.encode("utf-8")
 
 
-_FORMATS: dict[tuple, dict[str, Any]] = {}
-
-
-def intern_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
-    """One shared dict per distinct format: the mirror state keeps one per file,
-    and 50k copies of the same four keys would cost tens of MB."""
-    if fmt is None:
-        return None
-    key = tuple(sorted(fmt.items()))
-    return _FORMATS.setdefault(key, dict(fmt))
-
-
 def detect_format(value: Any, data: bytes) -> dict[str, Any] | None:
-    """The formatting that reproduces ``data`` byte for byte, or None."""
+    """The formatting that reproduces ``data`` byte for byte, or None. (The mirror
+    state keeps one shared dict per distinct format: ``state.intern_format``.)"""
     newline = data.endswith(b"\n")
     for cand in _CANDIDATES:
         fmt = dict(cand, newline=newline)
         if render(value, fmt) == data:
-            return intern_format(fmt)
+            return fmt
     return None

@@ -13,7 +13,8 @@ from datetime import datetime
 
 from .classify import Kind, classify, episode_path, hub_type_of, is_ignored
 from .config import Config
-from .diff import MirrorState, Op, deletion_ops, diff_plan, gone_keys, pack_hash
+from .diff import deletion_ops, diff_plan, gone_keys
+from .state import MirrorState, Op, pack_hash
 from .divergence import (
     DIR_REPLACED,
     EMPTIED,
@@ -26,7 +27,9 @@ from .divergence import (
 )
 from .clock import Clock
 from .lineage import Lineage
-from .model import HUBS, FilePlan, HubMemo, build_plan, hub_id, utcnow
+from .documents import hub_id
+from .model import FilePlan, HubMemo, build_plan, utcnow
+from .names import HUBS
 from .parse import BadInput, loads
 from .source import DataDirMissing, FileRead, SourceError, Skipped, exists, read_file, walk
 

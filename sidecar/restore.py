@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .classify import Kind, UnsafePath, classify, episode_path, hub_path, normalize
-from .diff import FILES
-from .model import EPISODES, HUBS, SNAPSHOTS, TOMBSTONES, entry_value, file_fields, hubs_hash, parse_iso
+from .documents import entry_value, file_fields
+from .model import hubs_hash, parse_iso
+from .names import EPISODES, FILES, HUBS, SNAPSHOTS, TOMBSTONES
 from .parse import render, value_hash
 from .diskwrite import is_empty, write_atomic, write_new
 from .source import SourceError

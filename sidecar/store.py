@@ -5,11 +5,16 @@ guarded by the source version (``_sidecar.version`` not newer than ours) and
 addressed by ``_id``, so a stale op can never overwrite newer data: when the
 guard fails, the upsert collides on ``_id`` (E11000) and the op is counted as
 refused. Nothing is hard-deleted: a delete is sent only after the document it
-removes is in ``memory_tombstones``, and only for exactly that version; GridFS
-blobs are only ever deleted by ``gc_blobs``. Errors that mean "MongoDB is away"
-are raised as ``MongoUnavailable`` so callers can retry with backoff; errors that
+removes is in ``memory_tombstones``, and only for exactly that version
+(sidecar/tombstones.py); GridFS blobs are only ever deleted by ``gc_blobs``.
+Errors that mean "MongoDB is away" are raised as ``MongoUnavailable`` (one
+translation: ``_mongo_errors``) so callers can retry with backoff; errors that
 belong to one document are returned per op so one bad document never blocks the
 rest.
+
+I/O only: reads come back as rows (``iter_state``; ``state.build_state`` makes the
+mirror state of them), writes as an ``ApplyResult`` the caller records in its
+state (``MirrorState.apply``). The index plan is sidecar/indexes.py's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,12 +34,15 @@ import pymongo
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
-from .classify import Kind
+from . import indexes
 from .config import Config
-from .diff import FILES, FileState, HubState, MirrorState, Op, apply_to_state, pack_hash
-from .model import EPISODES, EVENTS, HUBS, META, SNAPSHOTS, TOMBSTONES, entry_value, file_fields, parse_iso, utcnow
-from .parse import intern_format, value_hash
+from .documents import entry_value, file_fields, version_guard
+from .model import parse_iso, utcnow
+from .names import EPISODES, EVENTS, FILES, HUBS, META, SNAPSHOTS, TOMBSTONES
+from .parse import value_hash
+from .state import EpisodeRow, FileRow, HubRow, Op, Row, SnapshotRow, intern_format, pack_hash
 from .timers import Timers
+from .tombstones import Tombstones
 
 log = logging.getLogger("sidecar.store")
 
@@ -44,10 +53,6 @@ LOAD_BATCH = 500
 # gc_blobs leaves a blob alone for this long after it was uploaded (or reused):
 # its manifest may still be on its way (uploaded first, manifest written after).
 BLOB_GC_GRACE = timedelta(hours=1)
-# The fields of a live document that any writer changes (ours: _sidecar; Mentorix:
-# updated_at / updated_at_dt; a recorded deletion: deleted_at). A delete is sent only
-# for the document state its tombstone holds: equal on all of them.
-_FINGERPRINT = ("_sidecar", "updated_at", "updated_at_dt", "deleted_at", "sha256")
 
 
 class MongoUnavailable(Exception):
@@ -64,48 +69,10 @@ class ApplyResult:
     stale: list[Op] = field(default_factory=list)
     failed: list[tuple[Op, str]] = field(default_factory=list)
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for op in self.applied:
-            key = f"{op.coll}.{op.action}"
-            out[key] = out.get(key, 0) + 1
-        return out
-
-
-def _natural_key(op: Op) -> dict:
-    """Where a hub entry or episode is whoever created it: its natural key
-    (``hub_type``+``item_key``, ``run_id``: the unique indexes Mentorix's store
-    shares), so a document that Mentorix or its backfill script created (an
-    ObjectId ``_id``, no sidecar metadata) is the one updated, never duplicated.
-    Used only when the ``_id`` route found nothing: filtering by ``_id`` is what
-    the servers we measured do fastest (by natural key a flush took 100x longer)."""
-    if op.coll == HUBS:
-        hub_type, key = op.id.split("/", 1)
-        return {"hub_type": hub_type, "item_key": key}
-    if op.coll == EPISODES:
-        return {"run_id": op.id}
-    return {"_id": op.id}
-
-
-def _natural_id(doc: dict, logical: str) -> Any:
-    """A live document's op id (see ``_key``)."""
-    if logical == HUBS:
-        return f"{doc.get('hub_type')}/{doc.get('item_key')}"
-    if logical == EPISODES:
-        return doc.get("run_id")
-    return doc.get("_id")
-
-
-def _guard(op: Op, natural: bool = False) -> dict:
-    """The version guard on every write: MongoDB's copy must not be newer than the
-    version (the order of the sidecar's reads, sidecar/clock.py) this op carries."""
-    where = _natural_key(op) if natural else {"_id": op.id}
-    return {**where, "_sidecar.version": {"$not": {"$gt": op.version}}}
-
 
 def _content_sha(doc: dict) -> bytes | str | None:
     """A generic file's content hash as stored (see FilePlan.content_hash), packed
-    the way the mirror state keeps it (``diff.pack_hash``)."""
+    the way the mirror state keeps it (``state.pack_hash``)."""
     if doc.get("raw") is not None:
         return hashlib.sha256(bytes(doc["raw"])).digest()
     if doc.get("encoding") == "json":
@@ -126,32 +93,6 @@ def _int_or_none(value: Any) -> int | None:
 
 def _body(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k != "_id"}
-
-
-def _newer_than(doc: dict, version: int) -> bool:
-    """What the version guard (``_guard``) would refuse: a numeric ``_sidecar.version``
-    above ours (MongoDB compares numbers with numbers only)."""
-    meta = doc.get("_sidecar")
-    held = meta.get("version") if isinstance(meta, dict) else None
-    return isinstance(held, (int, float)) and not isinstance(held, bool) and held > version
-
-
-def _tombstone_id(coll: str, doc_id: Any, doc: dict, reason: str) -> bson.ObjectId:
-    """Deterministic: the same removal of the same document state (a retry after
-    MongoDB went away between tombstone and delete, a re-diff with a new op
-    version) upserts the same tombstone instead of adding a second one."""
-    digest = hashlib.sha256(bson.encode({"c": coll, "i": doc_id, "r": reason, "d": doc})).digest()
-    return bson.ObjectId(digest[:12])
-
-
-@dataclass
-class _Removal:
-    """A delete (or a GridFS blob replacement) about to be sent, with its tombstones."""
-
-    op: Op
-    request: Any = None  # the DeleteOne, addressed to exactly the state tombstoned
-    tombstones: list[dict] = field(default_factory=list)
-    real_id: Any = None  # the live document's _id
 
 
 class Store:
@@ -178,6 +119,7 @@ class Store:
         self.foreign_skipped: list[dict[str, str]] = []  # documents the last load could not use
         self.blobs_name = f"{self.files_name}_blobs"
         self.bucket = gridfs.GridFSBucket(self.db, bucket_name=self.blobs_name)
+        self.tombstones = Tombstones(self)
 
     @staticmethod
     def _connect(config: Config) -> pymongo.MongoClient:
@@ -199,11 +141,28 @@ class Store:
         text = str(exc).split(", Timeout:")[0].split(" (configured timeouts")[0]
         return MongoUnavailable(self.config.scrub(f"{type(exc).__name__}: {text}")[:400])
 
-    def ping(self) -> None:
+    @contextmanager
+    def _mongo_errors(self, also: tuple[type[BaseException], ...] = (),
+                      keep: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+        """The one translation of "MongoDB is away" (any ``PyMongoError``, and the
+        ``also`` types) into ``MongoUnavailable``, scrubbed, without the chained
+        traceback; ``keep``: types raised as they are."""
         try:
-            self.client.admin.command("ping")
-        except PyMongoError as exc:
+            yield
+        except keep:
+            raise
+        except (PyMongoError, *also) as exc:
             raise self._unavailable(exc) from None
+
+    def check_write_concern(self, details: dict) -> None:
+        """A bulk write's errors that mean "not acknowledged": MongoUnavailable."""
+        if details.get("writeConcernErrors"):
+            raise MongoUnavailable("write concern not satisfied: " + self.config.scrub(
+                str(details["writeConcernErrors"][0].get("errmsg", ""))))
+
+    def ping(self) -> None:
+        with self._mongo_errors():
+            self.client.admin.command("ping")
 
     def identity(self) -> tuple[tuple[str, str], ...]:
         """Which incarnation of the mirrored collections this is: (name, uuid) of each
@@ -211,12 +170,11 @@ class Store:
         UUIDs, so a restore from a dump into a running server shows here. Empty where
         the server does not report UUIDs (then nothing can be told)."""
         names = [FILES, HUBS, EPISODES, SNAPSHOTS]
-        try:
-            infos = list(self.db.list_collections(filter={"name": {"$in": names}}))
-        except OperationFailure:
-            return ()  # refused (e.g. a role without listCollections): cannot be told, not an outage
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
+        with self._mongo_errors():
+            try:
+                infos = list(self.db.list_collections(filter={"name": {"$in": names}}))
+            except OperationFailure:
+                return ()  # refused (e.g. a role without listCollections): cannot be told, not an outage
         out = []
         for info in infos:
             uuid = (info.get("info") or {}).get("uuid") if isinstance(info, dict) else None
@@ -228,160 +186,42 @@ class Store:
     def close(self) -> None:
         self.client.close()
 
-    # --- indexes ----------------------------------------------------------------
-    def index_plan(self) -> list[tuple[str, list[tuple[str, int]], dict[str, Any]]]:
+    # --- indexes (sidecar/indexes.py) ---------------------------------------------
+    TTL_INDEXES = indexes.TTL_INDEXES
+
+    def index_plan(self) -> list[indexes.IndexSpec]:
         """(collection, keys, options). Names match the Mentorix Mongo store's, so
         whichever side creates them first, the other's create is a no-op."""
-        plan: list[tuple[str, list[tuple[str, int]], dict[str, Any]]] = [
-            (HUBS, [("hub_type", 1), ("item_key", 1)], {"name": "ux_hub_type_item_key", "unique": True}),
-            (HUBS, [("learner_id", 1)], {"name": "ix_hubs_learner_id"}),
-            (SNAPSHOTS, [("timestamp", -1)], {"name": "ix_snapshots_timestamp_desc"}),
-            (EPISODES, [("run_id", 1)], {"name": "ux_episodes_run_id", "unique": True}),
-            (EPISODES, [("updated_at", -1)], {"name": "ix_episodes_updated_at_desc"}),
-            (EVENTS, [("entity_key", 1)], {"name": "ix_events_entity_key"}),
-            (EVENTS, [("created_at", -1)], {"name": "ix_events_created_at_desc"}),
-            (FILES, [("kind", 1)], {"name": "ix_files_kind"}),
-            # Always on: a tombstone carries its own expiry (deleted_at + SIDECAR_TOMBSTONE_DAYS).
-            (TOMBSTONES, [("expire_at", 1)], {"name": "ix_tombstones_expire_at_ttl", "expireAfterSeconds": 0}),
-            (TOMBSTONES, [("coll", 1), ("doc_id", 1)], {"name": "ix_tombstones_coll_doc_id"}),
-            (TOMBSTONES, [("deleted_at", -1)], {"name": "ix_tombstones_deleted_at_desc"}),
-        ]
-        if self.config.mongodb_snapshots_ttl_days > 0:
-            plan.append((SNAPSHOTS, [("timestamp_dt", -1)], {
-                "name": "ix_snapshots_timestamp_dt_ttl",
-                "expireAfterSeconds": self.config.mongodb_snapshots_ttl_days * 86400}))
-        if self.config.mongodb_episodes_ttl_days > 0:
-            plan.append((EPISODES, [("updated_at_dt", -1)], {
-                "name": "ix_episodes_updated_at_dt_ttl",
-                "expireAfterSeconds": self.config.mongodb_episodes_ttl_days * 86400}))
-        if self.config.sidecar_events_ttl_days > 0:
-            # Ascending, so its key differs from ix_events_created_at_desc's (a server
-            # refuses two indexes on one key pattern that differ only in options).
-            plan.append((EVENTS, [("created_at", 1)], {
-                "name": "ix_events_created_at_ttl",
-                "expireAfterSeconds": self.config.sidecar_events_ttl_days * 86400}))
-        return plan
-
-    # The TTL indexes a setting turns on (> 0 days) and off (0: dropped).
-    TTL_INDEXES = {SNAPSHOTS: "ix_snapshots_timestamp_dt_ttl", EPISODES: "ix_episodes_updated_at_dt_ttl",
-                   EVENTS: "ix_events_created_at_ttl"}
+        return indexes.index_plan(self.config)
 
     def ensure_indexes(self) -> dict[str, list[dict]]:
         """Create what is missing, fix a changed TTL, drop a TTL that was turned off."""
-        try:
-            wanted_ttl = set()
-            for logical, keys, opts in self.index_plan():
-                coll = self.coll[logical]
-                if "expireAfterSeconds" in opts:
-                    wanted_ttl.add(opts["name"])
-                try:
-                    coll.create_index(keys, **opts)
-                except OperationFailure as exc:
-                    if "expireAfterSeconds" in opts and exc.code in (85, 86):
-                        self.db.command("collMod", coll.name, index={
-                            "name": opts["name"], "expireAfterSeconds": opts["expireAfterSeconds"]})
-                    else:
-                        raise
-            for logical, name in self.TTL_INDEXES.items():
-                if name not in wanted_ttl and name in self.coll[logical].index_information():
-                    self.coll[logical].drop_index(name)
-            self._redate_tombstones()
+        with self._mongo_errors():
+            indexes.ensure(self.db, self.coll, self.config)
             return self.list_indexes()
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
-
-    def _redate_tombstones(self) -> None:
-        """SIDECAR_TOMBSTONE_DAYS changed: tombstones written with other days get
-        ``expire_at = deleted_at + days`` (the TTL index itself always says 0)."""
-        days = self.config.sidecar_tombstone_days
-        coll = self.coll[TOMBSTONES]
-        requests = []
-        for doc in coll.find({"days": {"$ne": days}}, {"deleted_at": 1}):
-            deleted_at = doc.get("deleted_at")
-            if isinstance(deleted_at, datetime):
-                requests.append(UpdateOne({"_id": doc["_id"]}, {"$set": {
-                    "days": days, "expire_at": deleted_at + timedelta(days=days)}}))
-            if len(requests) >= self.config.sidecar_batch_size:
-                coll.bulk_write(requests, ordered=False)
-                requests = []
-        if requests:
-            coll.bulk_write(requests, ordered=False)
 
     def list_indexes(self) -> dict[str, list[dict]]:
-        out = {}
-        for logical, coll in self.coll.items():
-            rows = []
-            for spec in coll.list_indexes():
-                row = {"name": spec["name"], "key": [[k, v] for k, v in spec["key"].items()]}
-                for opt in ("unique", "expireAfterSeconds"):
-                    if opt in spec:
-                        row[opt] = spec[opt]
-                rows.append(row)
-            out[coll.name] = rows
-        return out
+        return indexes.listing(self.coll)
 
     # --- reading ------------------------------------------------------------------
-    def load_state(self) -> MirrorState:
-        """What MongoDB holds, as hashes: the baseline every diff starts from.
+    def iter_state(self) -> Iterator[Row]:
+        """What MongoDB holds, as hashes, one document at a time (hubs, episodes,
+        snapshots, files): ``state.build_state`` makes the mirror state of them,
+        and a comparison (``parity.compute``) need not hold a second copy of it.
+        Typed rows (``state.HubRow``, ``EpisodeRow``, ``SnapshotRow``, ``FileRow``),
+        hashes packed (``state.pack_hash``).
 
         Hashes are computed from the stored values themselves (payloads, file
         fields, content), not taken from ``_sidecar`` bookkeeping, so a document
         changed behind the sidecar's back is seen as different (and repaired by
-        the next sync). They are kept as 32-byte digests (``diff.pack_hash``).
-        """
-        state = MirrorState()
-        # An episode file's manifest names its run_id, already a key of
-        # state.episodes, and usually has the same version: keep one object for
-        # each (at 50k files, 35k duplicate strs and ints: ~3.6 MB).
-        run_ids: dict[str, str] = {}
-        top = 0
-
-        def seen(version: Any) -> None:
-            nonlocal top
-            if isinstance(version, int) and not isinstance(version, bool) and version > top:
-                top = version
-        for row in self.iter_state():
-            coll = row[0]
-            if coll == HUBS:
-                _, hub_type, key, digest, pos, version = row
-                hub = state.hubs.get(hub_type)
-                if hub is None:
-                    hub = state.hubs[hub_type] = {}
-                hub[key] = HubState(digest, pos, version)
-                seen(version)
-            elif coll == EPISODES:
-                _, run_id, digest, version = row
-                state.episodes[run_id] = (digest, version)
-                seen(version)
-                run_ids[run_id] = run_id
-            elif coll == SNAPSHOTS:
-                state.snapshots[row[1]] = (row[2], row[3])
-            else:
-                rel, fs = row[1], row[2]
-                if fs.doc_id is not None and fs.kind == Kind.EPISODE.value:
-                    fs.doc_id = run_ids.get(fs.doc_id, fs.doc_id)
-                    episode = state.episodes.get(fs.doc_id)
-                    if episode is not None and episode[1] == fs.version:
-                        fs.version = episode[1]
-                state.files[rel] = fs
-                seen(fs.version)
-        state.max_version = top
-        return state
-
-    def iter_state(self) -> Iterator[tuple]:
-        """What ``load_state`` reads, one document at a time (hubs, episodes,
-        snapshots, files), so a comparison (``parity.compute``) need not hold a
-        second copy of the state. Rows, hashes packed (``diff.pack_hash``):
-        ``(HUBS, hub_type, item_key, digest, pos, version)``,
-        ``(EPISODES, run_id, digest, version)``, ``(SNAPSHOTS, snapshot_id, digest)``,
-        ``(FILES, rel, FileState)``.
+        the next sync).
 
         Whole documents are read: on the servers we measured, a projection costs
         more than it saves. Each cursor batch (``LOAD_BATCH``) is decoded at once
         and dropped as soon as it is consumed.
         """
         self.foreign_skipped = []
-        try:
+        with self._mongo_errors():
             for logical in (HUBS, EPISODES, SNAPSHOTS, FILES):
                 for doc in self.coll[logical].find({}).batch_size(LOAD_BATCH):
                     try:
@@ -393,8 +233,6 @@ class Store:
                         continue
                     if row is not None:
                         yield row
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
 
     def _foreign(self, logical: str, doc: Any, reason: str) -> None:
         doc_id = doc.get("_id") if isinstance(doc, dict) else None
@@ -403,7 +241,7 @@ class Store:
                                          "reason": reason})
         log.warning("skipped a document of %s (_id %s): %s", self.coll[logical].name, repr(doc_id)[:120], reason)
 
-    def _row(self, logical: str, doc: dict) -> tuple | None:
+    def _row(self, logical: str, doc: dict) -> Row | None:
         meta = doc.get("_sidecar")
         meta = meta if isinstance(meta, dict) else {}
         version = _int_or_none(meta.get("version"))
@@ -413,19 +251,19 @@ class Store:
                 self._foreign(logical, doc, "hub_type/item_key not strings")
                 return None
             # entry_value: the payload, or the value kept raw (BSON cannot hold it)
-            return (HUBS, hub_type, key, _digest_of(entry_value(doc)), _int_or_none(meta.get("pos")), version)
+            return HubRow(hub_type, key, _digest_of(entry_value(doc)), _int_or_none(meta.get("pos")), version)
         if logical == EPISODES:
             run_id = doc.get("run_id")
             if not isinstance(run_id, str):
                 self._foreign(logical, doc, "run_id not a string")
                 return None
-            return (EPISODES, run_id, _digest_of(file_fields(doc)), version)
+            return EpisodeRow(run_id, _digest_of(file_fields(doc)), version)
         if logical == SNAPSHOTS:
             # Keyed by content, whoever wrote it (our _id is the content hash;
             # Mentorix's store and backfill use their own): the same snapshot
             # is never stored twice, and the newest by instant is the current one.
             digest = _digest_of(file_fields(doc))
-            return (SNAPSHOTS, digest.hex(), digest, parse_iso(doc.get("timestamp")))
+            return SnapshotRow(digest.hex(), digest, parse_iso(doc.get("timestamp")))
         rel = doc.get("_id")
         kind = doc.get("kind", "other")
         doc_id = doc.get("doc_id") or doc.get("hub_type")
@@ -433,56 +271,47 @@ class Store:
             self._foreign(logical, doc, "manifest _id/kind/doc_id of the wrong type")
             return None
         fmt = doc.get("format")
-        return (FILES, rel, FileState(
-            doc.get("sha256"), version, kind, doc.get("deleted_at") is not None, doc_id,
-            intern_format(fmt if isinstance(fmt, dict) else None), _content_sha(doc)))
+        # Interned here as the state will (the same shared dict): a format it cannot
+        # intern (an unhashable value) is this document's fault, reported as foreign.
+        return FileRow(rel, doc.get("sha256"), version, kind, doc.get("deleted_at") is not None, doc_id,
+                       intern_format(fmt if isinstance(fmt, dict) else None), _content_sha(doc))
 
     def find(self, logical: str, query: dict | None = None, projection: dict | None = None,
              sort: list | None = None) -> Iterator[dict]:
-        try:
+        with self._mongo_errors():
             cursor = self.coll[logical].find(query or {}, projection)
             if sort:
                 cursor = cursor.sort(sort)
             yield from cursor
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
 
     def find_one(self, logical: str, query: dict, **kw: Any) -> dict | None:
-        try:
+        with self._mongo_errors():
             return self.coll[logical].find_one(query, **kw)
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
 
     def count(self, logical: str, query: dict | None = None) -> int:
-        try:
+        with self._mongo_errors():
             return self.coll[logical].count_documents(query or {})
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
 
     def blob_sha256(self, blob_id: Any) -> str | None:
         """The sha256 recorded with a GridFS blob, without downloading it."""
-        try:
+        with self._mongo_errors():
             meta = self.db[f"{self.files_name}_blobs.files"].find_one({"_id": blob_id}, {"metadata": 1})
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
         return ((meta or {}).get("metadata") or {}).get("sha256")
 
     def read_blob(self, blob_id: Any) -> bytes:
-        try:
+        with self._mongo_errors():
             return self.bucket.open_download_stream(blob_id).read()
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
 
     # --- writing --------------------------------------------------------------------
     def _request(self, op: Op, now: datetime) -> Any:
         if op.action == "insert":
             return InsertOne(op.doc)
         if op.action == "update":
-            return ReplaceOne(_guard(op), _body(op.doc), upsert=True)
+            return ReplaceOne(version_guard(op), _body(op.doc), upsert=True)
         if op.action == "setpos":
-            return UpdateOne(_guard(op), {"$set": {"_sidecar.pos": op.pos}})
+            return UpdateOne(version_guard(op), {"$set": {"_sidecar.pos": op.pos}})
         if op.action == "delete":
-            return DeleteOne(_guard(op))
+            return DeleteOne(version_guard(op))
         if op.action == "mark_deleted":
             return UpdateOne({"_id": op.id}, {"$set": {"deleted_at": now}})
         raise ValueError(op.action)
@@ -502,221 +331,24 @@ class Store:
                     {"_id": blob_id}, {"$set": {"metadata.claimed_at": now}})
             op.doc["blob_id"] = blob_id
 
-    # --- tombstones -------------------------------------------------------------------
-    def _live(self, logical: str, ops: list[Op]) -> dict[Any, dict]:
-        """The live documents the ops address (``_key``), by op id."""
-        coll = self.coll[logical]
-        ids = {op.id for op in ops}
-        if logical == HUBS:
-            pairs = [op.id.split("/", 1) for op in ops]
-            query = {"hub_type": {"$in": sorted({t for t, _ in pairs})},
-                     "item_key": {"$in": sorted({k for _, k in pairs})}}
-        elif logical == EPISODES:
-            query = {"run_id": {"$in": sorted(ids)}}
-        else:
-            query = {"_id": {"$in": sorted(ids, key=str)}}
-        out: dict[Any, dict] = {}
-        for doc in coll.find(query):
-            nid = _natural_id(doc, logical)
-            if nid in ids:
-                out[nid] = doc
-        return out
-
-    def _tombstone(self, coll: str, doc_id: Any, path: Any, doc: dict, reason: str, op: Op,
-                   now: datetime) -> dict:
-        days = self.config.sidecar_tombstone_days
-        return {
-            "_id": _tombstone_id(coll, doc_id, doc, reason),
-            "coll": coll,
-            "doc_id": doc_id,
-            "path": path if isinstance(path, str) and path else None,
-            "doc": doc,
-            "deleted_at": now,
-            "expire_at": now + timedelta(days=days),
-            "days": days,
-            "reason": reason,
-            "version": op.version,
-        }
-
-    def _plan_removals(self, logical: str, ops: list[Op], now: datetime,
-                       result: ApplyResult) -> tuple[list[_Removal], list[_Removal]]:
-        """Read what the batch's deletes remove and what its manifest writes replace
-        (GridFS blobs), and build their tombstones. Returns (deletes to send,
-        blob replacements). A delete whose document is gone already is done; one
-        the version guard would refuse is stale: neither gets a tombstone."""
-        coll = self.coll[logical]
-        deletes = [op for op in ops if op.action == "delete"]
-        deletions: list[_Removal] = []
-        if deletes:
-            live = self._live(logical, deletes)
-            for op in deletes:
-                doc = live.get(op.id)
-                if doc is None:
-                    result.applied.append(op)  # nothing left to remove (an earlier try did)
-                    continue
-                if _newer_than(doc, op.version):
-                    result.stale.append(op)  # MongoDB holds newer data: the guard refuses
-                    continue
-                exact = dict(_guard(op))
-                exact["_id"] = doc["_id"]  # the very document read (ours, or one Mentorix created)
-                for name in _FINGERPRINT:
-                    exact[name] = {"$eq": doc.get(name)}
-                meta = doc.get("_sidecar")
-                path = op.rel or (meta.get("path") if isinstance(meta, dict) else None)
-                if logical == FILES:
-                    path = op.id
-                removal = _Removal(op, DeleteOne(exact), real_id=doc["_id"], tombstones=[
-                    self._tombstone(coll.name, op.id, path, doc, "deleted", op, now)])
-                if logical == FILES and doc.get("blob_id") is not None:
-                    removal.tombstones.append(
-                        self._tombstone(self.blobs_name, doc["blob_id"], path, doc, "deleted", op, now))
-                deletions.append(removal)
-        replaced: list[_Removal] = []
-        updates = [op for op in ops if logical == FILES and op.action == "update" and op.doc is not None]
-        if updates:
-            old = {d["_id"]: d for d in coll.find({"_id": {"$in": [op.id for op in updates]},
-                                                   "blob_id": {"$ne": None}})}
-            for op in updates:
-                doc = old.get(op.id)
-                if doc is None or doc.get("blob_id") == op.doc.get("blob_id") or _newer_than(doc, op.version):
-                    continue
-                replaced.append(_Removal(op, None, [self._tombstone(
-                    self.blobs_name, doc["blob_id"], op.id, doc, "blob_replaced", op, now)]))
-        return deletions, replaced
-
-    def _write_tombstones(self, removals: list[_Removal], result: ApplyResult) -> list[_Removal]:
-        """Upsert the tombstones (by their deterministic _id); the removals whose
-        tombstones all landed, in order. The others fail and are not sent."""
-        requests, owner = [], []
-        for i, removal in enumerate(removals):
-            for ts in removal.tombstones:
-                requests.append(ReplaceOne({"_id": ts["_id"]}, ts, upsert=True))
-                owner.append(i)
-        if not requests:
-            return removals
-        bad: dict[int, str] = {}
-        try:
-            self.coll[TOMBSTONES].bulk_write(requests, ordered=False)
-        except BulkWriteError as exc:
-            details = exc.details
-            if details.get("writeConcernErrors"):
-                raise MongoUnavailable("write concern not satisfied: " + self.config.scrub(
-                    str(details["writeConcernErrors"][0].get("errmsg", ""))))
-            for err in details.get("writeErrors", []):
-                bad[owner[err["index"]]] = f"tombstone refused: code {err.get('code')}"
-        except bson.errors.InvalidDocument:
-            if len(removals) > 1:  # find which, one by one
-                out: list[_Removal] = []
-                for removal in removals:
-                    out.extend(self._write_tombstones([removal], result))
-                return out
-            bad[0] = "tombstone too large or not encodable as BSON"
-        if bad:
-            self._drop_tombstones([ts["_id"] for i in bad for ts in removals[i].tombstones])
-        for i, why in bad.items():
-            result.failed.append((removals[i].op, why))
-        return [r for i, r in enumerate(removals) if i not in bad]
-
-    def _drop_tombstones(self, ids: list[Any]) -> None:
-        """Tombstones of removals that did not happen (refused, failed)."""
-        if ids:
-            self.coll[TOMBSTONES].delete_many({"_id": {"$in": ids}})
-
-    def _send_deletes(self, logical: str, removals: list[_Removal], result: ApplyResult) -> None:
-        """The deletes, each addressed to the document state its tombstone holds.
-        One that removed nothing was refused (newer data arrived in between): its
-        tombstone goes again, the op is stale."""
-        if not removals:
-            return
-        coll = self.coll[logical]
-        failed: set[int] = set()
-        try:
-            removed = coll.bulk_write([r.request for r in removals], ordered=False).deleted_count
-        except BulkWriteError as exc:
-            details = exc.details
-            if details.get("writeConcernErrors"):
-                raise MongoUnavailable("write concern not satisfied: " + self.config.scrub(
-                    str(details["writeConcernErrors"][0].get("errmsg", ""))))
-            removed = int(details.get("nRemoved", 0))
-            for err in details.get("writeErrors", []):
-                failed.add(err["index"])
-                removal = removals[err["index"]]
-                result.failed.append((removal.op, f"code {err.get('code')}: {str(err.get('errmsg', ''))[:120]}"))
-        sent = [r for i, r in enumerate(removals) if i not in failed]
-        refused = len(sent) - removed
-        present: set[Any] = set()
-        if refused > 0:
-            present = {d["_id"] for d in coll.find({"_id": {"$in": [r.real_id for r in sent]}}, {"_id": 1})}
-        drop = [ts["_id"] for i in failed for ts in removals[i].tombstones]
-        for removal in sent:
-            if removal.real_id not in present:
-                result.applied.append(removal.op)
-                continue
-            result.stale.append(removal.op)
-            # Still there: refused, unless it was removed and re-created meanwhile,
-            # which only a shortfall smaller than the survivors can tell. Then keep
-            # every tombstone: one too many is better than a lost version.
-            if len(present) <= refused:
-                drop.extend(ts["_id"] for ts in removal.tombstones)
-        self._drop_tombstones(drop)
-
     def gc_blobs(self, grace: timedelta = BLOB_GC_GRACE) -> int:
-        """Delete the GridFS blobs that no live manifest (``blob_id``) and no
-        tombstone names, uploaded (or last reused) more than ``grace`` ago. The
-        write path never deletes a blob; tombstones expire by TTL, and so the
-        blobs only they kept are freed by the next collection. Returns the count."""
-        try:
-            keep: set[Any] = set()
+        """Delete the GridFS blobs that no live manifest and no tombstone names,
+        older than ``grace`` (``Tombstones.gc_blobs``). Returns the count."""
+        with self._mongo_errors():
+            return self.tombstones.gc_blobs(grace)
 
-            def hold(value: Any) -> None:
-                try:
-                    keep.add(value)
-                except TypeError:  # an unhashable id written by someone else: never ours
-                    pass
-            for man in self.coll[FILES].find({"blob_id": {"$ne": None}}, {"blob_id": 1}):
-                hold(man.get("blob_id"))
-            for ts in self.coll[TOMBSTONES].find({"coll": {"$in": [self.files_name, self.blobs_name]}},
-                                                 {"coll": 1, "doc_id": 1, "doc.blob_id": 1}):
-                if ts.get("coll") == self.blobs_name:
-                    hold(ts.get("doc_id"))
-                doc = ts.get("doc")
-                if isinstance(doc, dict):
-                    hold(doc.get("blob_id"))
-            cutoff = utcnow() - grace
-            deleted = 0
-            for meta in self.db[f"{self.blobs_name}.files"].find({}, {"uploadDate": 1, "metadata.claimed_at": 1}):
-                blob_id = meta["_id"]
-                try:
-                    if blob_id in keep:
-                        continue
-                except TypeError:
-                    continue
-                claimed = (meta.get("metadata") or {}).get("claimed_at") if isinstance(
-                    meta.get("metadata"), dict) else None
-                stamps = [t for t in (meta.get("uploadDate"), claimed)
-                          if isinstance(t, datetime) and t.tzinfo is not None]
-                if not stamps or max(stamps) > cutoff:
-                    continue
-                try:
-                    self.bucket.delete(blob_id)
-                    deleted += 1
-                except gridfs.errors.NoFile:
-                    pass
-            if deleted:
-                log.info("gc: deleted %d GridFS blobs no manifest or tombstone names", deleted)
-            return deleted
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
-
-    def apply(self, ops: list[Op], state: MirrorState | None = None) -> ApplyResult:
-        """Write ops; record acknowledged ones in ``state``. Raises MongoUnavailable.
+    def apply(self, ops: list[Op]) -> ApplyResult:
+        """Write ops: which MongoDB acknowledged, which it refused as stale, which
+        failed. Raises MongoUnavailable. The caller records the acknowledged ones
+        in its state (``MirrorState.apply(result)``); the store keeps none.
 
         Nothing is hard-deleted: before a delete is sent, the document it removes
         is copied to ``memory_tombstones`` (and a GridFS blob a manifest stops
         naming gets a tombstone too; blobs are only ever deleted by ``gc_blobs``)."""
         result = ApplyResult()
         now = utcnow()
-        try:
+        # GridFS errors mean the same; a BulkWriteError escaping _bulk is a bug, kept as it is.
+        with self._mongo_errors(also=(gridfs.errors.GridFSError,), keep=(BulkWriteError,)):
             self._upload_blobs([op for op in ops if op.coll == FILES], now)
             by_coll: dict[str, list[Op]] = {}
             tracked = [op for op in ops if op.action == "track"]
@@ -734,24 +366,17 @@ class Store:
                 if batch and self.timers is not None:
                     self.timers.observe(f"write.{logical}", time.perf_counter() - t0)
             result.applied.extend(tracked)  # nothing to send; the state still learns
-        except (PyMongoError, gridfs.errors.GridFSError) as exc:
-            if isinstance(exc, BulkWriteError):  # pragma: no cover - handled in _bulk
-                raise
-            raise self._unavailable(exc) from None
-        if state is not None:
-            for op in result.applied:
-                apply_to_state(state, op)
         return result
 
     def _write_batch(self, logical: str, ops: list[Op], now: datetime, result: ApplyResult) -> None:
         if not any(op.action == "delete" or (logical == FILES and op.action == "update") for op in ops):
             self._bulk(logical, ops, now, result)
             return
-        deletions, replaced = self._plan_removals(logical, ops, now, result)
+        deletions, replaced = self.tombstones.plan_removals(logical, ops, now, result)
         # The tombstones land before anything they describe is removed or replaced;
         # an op whose tombstone MongoDB refused is not sent at all.
         failed_before = len(result.failed)
-        written = self._write_tombstones(deletions + replaced, result)
+        written = self.tombstones.write(deletions + replaced, result)
         refused = {id(op) for op, _ in result.failed[failed_before:]}
         deletions = [r for r in written if r.request is not None]
         replaced = [r for r in written if r.request is None]
@@ -761,8 +386,8 @@ class Store:
         if replaced and len(result.stale) + len(result.failed) > before:
             # A manifest write refused: it still names its blob, the tombstone lied.
             undone = {id(op) for op in result.stale} | {id(op) for op, _ in result.failed}
-            self._drop_tombstones([ts["_id"] for r in replaced if id(r.op) in undone for ts in r.tombstones])
-        self._send_deletes(logical, deletions, result)
+            self.tombstones.drop([ts["_id"] for r in replaced if id(r.op) in undone for ts in r.tombstones])
+        self.tombstones.send_deletes(logical, deletions, result)
 
     def _bulk(self, logical: str, ops: list[Op], now: datetime, result: ApplyResult) -> None:
         if not ops:
@@ -790,9 +415,7 @@ class Store:
             for op in ops:
                 self._bulk(logical, [op], now, result)
             return
-        if details.get("writeConcernErrors"):
-            raise MongoUnavailable("write concern not satisfied: " + self.config.scrub(
-                str(details["writeConcernErrors"][0].get("errmsg", ""))))
+        self.check_write_concern(details)
         failed_idx = {}
         for err in details.get("writeErrors", []):
             failed_idx[err["index"]] = err
@@ -823,7 +446,7 @@ class Store:
         if retry_guarded:
             self._bulk(logical, retry_guarded, now, result)
         for op in retry_natural:
-            res = coll.replace_one(_guard(op, natural=True), _body(op.doc), upsert=False)
+            res = coll.replace_one(version_guard(op, natural=True), _body(op.doc), upsert=False)
             (result.applied if res.matched_count else result.stale).append(op)
 
     def _setpos(self, logical: str, ops: list[Op], now: datetime, result: ApplyResult) -> None:
@@ -835,7 +458,7 @@ class Store:
             have = {d["_id"] for d in coll.find({"_id": {"$in": [op.id for op in ops]}}, {"_id": 1})}
             missing = [op for op in ops if op.id not in have]
             if missing:
-                coll.bulk_write([UpdateOne(_guard(op, natural=True), {"$set": {"_sidecar.pos": op.pos}})
+                coll.bulk_write([UpdateOne(version_guard(op, natural=True), {"$set": {"_sidecar.pos": op.pos}})
                                  for op in missing], ordered=False)
         result.applied.extend(ops)
 
@@ -848,32 +471,24 @@ class Store:
         free = [{"owner": me["owner"]}, {"expires_at": {"$lt": now}}, {"expires_at": {"$exists": False}}]
         if steal_from is not None:
             free.append({"owner": steal_from})
-        try:
-            self.meta.find_one_and_update(
-                {"_id": self.LEASE_ID, "$or": free},
-                {"$set": {**me, "expires_at": until, "renewed_at": now}}, upsert=True)
-            return None
-        except pymongo.errors.DuplicateKeyError:
+        with self._mongo_errors():
             try:
+                self.meta.find_one_and_update(
+                    {"_id": self.LEASE_ID, "$or": free},
+                    {"$set": {**me, "expires_at": until, "renewed_at": now}}, upsert=True)
+                return None
+            except pymongo.errors.DuplicateKeyError:
                 doc = self.meta.find_one({"_id": self.LEASE_ID})
-            except PyMongoError as exc:
-                raise self._unavailable(exc) from None
-            return doc if isinstance(doc, dict) else {}
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
+                return doc if isinstance(doc, dict) else {}
 
     def release_lease(self, owner: str) -> None:
-        try:
+        with self._mongo_errors():
             self.meta.delete_one({"_id": self.LEASE_ID, "owner": owner})
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None
 
     def record_events(self, events: list[dict]) -> None:
         if not events:
             return
-        try:
+        with self._mongo_errors():
             for start in range(0, len(events), self.config.sidecar_batch_size):
                 self.coll[EVENTS].insert_many(events[start:start + self.config.sidecar_batch_size],
                                               ordered=False)
-        except PyMongoError as exc:
-            raise self._unavailable(exc) from None

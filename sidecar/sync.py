@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from . import parity
 from .config import Config
-from .diff import FILES, Op, summarize
+from .names import EPISODES, FILES, HUBS, SNAPSHOTS
+from .state import Op, build_state, count_ops
 from .events import note_event
-from .model import EPISODES, HUBS, SNAPSHOTS, utcnow
+from .model import utcnow
 from .divergence import Divergence, DivergenceBook
 from .lease import Lease
 from .reconcile import Problem, Reconciler, SourceView
@@ -38,7 +39,7 @@ REPORT_REL = "reports/memory_backfill_report.json"
 
 def writes_summary(result: ApplyResult | None) -> dict[str, int]:
     """The report's ``writes``, in the Mentorix backfill report's terms."""
-    count = summarize(result.applied if result else [])
+    count = count_ops(result.applied if result else [])
     get = lambda coll, action: count.get(f"{coll}.{action}", 0)  # noqa: E731
     upserts = lambda coll: get(coll, "insert") + get(coll, "update")  # noqa: E731
     return {
@@ -94,7 +95,7 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
 def _sync(config: Config, store: Store, root: Path, started: float, dry_run: bool,
           report_path: Path | None, lease, timers: Timers) -> tuple[dict[str, Any], int]:
     with timers.time("load_state"):
-        state = store.load_state()
+        state = build_state(store.iter_state())
     rec = Reconciler(config)
     bar = _progress(None, "scanning")  # the file count is only known once walked
 
@@ -159,7 +160,7 @@ def build_report(config: Config, store: Store, view: SourceView, result: ApplyRe
     report.update(parity.compute(store, view, state=state))
     report["writes"] = writes_summary(result)
     if dry_run:
-        report["planned_writes"] = summarize(ops)
+        report["planned_writes"] = count_ops(ops)
     report["bad_input"] = {
         "count": len(view.problems),
         "by_reason": dict(Counter(p.reason for p in view.problems)),
@@ -189,7 +190,7 @@ def find_divergences(config: Config, store: Store) -> tuple[Reconciler, Any, lis
     held (this process saw none of them happen)."""
     check_root(config.data_dir)
     store.ping()
-    state = store.load_state()
+    state = build_state(store.iter_state())
     rec = Reconciler(config)
     _scan(rec, state, "divergences", "scanning", view_only=False, hashes=False)
     held, _, _ = rec.drain()
@@ -246,7 +247,7 @@ def run_parity(config: Config, store: Store) -> tuple[dict[str, Any], int]:
     """Parity only: the same comparison as sync, no writes, no report file."""
     check_root(config.data_dir)
     store.ping()
-    state = store.load_state()
+    state = build_state(store.iter_state())
     rec = Reconciler(config)
     ops, view = _scan(rec, state, "parity", "comparing")
     held, _, _ = rec.drain()

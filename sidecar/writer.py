@@ -17,9 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from .config import Config
-from .diff import MirrorState, Op, summarize
 from .events import EventOutbox, build_events
 from .reconcile import Problem
+from .state import MirrorState, Op, count_ops
 from .store import ApplyResult, Store
 
 
@@ -44,9 +44,10 @@ class Writer:
         started = time.monotonic()
         timed = self.status.timers.time("write") if self.status is not None else contextlib.nullcontext()
         with self._writing(), timed:
-            result = self.store.apply(ops, self.state)
+            result = self.store.apply(ops)
+        self.state.apply(result)  # only what MongoDB acknowledged
         if self.status is not None:
-            self.status.wrote(summarize(result.applied), time.monotonic() - started)
+            self.status.wrote(count_ops(result.applied), time.monotonic() - started)
             self.status.stale_refused += len(result.stale)
         for op, why in result.failed:
             problems.append(Problem(op.rel, "mongo_rejected", f"{op.rel}: {op.entity}: {why}", op.coll))

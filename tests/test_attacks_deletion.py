@@ -128,7 +128,7 @@ def test_heal_a_write_into_the_old_inode_just_after_the_rename_is_kept(data_dir,
 
 
 def test_recreated_same_inode_read_before_the_break_arrives_removes_nothing(make_config, store, data_dir):
-    from sidecar.diff import MirrorState
+    from sidecar.state import MirrorState
     from sidecar.mirror import Mirror
     from sidecar.pending import Pending
     from sidecar.status import Status
@@ -408,7 +408,7 @@ def test_tombstone_written_then_the_delete_fails_nothing_is_lost(data_dir, runni
     write_in_place(data_dir, HUB, entries(4))
     d = running()
     db = d.daemon.store.db
-    real = d.daemon.store._send_deletes
+    real = d.daemon.store.tombstones.send_deletes
     calls = {"n": 0}
 
     def dying(logical, removals, result):
@@ -417,7 +417,7 @@ def test_tombstone_written_then_the_delete_fails_nothing_is_lost(data_dir, runni
             raise MongoUnavailable("simulated: MongoDB went away after the tombstones")
         return real(logical, removals, result)
 
-    monkeypatch.setattr(d.daemon.store, "_send_deletes", dying)
+    monkeypatch.setattr(d.daemon.store.tombstones, "send_deletes", dying)
     write_in_place(data_dir, HUB, entries(3))  # l3 removed in place: a watched edit
     wait_for(lambda: calls["n"] >= 1 and (("l3" not in keys_in_mongo(db)) or HUB in held(d)), 15,
              what="the retry")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, free_port
 
-from sidecar.model import HUBS
+from sidecar.names import HUBS
 from sidecar.restore import restore
 from sidecar.sync import run_sync
 
@@ -459,7 +459,7 @@ def test_hub_entry_over_16mb_as_bson_is_too_large(mirrored, legacy_dir, config, 
 
 
 def test_one_oversized_document_fails_alone(store, db):
-    from sidecar.diff import Op
+    from sidecar.state import Op
 
     big = {"_id": "h/big", "hub_type": "h", "item_key": "big", "payload": [1] * 3_800_000,
            "_sidecar": {"version": 1}}

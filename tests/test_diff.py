@@ -17,20 +17,12 @@ from pymongo.errors import DuplicateKeyError
 
 from sidecar.classify import Kind
 from sidecar.config import Config
-from sidecar.diff import (
-    FILES,
-    EmptyHubRefused,
-    FileState,
-    HubState,
-    MirrorState,
-    _positions,
-    apply_to_state,
-    deletion_ops,
-    diff_plan,
-    summarize,
-)
+from sidecar.diff import EmptyHubRefused, _positions, deletion_ops, diff_plan
+from sidecar.state import count_ops
+from sidecar.state import FileState, HubState, MirrorState, apply_to_state, build_state
 from sidecar.parse import BadInput
-from sidecar.model import EPISODES, HUBS, SNAPSHOTS, build_plan
+from sidecar.model import build_plan
+from sidecar.names import EPISODES, FILES, HUBS, SNAPSHOTS
 from sidecar.parse import value_hash
 from sidecar.source import FileRead, sha256_hex
 from sidecar.store import Store
@@ -97,7 +89,7 @@ def test_positions_unknown_old_position_renumbers():
 def test_fresh_hub_inserts_every_entry_and_the_manifest():
     plan = plan_of(HUB, {"a": {"v": 1}, "b": {"v": 2}}, version=5)
     ops = diff_plan(plan, MirrorState(), "sync", NOW)
-    assert summarize(ops) == {f"{HUBS}.insert": 2, f"{FILES}.insert": 1}
+    assert count_ops(ops) == {f"{HUBS}.insert": 2, f"{FILES}.insert": 1}
     a = ops[0]
     assert (a.coll, a.action, a.id, a.pos, a.version) == (HUBS, "insert", "soft_identity/a", 0, 5)
     assert a.doc["hub_type"] == "soft_identity" and a.doc["item_key"] == a.doc["learner_id"] == "a"
@@ -119,7 +111,7 @@ def test_one_changed_entry_is_one_update_and_a_state_only_manifest_track():
     state = mirror(MirrorState(), diff_plan(plan_of(HUB, {"a": 1, "b": 2, "c": 3}), MirrorState(), "s", NOW))
     ops = diff_plan(plan_of(HUB, {"a": 1, "b": 20, "c": 3}, version=2), state, "s", NOW)
     # The manifest document is not rewritten (same format, same hub): only the state learns the sha.
-    assert summarize(ops) == {f"{HUBS}.update": 1, f"{FILES}.track": 1}
+    assert count_ops(ops) == {f"{HUBS}.update": 1, f"{FILES}.track": 1}
     assert ops[-1].doc is None and ops[-1].after != ops[-1].before
     upd = ops[0]
     assert upd.id == "soft_identity/b" and upd.before == value_hash(2) and upd.after == value_hash(20)
@@ -130,9 +122,9 @@ def test_removed_key_is_a_delete_and_append_is_an_insert_without_setpos():
     state = mirror(MirrorState(), diff_plan(plan_of(HUB, {"a": 1, "b": 2, "c": 3}), MirrorState(), "s", NOW))
     # Nothing is removed unless the deletion model says so.
     held = diff_plan(plan_of(HUB, {"a": 1, "c": 3, "d": 4}, version=2), state, "s", NOW)
-    assert summarize(held) == {f"{HUBS}.insert": 1, f"{FILES}.track": 1}
+    assert count_ops(held) == {f"{HUBS}.insert": 1, f"{FILES}.track": 1}
     ops = diff_plan(plan_of(HUB, {"a": 1, "c": 3, "d": 4}, version=2), state, "s", NOW, remove={"b"})
-    assert summarize(ops) == {f"{HUBS}.insert": 1, f"{HUBS}.delete": 1, f"{FILES}.track": 1}
+    assert count_ops(ops) == {f"{HUBS}.insert": 1, f"{HUBS}.delete": 1, f"{FILES}.track": 1}
     ins = next(op for op in ops if op.action == "insert")
     assert ins.id == "soft_identity/d" and ins.pos == 3
     dele = next(op for op in ops if op.action == "delete")
@@ -157,12 +149,12 @@ def test_empty_hub_over_held_entries_is_refused_unless_allowed():
         diff_plan(plan_of(HUB, {}, version=2), state, "s", NOW)
     assert info.value.held == 2 and info.value.rel == HUB
     ops = diff_plan(plan_of(HUB, {}, version=2), state, "s", NOW, allow_empty_hub=True, remove={"a", "b"})
-    assert summarize(ops) == {f"{HUBS}.delete": 2, f"{FILES}.track": 1}
+    assert count_ops(ops) == {f"{HUBS}.delete": 2, f"{FILES}.track": 1}
 
 
 def test_empty_hub_on_an_empty_mirror_is_fine():
     ops = diff_plan(plan_of(HUB, {}), MirrorState(), "s", NOW)
-    assert summarize(ops) == {f"{FILES}.insert": 1}
+    assert count_ops(ops) == {f"{FILES}.insert": 1}
 
 
 def test_bad_entry_is_neither_written_nor_deleted():
@@ -198,7 +190,7 @@ def test_hub_with_only_bad_entries_is_not_an_empty_hub():
 def test_snapshot_history_one_insert_per_distinct_content():
     snap = {"timestamp": "2026-02-21T05:29:24.762951", "active_runs": []}
     ops = diff_plan(plan_of("snapshot.json", snap), MirrorState(), "s", NOW)
-    assert summarize(ops) == {f"{SNAPSHOTS}.insert": 1, f"{FILES}.insert": 1}
+    assert count_ops(ops) == {f"{SNAPSHOTS}.insert": 1, f"{FILES}.insert": 1}
     doc = ops[0].doc
     assert doc["_id"] == doc["snapshot_id"] == value_hash(snap)
     assert doc["timestamp_dt"] == datetime(2026, 2, 21, 5, 29, 24, 762951, tzinfo=timezone.utc)
@@ -206,7 +198,7 @@ def test_snapshot_history_one_insert_per_distinct_content():
     state = mirror(MirrorState(), ops)
     assert diff_plan(plan_of("snapshot.json", snap, 2), state, "s", NOW) == []
     newer = dict(snap, timestamp="2026-02-22T00:00:00")
-    assert summarize(diff_plan(plan_of("snapshot.json", newer, 3), state, "s", NOW)) == {
+    assert count_ops(diff_plan(plan_of("snapshot.json", newer, 3), state, "s", NOW)) == {
         f"{SNAPSHOTS}.insert": 1, f"{FILES}.update": 1}
 
 
@@ -368,7 +360,7 @@ def test_request_translation_writes_the_documents(mock_store):
     assert ops[-1].action == "track" and man["sha256"] == ops[-1].before
     assert state.files[HUB].sha256 == ops[-1].after
     # load_state reads back exactly the mirror state the ops produced
-    assert mock_store.load_state().hubs == state.hubs
+    assert build_state(mock_store.iter_state()).hubs == state.hubs
 
 
 def test_version_guard_refuses_a_stale_replace_and_delete(mock_store):
@@ -401,4 +393,4 @@ def test_mark_deleted_sets_deleted_at_and_keeps_content(mock_store):
     execute(mock_store, deletion_ops("runs/run_1.json", state, propagate=False, version=2))
     man = mock_store.db[mock_store.files_name].find_one({"_id": "runs/run_1.json"})
     assert man["deleted_at"] == NOW.replace(tzinfo=None) and man["content"] == {"a": 1}
-    assert mock_store.load_state().files["runs/run_1.json"].deleted
+    assert build_state(mock_store.iter_state()).files["runs/run_1.json"].deleted

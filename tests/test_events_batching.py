@@ -8,7 +8,7 @@ import pytest
 
 import sidecar.events as events_mod
 from sidecar.config import Config
-from sidecar.diff import MirrorState
+from sidecar.state import MirrorState
 from sidecar.events import EVENTS_BATCH
 from sidecar.mirror import Mirror
 from sidecar.pending import Pending

@@ -18,7 +18,9 @@ import pytest
 
 from sidecar import parity
 from sidecar.classify import Kind
-from sidecar.diff import FILES, FileState, HubState, MirrorState, apply_to_state, diff_plan, pack_hash, unpack_hash
+from sidecar.diff import diff_plan
+from sidecar.names import FILES
+from sidecar.state import FileState, HubState, MirrorState, apply_to_state, build_state, pack_hash, unpack_hash
 from sidecar.model import build_plan
 from sidecar.reconcile import Reconciler
 from sidecar.source import FileRead, sha256_hex
@@ -106,7 +108,7 @@ def test_warm_start_from_mongodb_finds_no_changes_and_parity_matches(legacy_dir,
     report, code = run_sync(config, store)
     assert code == 0 and report["writes"]["total"] > 0
 
-    state = store.load_state()
+    state = build_state(store.iter_state())
     assert state.episodes and all(type(d) is bytes for d, _ in state.episodes.values())
     assert all(type(fs._sha) is bytes for fs in state.files.values())
     # the manifest's run_id and the episodes key are one object
@@ -151,7 +153,7 @@ def test_parity_streamed_from_mongodb_sees_changes_behind_the_sidecars_back(lega
     assert kinds["files"]["different"]["keys"] == ["scheduled_jobs.json"]
     assert kinds["episodes"]["checksum_source"] != kinds["episodes"]["checksum_mongo"]
     # the same comparison from a loaded state gives the same report
-    state = store.load_state()
+    state = build_state(store.iter_state())
     assert streamed == parity.compute(store, view, state=state)
     assert state.files["runs/run_b.json"].sha256 == sha256_hex(b'{"compact":true}').upper()
     ops, _ = Reconciler(config).scan(state, "test")
@@ -180,6 +182,6 @@ def test_source_view_is_compact_and_pending_finds_renamed_episodes(legacy_dir, c
     assert report["kinds"]["episodes"]["pending"] == 1
     assert report["kinds"]["episodes"]["mismatch"] == 0
     # The daemon's reconcile keeps no hashes at all, only problems and the paths present.
-    _, lean = Reconciler(config).scan(store.load_state(), "reconcile", hashes=False)
+    _, lean = Reconciler(config).scan(build_state(store.iter_state()), "reconcile", hashes=False)
     assert not (lean.episodes or lean.files or lean.hubs or lean.episode_paths or lean.snapshot)
     assert "episodes/skeleton_odd.json" in lean.present

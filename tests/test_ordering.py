@@ -16,9 +16,9 @@ from conftest import wait_for
 from daemon_fixtures import daemon_config, running  # noqa: F401
 from sidecar.cli import main
 from sidecar.clock import Clock
-from sidecar.diff import FILES, Op
+from sidecar.state import Op
 from sidecar.lease import Lease, LeaseHeld
-from sidecar.model import EPISODES, HUBS, META
+from sidecar.names import EPISODES, FILES, HUBS, META
 from sidecar.restore import restore
 from sidecar.sync import run_sync
 

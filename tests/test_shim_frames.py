@@ -18,13 +18,13 @@ import pytest
 from conftest import wait_for
 from daemon_fixtures import daemon_config, running  # noqa: F401 - fixtures
 from sidecar.config import Config
-from sidecar.diff import MirrorState
+from sidecar.state import MirrorState
 from sidecar.lease import LeaseHeld
 from sidecar.mirror import Mirror
 from sidecar.pending import Pending
 from sidecar.shimserver import ShimEvent
 from sidecar.status import Status
-from sidecar.store import MongoUnavailable
+from sidecar.store import ApplyResult, MongoUnavailable
 
 REL = "scheduled_jobs.json"
 
@@ -116,18 +116,12 @@ class Store:
     def identity(self):
         return ()
 
-    def apply(self, ops, state=None):
-        from sidecar.store import ApplyResult
+    def apply(self, ops):
         if self.down:
             raise MongoUnavailable("down")
         self.threads.add(threading.current_thread().name)
-        result = ApplyResult(applied=list(ops))
-        if state is not None:
-            from sidecar.diff import apply_to_state
-            for op in ops:
-                apply_to_state(state, op)
         self.applied.extend(ops)
-        return result
+        return ApplyResult(applied=list(ops))
 
     def record_events(self, events):
         if self.down:

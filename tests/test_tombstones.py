@@ -20,8 +20,10 @@ from pydantic import ValidationError
 
 from sidecar.cli import main
 from sidecar.config import Config
-from sidecar.diff import FILES, Op, deletion_ops
-from sidecar.model import HUBS, INLINE_MAX_BYTES, TOMBSTONES
+from sidecar.diff import deletion_ops
+from sidecar.state import Op, build_state
+from sidecar.model import INLINE_MAX_BYTES
+from sidecar.names import FILES, HUBS, TOMBSTONES
 from sidecar.reconcile import Reconciler
 from sidecar.restore import restore
 from sidecar.store import MongoUnavailable, Store
@@ -174,12 +176,13 @@ def test_deleted_files_are_tombstoned_and_restored_byte_identical(files_data, co
     episode_before = db.episodic_memory.find_one({"run_id": "r1"})
     hub_keys = list(json.loads((files_data / HUB).read_text()))
     big_blob = live_before[BIG]["blob_id"]
-    state = store.load_state()
+    state = build_state(store.iter_state())
     ops = []
     for rel in gone:
         ops += deletion_ops(rel, state, propagate=True, version=time.time_ns())
         (files_data / rel).unlink()
-    result = store.apply(ops, state)
+    result = store.apply(ops)
+    state.apply(result)
     assert not result.stale and not result.failed and len(result.applied) == len(ops)
 
     assert db[files].count_documents({"_id": {"$in": gone}}) == 0
@@ -217,8 +220,8 @@ def test_deleted_files_are_tombstoned_and_restored_byte_identical(files_data, co
 def test_every_hub_entry_of_a_deleted_hub_file_is_tombstoned(legacy_dir, config, store, db):
     synced(config, store)
     keys = list(json.loads((legacy_dir / HUB).read_text()))
-    state = store.load_state()
-    store.apply(deletion_ops(HUB, state, propagate=True, version=time.time_ns()), state)
+    state = build_state(store.iter_state())
+    state.apply(store.apply(deletion_ops(HUB, state, propagate=True, version=time.time_ns())))
     assert {t["doc"]["item_key"] for t in tombstones(db, coll="memory_hubs")} == set(keys)
     assert all(t["path"] == HUB for t in tombstones(db, coll="memory_hubs"))
 
@@ -310,8 +313,9 @@ def test_a_refused_stale_delete_leaves_no_tombstone(legacy_dir, config, store, d
     doc = db.memory_hubs.find_one({"hub_type": "soft_identity"})
     older = doc["_sidecar"]["version"] - 1
     op = Op(HUBS, "delete", doc["_id"], older, before=doc["_sidecar"]["hash"], rel=HUB)
-    state = store.load_state()
-    result = store.apply([op], state)
+    state = build_state(store.iter_state())
+    result = store.apply([op])
+    state.apply(result)
     assert result.stale == [op] and not result.applied
     assert db.memory_hubs.find_one({"_id": doc["_id"]}) == doc
     assert tombstones(db) == []
@@ -323,9 +327,9 @@ def test_a_delete_refused_because_the_document_changed_meanwhile_drops_its_tombs
     synced(config, store)
     key, _ = remove_key(legacy_dir, HUB, 0)
     doc_id = f"soft_identity/{key}"
-    state = store.load_state()
+    state = build_state(store.iter_state())
     ops = scan_with_removals(config, state)
-    real = store._write_tombstones
+    real = store.tombstones.write
 
     def then_mentorix_writes(removals, result):
         out = real(removals, result)
@@ -334,8 +338,9 @@ def test_a_delete_refused_because_the_document_changed_meanwhile_drops_its_tombs
         db.memory_hubs.update_one({"_id": doc_id}, {"$set": {"payload": {"newer": 1},
                                                              "updated_at": "2099-01-01T00:00:00+00:00"}})
         return out
-    monkeypatch.setattr(store, "_write_tombstones", then_mentorix_writes)
-    result = store.apply(ops, state)
+    monkeypatch.setattr(store.tombstones, "write", then_mentorix_writes)
+    result = store.apply(ops)
+    state.apply(result)
     assert [op.id for op in result.stale] == [doc_id]
     assert db.memory_hubs.find_one({"_id": doc_id})["payload"] == {"newer": 1}  # not removed
     assert tombstones(db) == []  # no tombstone claims a deletion that did not happen
@@ -357,7 +362,7 @@ def test_mongo_gone_between_tombstone_and_delete_keeps_the_doc_and_a_retry_makes
     (files_data / RUN).unlink()
 
     def ops_now():
-        state = store.load_state()
+        state = build_state(store.iter_state())
         hub_ops = scan_with_removals(config, state)  # the hub edit (and RUN's removal, filtered out)
         hub_ops = [op for op in hub_ops if op.coll == HUBS]
         return state, hub_ops + deletion_ops(RUN, state, propagate=True, version=time.time_ns())
@@ -368,7 +373,7 @@ def test_mongo_gone_between_tombstone_and_delete_keeps_the_doc_and_a_retry_makes
     try:
         for coll in (FILES, HUBS):  # one at a time: the first failure stops a whole apply
             with pytest.raises(MongoUnavailable):
-                store.apply([op for op in ops if op.coll == coll], state)
+                state.apply(store.apply([op for op in ops if op.coll == coll]))
     finally:
         _fail_deletes(db, False)
     # The tombstones landed, the deletes did not: the live documents are still there.
@@ -377,13 +382,14 @@ def test_mongo_gone_between_tombstone_and_delete_keeps_the_doc_and_a_retry_makes
     assert len(tombstones(db)) == 2
     # The retry is a new diff (a file deletion's op has a new version): still one tombstone each.
     state, ops = ops_now()
-    result = store.apply(ops, state)
+    result = store.apply(ops)
+    state.apply(result)
     assert len(result.applied) == 2 and not result.stale
     assert db.memory_hubs.find_one({"_id": doc_id}) is None and db[files].find_one({"_id": RUN}) is None
     assert len(tombstones(db, coll="memory_hubs", doc_id=doc_id)) == 1
     assert len(tombstones(db, coll=files, doc_id=RUN)) == 1
     # ...and a replay of the same ops once everything is gone changes nothing
-    assert len(store.apply(ops, store.load_state()).applied) == 2
+    assert len(store.apply(ops).applied) == 2
     assert len(tombstones(db)) == 2
 
 

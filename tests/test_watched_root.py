@@ -20,6 +20,7 @@ import pytest
 from conftest import ROOT, free_port, wait_for
 from daemon_fixtures import TOKEN, daemon_config, reconcile_now, running  # noqa: F401
 from sidecar.reconcile import Reconciler
+from sidecar.state import build_state
 from sidecar.source import DataDirMissing, SourceError, check_root, exists, read_file, sha256_hex, walk
 
 # watchdog's own recursive re-add of a just-created directory can warn about a duplicate
@@ -207,7 +208,7 @@ def test_reconcile_without_a_root_records_nothing_deleted(make_config, data_dir,
     config = make_config()
     fill(data_dir)
     run_sync(config, store)
-    state = store.load_state()
+    state = build_state(store.iter_state())
     assert len(state.files) == 3
     shutil.rmtree(data_dir)
     ops, view = Reconciler(config).scan(state, "reconcile")
