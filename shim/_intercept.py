@@ -62,6 +62,7 @@ from typing import Any, Callable
 from ._breaker import Breaker
 from ._config import ShimConfig
 from ._ignore import rules_for
+from ._protocol import REPORT_FORMAT
 
 log = logging.getLogger("mentorix_shim")
 
@@ -881,7 +882,7 @@ class Shim:
     def report_text(self) -> str:
         """The ``shim`` key of a frame header (PROTOCOL.md), formatted."""
         counts = self.stats.snapshot()
-        return ',"shim":{"breaker":"%s","unconfirmed":%d,"sync_failed":%d,"breaker_opened":%d}' % (
+        return REPORT_FORMAT % (
             self.breaker.view(), counts["unconfirmed"], counts["sync_failed"], counts["breaker_opened"])
 
     def _sync_failed(self, op: str, full: str, rel: str, reason: str, suppress: bool) -> None:
