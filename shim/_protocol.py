@@ -18,7 +18,7 @@ import struct
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._intercept import Event
+    from ._events import Event
 
 PROTOCOL_VERSION = 1
 LEN = struct.Struct(">I")  # the length prefix of a header or a reply

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from ._protocol import LEN, MAX_REPLY, encode_frames, encode_header
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._intercept import Event, Stats
+    from ._events import Event, Stats
 
 # While the sidecar is away, at most one connect attempt per interval from the
 # async sender, so that a down sidecar costs nothing per write.
