@@ -35,7 +35,7 @@ COUNTERS = (
     "connect_failures",
     "send_failures",
     "unconfirmed",  # sync writes that did not wait: the breaker was open (shim/_breaker.py)
-    "breaker_opened",  # times the sync breaker opened
+    "breaker_opened",  # times the sync breaker opened (Breaker.opened)
 )
 
 
@@ -58,6 +58,9 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(COUNTERS, 0)
+        # The sync breaker (shim/_breaker.py) counts its own openings under its
+        # lock: "breaker_opened" is read from it, never counted a second time.
+        self.breaker: Any = None
 
     def inc(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -65,7 +68,11 @@ class Stats:
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._counts)
+            counts = dict(self._counts)
+        breaker = self.breaker
+        if breaker is not None:
+            counts["breaker_opened"] = breaker.opened
+        return counts
 
     def after_fork(self) -> None:
         # Another thread may have held the lock at fork time.

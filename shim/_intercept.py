@@ -316,6 +316,7 @@ class Shim:
         self.sync = config.mode == "sync"
         self.closed_on_failure = config.on_failure == "closed"
         self.breaker = Breaker(config.breaker_s)
+        stats.breaker = self.breaker  # its openings are the "breaker_opened" counter
         self.active = False
         self.real_dir = config.data_dir
         self.real_prefix = config.data_dir + "/"
@@ -735,8 +736,6 @@ class Shim:
             self.transport.deliver(event, True)
         except Exception as exc:
             self.stats.inc("sync_failed")
-            if self.breaker.state != "open":
-                self.stats.inc("breaker_opened")
             self.breaker.failure()
             self._note_breaker()
             self._sync_failed(event.op, full, event.path, str(exc) or type(exc).__name__, suppress)
