@@ -59,6 +59,7 @@ from typing import Any, Callable
 from ._breaker import Breaker
 from ._codecs import _UNTRANSLATED, _codec_of, _known_payload, _plain_codec, _text_args
 from ._config import ShimConfig
+from ._datadir import DataDir
 from ._events import Event, Stats, _bump, _mark, _tls
 from ._ignore import rules_for
 from ._protocol import REPORT_FORMAT
@@ -82,27 +83,6 @@ def _has_opener(args: tuple, kwargs: dict) -> bool:
     return kwargs.get("opener") is not None or (len(args) >= 6 and args[5] is not None)
 
 
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-# Directories below the data dir are opened one by one, never through a
-# symlink (O_NOFOLLOW + O_DIRECTORY fails on one): the descriptor is then known
-# to be inside without asking /proc, the dearest call of the read-back.
-_DIR_FLAGS = getattr(os, "O_PATH", 0) | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(
-    os, "O_CLOEXEC", 0)
-try:
-    import posix as _posix
-
-    _REAL_OS_OPEN: Any = _posix.open
-except ImportError:  # pragma: no cover - not a POSIX system
-    _REAL_OS_OPEN = None
-_WALK = (
-    _REAL_OS_OPEN is not None
-    and hasattr(os, "O_PATH")
-    and hasattr(os, "O_NOFOLLOW")
-    and hasattr(os, "O_DIRECTORY")
-    and os.open in getattr(os, "supports_dir_fd", ())
-)
-
-
 # ---------------------------------------------------------------------------
 # the installed shim
 # ---------------------------------------------------------------------------
@@ -116,204 +96,18 @@ class Shim:
         self.breaker = Breaker(config.breaker_s)
         stats.breaker = self.breaker  # its openings are the "breaker_opened" counter
         self.active = False
-        self.real_dir = config.data_dir
-        self.real_prefix = config.data_dir + "/"
-        # str.startswith takes a tuple: one C call checks both spellings.
-        self.prefixes = tuple(dict.fromkeys((self.real_prefix, config.data_dir_abs + "/")))
+        self.dir = DataDir(config, stats)
+        self.prefixes = self.dir.prefixes  # read on every write spelled inside (_write_direct)
         self._ready: Callable[[], bool] = getattr(transport, "ready", None) or (lambda: True)
         # rel -> ignored? (the sidecar's own rules: built-in globs + SIDECAR_IGNORE)
         self.ignored = rules_for(config.ignore)
         self._patches: list[tuple[Any, str, bool, Any, Any]] = []
-        self._use_proc = True
         # (CPython's Path.open, our io.open wrapper) when write_text/write_bytes
         # can take the short route (_write_direct); set by patch().
         self._direct: tuple[Any, Any] | None = None
         self._real_open: Any = None
         self._last_warning = float("-inf")
         self._warn_lock = threading.Lock()
-
-    # -- where is a path -------------------------------------------------------
-    def candidate(self, file: Any) -> str | None:
-        """The absolute path if it is *spelled* inside the data dir, else None.
-
-        Purely lexical (plus ``getcwd`` for a relative path): this is what
-        every write outside the dir pays. Whether the file really is inside
-        is decided on the descriptor at read-back time (``_read_back``).
-        """
-        if file.__class__ is str:
-            p = file
-        elif isinstance(file, int):  # a descriptor (or bool): cannot map it
-            return None
-        else:
-            p = os.fspath(file)
-            if isinstance(p, bytes):
-                p = os.fsdecode(p)
-        if not p:
-            return None
-        if p[0] != "/":
-            p = os.getcwd() + "/" + p
-        if p.startswith(self.prefixes):
-            return p
-        # Only odd spellings ("//", "/./", "/../") deserve a second look.
-        if ("//" in p or "/." in p) and os.path.normpath(p).startswith(self.prefixes):
-            return p
-        return None
-
-    def locate(self, file: Any) -> tuple[str, str] | None:
-        """(resolved path, posix path relative to the data dir) or None.
-
-        For deletes and moves, decided before/after the call on the path:
-        None for anything not inside the data dir, for a final component
-        that is a symlink, and for the data dir itself.
-        """
-        p = self.candidate(file)
-        return None if p is None else self._resolve(p)
-
-    def _resolve(self, p: str) -> tuple[str, str] | None:
-        if "//" in p or "/." in p:
-            # ".." must be resolved after symlinks, as the kernel does, so no
-            # lexical shortcut: let realpath decide.
-            parent, name = os.path.split(p)
-            if not name or name in (".", ".."):
-                return None
-            return self._finish(os.path.realpath(parent), name)
-        for prefix in self.prefixes:
-            if p.startswith(prefix):
-                rest = p[len(prefix):]
-                break
-        else:  # pragma: no cover - locate() checked the prefix
-            return None
-        parts = rest.split("/")
-        name = parts.pop()
-        if not name:
-            return None
-        # The dir itself was resolved at install time; only what is below it
-        # can hide a symlink. One lstat per level, realpath only on a link.
-        current = self.real_dir
-        for part in parts:
-            current = current + "/" + part
-            try:
-                mode = os.lstat(current).st_mode
-            except OSError:
-                return None  # the real call will fail on the missing parent
-            if stat.S_ISLNK(mode):
-                return self._finish(os.path.realpath(self.real_dir + "/" + "/".join(parts)), name)
-        return self._finish(current, name)
-
-    def _finish(self, real_parent: str, name: str) -> tuple[str, str] | None:
-        if real_parent != self.real_dir and not real_parent.startswith(self.real_prefix):
-            return None
-        full = real_parent + "/" + name
-        try:
-            if stat.S_ISLNK(os.lstat(full).st_mode):
-                self.stats.inc("skipped_symlinks")
-                return None
-        except OSError:
-            pass  # not there yet: a file about to be created
-        return full, full[len(self.real_prefix):]
-
-    # -- reading back -------------------------------------------------------------
-    def _real_path_of(self, fd: int, path: str) -> str | None:
-        """Where the open descriptor really is, if inside the data dir.
-
-        The kernel knows (one readlink of /proc/self/fd/N); without /proc
-        (other OSes, pyfakefs) the parent is resolved with lstat/realpath.
-        """
-        if self._use_proc:
-            try:
-                real = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                self._use_proc = False
-            else:
-                return real if real.startswith(self.real_prefix) else None
-        loc = self._resolve(path)
-        return None if loc is None else loc[0]
-
-    def _open_beneath(self, path: str) -> tuple[int, str] | None:
-        """(descriptor, relative path) of the file, reached without any symlink.
-
-        The file is inside by construction (``_beneath``): no /proc lookup.
-        None (take the slow path) for an unusual spelling or when a directory
-        on the way is a symlink or missing; a symlinked final component
-        raises ELOOP as usual.
-        """
-        rel = self._plain_rel(path)
-        if rel is None:
-            return None
-        fd = self._beneath(rel, lambda name, dir_fd: os.open(name, _READ_FLAGS, dir_fd=dir_fd))
-        return None if fd is None else (fd, rel)
-
-    def _beneath(self, rel: str, call: Callable[[str, int | None], Any]) -> Any:
-        """``call(name, dir_fd)`` on the last component of ``rel`` (plain, see
-        ``_plain_rel``) in its directory, reached through no symlink.
-
-        Every directory below the data dir is opened one level at a time with
-        ``O_PATH | O_DIRECTORY | O_NOFOLLOW``, which fails on a symlink; the
-        data dir itself was resolved at install time. A top-level file gets
-        its full path and no descriptor. None when a directory on the way is
-        a symlink, missing or not a directory.
-        """
-        parts = rel.split("/")
-        name = parts.pop()
-        if not parts:
-            return call(self.real_prefix + name, None)
-        try:
-            dfd = os.open(self.real_prefix + parts[0], _DIR_FLAGS)
-        except OSError:
-            return None
-        try:
-            for part in parts[1:]:
-                try:
-                    sub = os.open(part, _DIR_FLAGS, dir_fd=dfd)
-                except OSError:
-                    return None
-                os.close(dfd)
-                dfd = sub
-            return call(name, dfd)
-        finally:
-            os.close(dfd)
-
-    def _read_back(self, path: str) -> tuple[str, bytes, int] | None:
-        """(relative path, exact bytes, mtime_ns) of a regular file inside the dir."""
-        try:
-            # os.open is the real one unless a fake file system (pyfakefs)
-            # stands in; then the generic way below.
-            opened = self._open_beneath(path) if _WALK and os.open is _REAL_OS_OPEN else None
-            if opened is None:
-                fd, rel = os.open(path, _READ_FLAGS), None
-            else:
-                fd, rel = opened
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # O_NOFOLLOW: the name is a symlink
-                self.stats.inc("skipped_symlinks")
-                return None
-            raise
-        try:
-            st = os.fstat(fd)
-            # st_nlink 0: removed since; /proc would show "... (deleted)".
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink == 0:
-                return None
-            if rel is None:
-                real = self._real_path_of(fd, path)
-                if real is None:
-                    return None
-                rel = real[len(self.real_prefix):]
-            size = st.st_size
-            # One byte more than expected: a short read of a regular file
-            # means EOF, so the usual case is a single read.
-            data = os.read(fd, size + 1)
-            if len(data) != size:
-                # Changed under us (another writer): read to the end. The
-                # mtime stays the one taken before reading, never newer than
-                # the bytes, so a race can only make the event look older.
-                chunks = [data]
-                while data:
-                    data = os.read(fd, 1 << 20)
-                    chunks.append(data)
-                data = b"".join(chunks)
-            return rel, data, st.st_mtime_ns
-        finally:
-            os.close(fd)
 
     # -- reporting ---------------------------------------------------------------
     def report_write(self, path: str, suppress: bool = False) -> None:
@@ -325,14 +119,14 @@ class Shim:
             # Ignored paths (an atomic writer's temp file, an editor's swap file,
             # SIDECAR_IGNORE) are never sent, nor even read back when the
             # spelling already says so; the resolved name is checked again below.
-            lexical = self._plain_rel(path)
+            lexical = self.dir.plain_rel(path)
             if lexical is not None and self.ignored(lexical):
                 self.stats.inc("ignored")
                 return
             if not self._ready() and (not sync or self.breaker.skips()):
                 event = None  # the sidecar is away (sync: and the breaker is open)
             else:
-                snap = self._read_back(path)
+                snap = self.dir.read_back(path)
                 if snap is None:
                     return
                 rel, data, mtime_ns = snap
@@ -375,7 +169,7 @@ class Shim:
             return
         try:
             known = _known_payload(text, data, args, kwargs)
-            rel = None if known is None else self._plain_rel(path)
+            rel = None if known is None else self.dir.plain_rel(path)
         except Exception:
             self.stats.inc("errors")
             return
@@ -431,13 +225,13 @@ class Shim:
                 event._codec = None
             event.path.encode("utf-8")  # the protocol is JSON: undecodable names stay with the watcher
             try:
-                st = self._lstat_beneath(event.path)
+                st = self.dir.lstat_beneath(event.path)
             except OSError:
                 self.stats.inc("superseded")  # removed, or a directory on the way replaced
                 return False
             if st is None:
                 try:
-                    snap = self._read_back(self.real_prefix + event.path)
+                    snap = self.dir.read_back(self.dir.real_prefix + event.path)
                 except OSError:  # removed meanwhile
                     self.stats.inc("superseded")
                     return False
@@ -461,32 +255,6 @@ class Shim:
         event.mtime_ns = st.st_mtime_ns
         self.stats.inc("writes")
         return True
-
-    def _lstat_beneath(self, rel: str) -> os.stat_result | None:
-        """lstat of ``rel`` (plain, see ``_plain_rel``) reached through no symlink.
-
-        None when a directory on the way is a symlink or missing, or below
-        the top level on a file system without ``O_PATH`` walks (pyfakefs);
-        OSError when the file itself is missing.
-        """
-        if "/" in rel and not (_WALK and os.open is _REAL_OS_OPEN):
-            return None
-        return self._beneath(rel, lambda name, dir_fd: os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
-
-    def _plain_rel(self, path: str) -> str | None:
-        """``path`` relative to the data dir if spelled plainly under it (no
-        ``.``/``..``/empty parts), else None."""
-        for prefix in self.prefixes:
-            if path.startswith(prefix):
-                rel = path[len(prefix):]
-                break
-        else:
-            return None
-        if not rel or rel[-1] == "/" or "//" in rel or "/." in rel or rel[0] == ".":
-            # "." and ".." parts (and, rarely, a name starting with a dot,
-            # which the read-back then handles)
-            return None
-        return rel
 
     def report_delete(self, loc: tuple[str, str], suppress: bool = False) -> None:
         if not self.active:
@@ -599,7 +367,7 @@ class Shim:
         if not self.active:
             return None
         try:
-            return self.locate(file)
+            return self.dir.locate(file)
         except Exception:
             # e.g. a path with a NUL byte: the real call raises its own error.
             self.stats.inc("errors")
@@ -609,7 +377,7 @@ class Shim:
         if not self.active:
             return None
         try:
-            return self.candidate(file)
+            return self.dir.candidate(file)
         except Exception:
             self.stats.inc("errors")
             return None
@@ -661,8 +429,8 @@ class Shim:
         if not self.active:
             return
         try:
-            dst_path = self.candidate(dst)
-            src_loc = self.locate(src)
+            dst_path = self.dir.candidate(dst)
+            src_loc = self.dir.locate(src)
             moved_file = False
             if src_loc is not None or dst_path is not None:
                 moved_file = stat.S_ISREG(os.lstat(dst).st_mode)
@@ -673,7 +441,7 @@ class Shim:
             return  # a directory or a symlink: the watcher sees what is below
         if dst_path is not None:
             self.report_write(dst_path)
-        if src_loc is not None and (dst_path is None or self.locate(dst_path) != src_loc):
+        if src_loc is not None and (dst_path is None or self.dir.locate(dst_path) != src_loc):
             self.report_delete(src_loc)
 
     def make_remove(self, orig: Callable[..., Any]) -> Callable[..., Any]:
@@ -798,7 +566,7 @@ class Shim:
                 # a Path caches its str form (what os.fspath returns)
                 p = getattr(path_obj, "_str", None)
                 if p.__class__ is not str or not p.startswith(self.prefixes):
-                    p = self.candidate(path_obj)
+                    p = self.dir.candidate(path_obj)
             if p is not None:
                 if self.sync and not self.breaker.skips():
                     return None

@@ -608,13 +608,13 @@ def test_real_fs_symlinked_dir_inside_reports_the_resolved_path(real, encoding):
 def read_backs(real, monkeypatch):
     """Paths the shim read back (instead of reporting the call's own bytes)."""
     seen = []
-    orig = shim._shim._read_back
+    orig = shim._shim.dir.read_back
 
     def spy(path):
         seen.append(os.path.basename(path))
         return orig(path)
 
-    monkeypatch.setattr(shim._shim, "_read_back", spy)
+    monkeypatch.setattr(shim._shim.dir, "read_back", spy)
     return seen
 
 
