@@ -123,8 +123,8 @@ class Shim:
             if lexical is not None and self.ignored(lexical):
                 self.stats.inc("ignored")
                 return
-            if not self._ready() and (not sync or self.breaker.skips()):
-                event = None  # the sidecar is away (sync: and the breaker is open)
+            if self._away():
+                event = None
             else:
                 snap = self.dir.read_back(path)
                 if snap is None:
@@ -141,12 +141,8 @@ class Shim:
             if sync:
                 self._sync_failed("write", path, path, f"could not read the file back ({type(exc).__name__})", suppress)
             return
-        if event is None:
-            # No read-back, no event: the watcher mirrors the file. Outside the
-            # try: with SIDECAR_SHIM_ON_FAILURE=closed this raises the documented OSError.
-            self.stats.inc("dropped_unavailable")
-            if sync:
-                self._unconfirmed("write", path, path, suppress)
+        if event is None:  # no read-back, no event
+            self._dropped("write", path, path, suppress)
             return
         self._deliver(event, path, suppress)
 
@@ -264,7 +260,7 @@ class Shim:
             if self.ignored(rel):
                 self.stats.inc("ignored")
                 return
-            if not self._ready() and (not self.sync or self.breaker.skips()):
+            if self._away():
                 event = None
             else:
                 rel.encode("utf-8")
@@ -273,12 +269,24 @@ class Shim:
         except Exception:
             self.stats.inc("errors")
             return
-        if event is None:  # the sidecar is away (sync: and the breaker is open)
-            self.stats.inc("dropped_unavailable")
-            if self.sync:
-                self._unconfirmed("delete", full, rel, suppress)
+        if event is None:
+            self._dropped("delete", full, rel, suppress)
             return
         self._deliver(event, full, suppress)
+
+    def _away(self) -> bool:
+        """True: the sidecar is away (the sender is backing off; in sync mode, and
+        this write or delete would not wait either: the breaker is open), so nothing
+        is read back or built: the event is ``_dropped``."""
+        return not self._ready() and (not self.sync or self.breaker.skips())
+
+    def _dropped(self, op: str, full: str, rel: str, suppress: bool) -> None:
+        """No event, the sidecar being away: the watcher mirrors the file. Called
+        outside the caller's try: in sync mode with SIDECAR_SHIM_ON_FAILURE=closed
+        this raises the documented OSError."""
+        self.stats.inc("dropped_unavailable")
+        if self.sync:
+            self._unconfirmed(op, full, rel, suppress)
 
     def _deliver(self, event: Event, full: str, suppress: bool) -> None:
         if not self.sync:
