@@ -4,7 +4,7 @@ Standard library only. A ``Path.write_text``/``write_bytes`` call whose bytes
 are certain (bytes, or a str with an explicit stateless encoding, strict
 errors and no newline translation) is reported with the call's own data in
 async mode, so the API thread does not read the file back
-(``Shim.report_written``, ``Shim._write_direct``).
+(``Reporter.report_written``, ``Shim._write_direct``).
 """
 
 from __future__ import annotations

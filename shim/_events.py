@@ -17,7 +17,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._intercept import Shim
+    from ._report import Reporter
 
 COUNTERS = (
     "writes",  # write events built (after read-back)
@@ -91,7 +91,7 @@ class Event:
     __slots__ = ("op", "path", "data", "mtime_ns", "seq", "pid", "_sha256", "_owner", "_codec")
 
     def __init__(self, op: str, path: str, data: Any, mtime_ns: int | None,
-                 owner: "Shim | None" = None, codec: str | None = None) -> None:
+                 owner: "Reporter | None" = None, codec: str | None = None) -> None:
         self.op = op  # "write" | "delete"
         self.path = path  # posix, relative to the resolved data dir
         self.data = data  # bytes; until settled, possibly a str to encode with ``codec``
@@ -106,7 +106,7 @@ class Event:
     def settle(self) -> bool:
         """Finish the event before it is sent; False: do not send it.
 
-        Only a write reported without a read-back (``Shim.report_written``)
+        Only a write reported without a read-back (``Reporter.report_written``)
         has anything left to do; the sender thread does it, off the API's
         path. Counted in the shim's stats.
         """

@@ -14,7 +14,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._intercept import Shim
+    from ._report import Reporter
 
 
 class FileProxy:
@@ -22,7 +22,7 @@ class FileProxy:
 
     __slots__ = ("_shim_f", "_shim_path", "_shim_owner", "_shim_done", "__weakref__")
 
-    def __init__(self, f: Any, path: str, owner: "Shim") -> None:
+    def __init__(self, f: Any, path: str, owner: "Reporter") -> None:
         object.__setattr__(self, "_shim_f", f)
         object.__setattr__(self, "_shim_path", path)
         object.__setattr__(self, "_shim_owner", owner)
@@ -140,7 +140,7 @@ io.BufferedIOBase.register(BufferedFileProxy)
 io.RawIOBase.register(RawFileProxy)
 
 
-def _proxy_for(f: Any, path: str, owner: "Shim") -> FileProxy:
+def _proxy_for(f: Any, path: str, owner: "Reporter") -> FileProxy:
     if isinstance(f, io.TextIOBase):
         return TextFileProxy(f, path, owner)
     if isinstance(f, io.BufferedIOBase):
