@@ -647,6 +647,26 @@ def test_real_fs_write_text_and_bytes_report_the_calls_own_bytes(real, read_back
     assert read_backs == ([name] if read_back else [])
 
 
+SPELLINGS = ["a.json", "sub/b.json", "sub/deeper/c.json", "sub/../d.json", ".hidden.json", "sub/.h.json",
+             "sub/x/../../e.json"]
+
+
+@pytest.mark.parametrize("rel", SPELLINGS)
+def test_real_fs_the_short_route_and_plain_rel_agree(real, rel):
+    # The short write_text route spells DataDir.plain_rel inline (measured: a
+    # Python call per write is paid cold on an idle API). Both must agree: the
+    # short route is taken exactly for the spellings plain_rel accepts.
+    recorder, data = real
+    for d in ("sub/deeper", "sub/x"):
+        (data / d).mkdir(parents=True, exist_ok=True)
+    path = pathlib.Path(str(data), *rel.split("/"))
+    before = getattr(_intercept._tls, "n", 0)
+    path.write_text("v", encoding="utf-8")
+    short = getattr(_intercept._tls, "n", 0) == before
+    assert short is (shim._shim.dir.plain_rel(str(path)) is not None)
+    assert [(e.path, e.data) for e in recorder.events] == [(os.path.normpath(rel), b"v")]
+
+
 def test_real_fs_write_text_short_route_only_for_cpythons_own_pathlib(real, monkeypatch):
     # The Mentorix write (write_text with an explicit utf-8) opens the file
     # with io.open's original itself: our io.open wrapper (which counts write

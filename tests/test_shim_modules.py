@@ -58,3 +58,8 @@ def test_a_frame_the_client_encodes_is_one_the_server_accepts():
     assert n == len(raw) - 4 and header["path"] == 'dïr/"q".json' and header["ack"] is True
     assert shimserver.parse_report(header["shim"]) == {"breaker": "open", "unconfirmed": 3, "sync_failed": 1,
                                                        "breaker_opened": 1}
+
+
+@pytest.mark.parametrize("module", SHIM_MODULES)
+def test_no_shim_module_is_over_500_lines(module):
+    assert len((ROOT / "shim" / f"{module}.py").read_text(encoding="utf-8").splitlines()) <= 500
