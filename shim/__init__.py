@@ -24,7 +24,8 @@ import threading
 from typing import Any
 
 from ._config import ShimConfig, load_config
-from ._intercept import MARK, Event, Shim, Stats
+from ._events import Event, Stats
+from ._intercept import MARK, Shim
 from ._transport import DeliveryError, SocketTransport
 
 __all__ = [

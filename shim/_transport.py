@@ -12,7 +12,9 @@ Two ways of sending, chosen per event by the caller:
   thread's own connection and wait for the reply; raise ``DeliveryError`` if
   it is not ``{"ok": true}`` within the timeout.
 
-Whatever replaces this class in tests only needs ``deliver(event, sync)``;
+The frame itself (layout, limits, statuses) is ``_protocol.py``, shared with
+the sidecar's server. Whatever replaces this class in tests only needs
+``deliver(event, sync)``;
 ``ready()``, ``flush(timeout)``, ``close(timeout)`` and ``after_fork()`` are
 optional.
 """
@@ -23,16 +25,15 @@ import collections
 import json
 import select
 import socket
-import struct
 import threading
 import time
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._intercept import Event, Stats
+from ._protocol import LEN, MAX_REPLY, encode_frames, encode_header
 
-PROTOCOL_VERSION = 1
-MAX_REPLY = 64 * 1024
+if TYPE_CHECKING:  # pragma: no cover
+    from ._events import Event, Stats
+
 # While the sidecar is away, at most one connect attempt per interval from the
 # async sender, so that a down sidecar costs nothing per write.
 RETRY_INTERVAL_S = 0.5
@@ -53,54 +54,11 @@ KEEP_WARM_S = 0.006
 _BATCH_EVENTS = 256
 _BATCH_BYTES = 4 * 1024 * 1024
 
-_LEN = struct.Struct(">I")
-# What json.dumps does to a str (ASCII-only escaping), without its per-call setup.
-_json_str = json.encoder.encode_basestring_ascii
 _STOP = object()
 
 
 class DeliveryError(Exception):
     """The sidecar did not confirm an event. The message never holds file data."""
-
-
-def encode_header(event: "Event", ack: bool, report: str = "") -> bytes:
-    """The length prefix and JSON header of one frame.
-
-    Formatted by hand: only the path needs JSON escaping, and this runs
-    once per event on a thread that shares the GIL with the API. Only a sync
-    frame carries the body's sha256: the daemon checks every body against the
-    file before using it, so hashing async bodies here would only spend the
-    API process's CPU. ``report``: the shim's own health (``"shim"`` key, see
-    PROTOCOL.md), already formatted; empty until the sync breaker first opened.
-    """
-    sha = event.sha256 if ack else None
-    mtime = event.mtime_ns
-    raw = (
-        '{"v":%d,"op":"%s","path":%s,"size":%d,"sha256":%s,"mtime_ns":%s,"seq":%d,"pid":%d,"ack":%s%s}'
-        % (
-            PROTOCOL_VERSION,
-            event.op,
-            _json_str(event.path),
-            0 if event.data is None else len(event.data),
-            "null" if sha is None else '"' + sha + '"',
-            "null" if mtime is None else "%d" % mtime,
-            event.seq,
-            event.pid,
-            "true" if ack else "false",
-            report,
-        )
-    ).encode("ascii")
-    return _LEN.pack(len(raw)) + raw
-
-
-def encode_frames(events: "list[Event]", report: str = "") -> bytes:
-    """Several ack-less frames as one buffer: one send for a burst of writes."""
-    parts = []
-    for event in events:
-        parts.append(encode_header(event, False, report))
-        if event.data:
-            parts.append(event.data)
-    return b"".join(parts)
 
 
 class _Connection:
@@ -158,7 +116,7 @@ class _Connection:
             raise TimeoutError("timed out before sending to the sidecar")
         self.sock.settimeout(remaining)
         self.send(event, True, report)
-        (n,) = _LEN.unpack(self._recv_exact(4, deadline))
+        (n,) = LEN.unpack(self._recv_exact(4, deadline))
         if n > MAX_REPLY:
             raise ValueError("oversized reply from the sidecar")
         reply = json.loads(self._recv_exact(n, deadline).decode("utf-8"))

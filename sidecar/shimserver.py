@@ -29,40 +29,34 @@ import os
 import re
 import socket
 import stat
-import struct
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+# The wire format's constants, shared with the shim's client (stdlib only).
+from shim._protocol import (
+    BREAKER_STATES,
+    MAX_BODY,
+    MAX_HEADER,
+    MAX_PATH,
+    OK,
+    OPS,
+    PROTOCOL_VERSION,
+    REPORT_COUNTS,
+    STATUSES,
+)
+from shim._protocol import LEN as _LEN
+
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
-MAX_HEADER = 64 * 1024
-MAX_BODY = 256 * 1024 * 1024
-MAX_PATH = 4096
 # Hashing a large body would stall every other connection: do it off-loop.
 _HASH_INLINE_MAX = 1024 * 1024
-# "queued": an async frame handed to the coalescing writer (never the reply to
-# a sync frame, which waits for the write).
-# "not_durable": a sync frame the daemon cannot confirm now (MongoDB known down or
-# stalled, or another writer holds the lease): answered at once, the path is queued.
-STATUSES = ("written", "unchanged", "stale", "queued", "ignored", "not_durable")
-DURABLE = ("written", "unchanged", "stale")  # the store holds this version or a newer one
-# What a sync writer may go on after: durable, or never to be stored ("ignored":
-# the path matches the ignore rules; an error would stall or fail the API's
-# write of, say, an atomic writer's temp file, which is not memory).
-OK = DURABLE + ("ignored",)
-
-# The shim's own health report (optional "shim" key of a header, PROTOCOL.md).
-BREAKER_STATES = ("closed", "open", "probe_due", "half_open")
-REPORT_COUNTS = ("unconfirmed", "sync_failed", "breaker_opened")
 # Writing processes remembered (the most recently heard from), and for how long a
 # report counts in the summary after that process's last frame.
 MAX_CLIENTS = 256
 CLIENT_TTL_S = 900.0
 
-_LEN = struct.Struct(">I")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -128,7 +122,7 @@ def parse_header(raw: bytes, max_body: int = MAX_BODY) -> dict[str, Any]:
     if header.get("v") != PROTOCOL_VERSION or not _is_int(header.get("v")):
         raise BadFrame("unsupported protocol version")
     op = header.get("op")
-    if op not in ("write", "delete"):
+    if op not in OPS:
         raise BadFrame("op must be 'write' or 'delete'")
     if type(header.get("ack")) is not bool:
         raise BadFrame("ack must be a boolean")

@@ -608,13 +608,13 @@ def test_real_fs_symlinked_dir_inside_reports_the_resolved_path(real, encoding):
 def read_backs(real, monkeypatch):
     """Paths the shim read back (instead of reporting the call's own bytes)."""
     seen = []
-    orig = shim._shim._read_back
+    orig = shim._shim.dir.read_back
 
     def spy(path):
         seen.append(os.path.basename(path))
         return orig(path)
 
-    monkeypatch.setattr(shim._shim, "_read_back", spy)
+    monkeypatch.setattr(shim._shim.dir, "read_back", spy)
     return seen
 
 
@@ -645,6 +645,26 @@ def test_real_fs_write_text_and_bytes_report_the_calls_own_bytes(real, read_back
     assert [(e.path, e.data) for e in recorder.events] == [(name, expected)]
     assert recorder.events[0].mtime_ns == (data / name).stat().st_mtime_ns
     assert read_backs == ([name] if read_back else [])
+
+
+SPELLINGS = ["a.json", "sub/b.json", "sub/deeper/c.json", "sub/../d.json", ".hidden.json", "sub/.h.json",
+             "sub/x/../../e.json"]
+
+
+@pytest.mark.parametrize("rel", SPELLINGS)
+def test_real_fs_the_short_route_and_plain_rel_agree(real, rel):
+    # The short write_text route spells DataDir.plain_rel inline (measured: a
+    # Python call per write is paid cold on an idle API). Both must agree: the
+    # short route is taken exactly for the spellings plain_rel accepts.
+    recorder, data = real
+    for d in ("sub/deeper", "sub/x"):
+        (data / d).mkdir(parents=True, exist_ok=True)
+    path = pathlib.Path(str(data), *rel.split("/"))
+    before = getattr(_intercept._tls, "n", 0)
+    path.write_text("v", encoding="utf-8")
+    short = getattr(_intercept._tls, "n", 0) == before
+    assert short is (shim._shim.dir.plain_rel(str(path)) is not None)
+    assert [(e.path, e.data) for e in recorder.events] == [(os.path.normpath(rel), b"v")]
 
 
 def test_real_fs_write_text_short_route_only_for_cpythons_own_pathlib(real, monkeypatch):
