@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
 
 from .classify import Kind, episode_path
 from .documents import episode_doc, hub_doc, hub_id, manifest_doc, snapshot_doc
