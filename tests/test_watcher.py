@@ -11,9 +11,12 @@ import os
 import shutil
 import threading
 import time
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from conftest import wait_for
 from daemon_fixtures import TOKEN, daemon_config, reconcile_now, running  # noqa: F401
@@ -389,6 +392,15 @@ def test_watchdog_log_text_is_not_an_overflow_signal(tmp_path):
         watcher.stop()
     assert "watch_overflow" not in status.error_counts
     assert len(pending) == 0
+
+
+def test_the_watchdog_tested_here_is_in_the_pinned_range():
+    """pyproject.toml pins the watchdog releases that have the overflow callback; the one these
+    tests run against must be one of them."""
+    spec = next(Requirement(r) for r in tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+                ["project"]["dependencies"] if Requirement(r).name == "watchdog")
+    assert spec.specifier.contains(version("watchdog")), (version("watchdog"), str(spec))
+    assert not spec.specifier.contains("7.0.0"), "7.0 has no on_queue_overflow: the pin must exclude it"
 
 
 # --- propagated deletes --------------------------------------------------------------------------
