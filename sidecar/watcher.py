@@ -5,6 +5,10 @@ create/modify events make it ready after a short quiet window (platforms
 without close events, or a writer that keeps the file open). Directory moves
 and deletions, and a kernel queue overflow, ask for a full reconcile: cheaper
 to re-diff everything than to guess what was lost.
+
+The overflow comes from watchdog's own callback for it (7.1+, see
+``_OverflowWatchGroup``), not from its log text; ``pyproject.toml`` pins the
+range that has it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchdog.events import (
@@ -27,6 +33,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
 
 from .classify import UnsafePath, classify, is_ignored, normalize
 from .pending import Pending
@@ -38,20 +45,75 @@ log = logging.getLogger("sidecar.watcher")
 
 EVENT_TYPES = [DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
                FileDeletedEvent, FileModifiedEvent, FileMovedEvent]
-OVERFLOW_TEXT = "queue overflowed"
+INOTIFY = Observer.__module__ == "watchdog.observers.inotify"  # Linux (the image); else no overflow to hook
+
+if INOTIFY:
+    from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+    from watchdog.observers.inotify_c import InotifyFD
+
+    # The hook below is watchdog 7.1.0's (#654): older releases drop IN_Q_OVERFLOW
+    # silently, and overflows would go unnoticed. pyproject.toml pins >=7.1.
+    if not hasattr(InotifyWatchGroup, "on_queue_overflow"):
+        raise ImportError("sidecar needs watchdog>=7.1 (InotifyWatchGroup.on_queue_overflow)")
+
+    @dataclass
+    class _OverflowWatchGroup(InotifyWatchGroup):
+        """watchdog's inotify watch group, told of a kernel queue overflow.
+
+        On IN_Q_OVERFLOW, watchdog (7.1.0) calls ``on_queue_overflow()`` of every
+        ``WatchCallback`` (the Protocol in ``inotify_c``) on the inotify instance: the
+        watch group drops its half-paired moves and re-adds its recursive watches. It
+        queues no event and no handler method is called, so this callback is the one
+        place to learn of it. Ours runs after that rebuild, so a reconcile started by
+        it cannot miss a change the new watches did not see yet."""
+
+        on_overflow: Callable[[], None] = field(default=lambda: None)
+
+        def on_queue_overflow(self) -> None:
+            try:
+                super().on_queue_overflow()
+            finally:
+                self.on_overflow()
+
+    class _OverflowEmitter(InotifyEmitter):
+        """``InotifyEmitter`` with ``_OverflowWatchGroup`` as its watch group: its
+        ``on_thread_start`` (watchdog 7.1.0) builds the group; the rest of the
+        emitter (reading, event building, stop) is watchdog's, through ``_inotify``."""
+
+        def __init__(self, *args, inotify_fd: InotifyFD, on_overflow: Callable[[], None], **kwargs) -> None:
+            super().__init__(*args, inotify_fd=inotify_fd, **kwargs)
+            self._sidecar_fd = inotify_fd
+            self._sidecar_on_overflow = on_overflow
+
+        def on_thread_start(self) -> None:
+            self._inotify = _OverflowWatchGroup(
+                self._sidecar_fd,
+                os.fsencode(self.watch.path),
+                is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(),
+                follow_symlink=self.watch.follow_symlink,
+                on_overflow=self._sidecar_on_overflow,
+            )
+
+    class _OverflowObserver(BaseObserver):
+        """watchdog's ``InotifyObserver`` (7.1.0: its own inotify instance, stopped
+        with the observer) with ``_OverflowEmitter``; ``on_overflow`` reaches the
+        emitter through BaseObserver's emitter keyword arguments."""
+
+        def __init__(self, on_overflow: Callable[[], None]) -> None:
+            self.inotify_fd = InotifyFD()
+            self.inotify_fd.start()
+            super().__init__(_OverflowEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT,
+                             inotify_fd=self.inotify_fd, on_overflow=on_overflow)
+
+        def on_thread_stop(self) -> None:
+            super().on_thread_stop()
+            self.inotify_fd.stop()
+            self.inotify_fd.join()
 
 
-class _OverflowHook(logging.Handler):
-    """watchdog rebuilds its watches after an inotify overflow and only logs it;
-    its log record is the one signal we get that events were lost."""
-
-    def __init__(self, on_overflow) -> None:
-        super().__init__(logging.WARNING)
-        self.on_overflow = on_overflow
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if OVERFLOW_TEXT in record.getMessage().lower():
-            self.on_overflow()
+def _new_observer(on_overflow: Callable[[], None]) -> BaseObserver:
+    return _OverflowObserver(on_overflow) if INOTIFY else Observer()
 
 
 class Watcher(FileSystemEventHandler):
@@ -65,8 +127,7 @@ class Watcher(FileSystemEventHandler):
         # Called with a path created, deleted or renamed (sidecar/lineage.py): those
         # end a file's lineage, whatever inode number the next file gets.
         self.lineage_break = lineage_break or (lambda rel: None)
-        self.observer: Observer | None = None
-        self._hook = _OverflowHook(self.overflow)
+        self.observer: BaseObserver | None = None
         self._lock = threading.Lock()  # attach/detach (the root monitor) vs. stop (shutdown)
         # The directory the observer was attached to (lstat taken just before
         # scheduling: a swap in between is seen as a change, never missed).
@@ -78,11 +139,6 @@ class Watcher(FileSystemEventHandler):
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        # The hook must see watchdog's WARNING whatever SIDECAR_LOG_LEVEL is.
-        wd_log = logging.getLogger("watchdog.observers")
-        if wd_log.getEffectiveLevel() > logging.WARNING:
-            wd_log.setLevel(logging.WARNING)
-        wd_log.addHandler(self._hook)
         self._active = True
         if not self.attach():
             log.warning("watcher: %s is not a directory to watch (the root monitor retries)", self.root)
@@ -99,7 +155,7 @@ class Watcher(FileSystemEventHandler):
             if ident is None or not ident.healthy:
                 return False
             self.root_deleted.clear()
-            observer = Observer()
+            observer = _new_observer(self.overflow)
             observer.name = "sidecar-watcher"
             try:
                 observer.schedule(self, self.root, recursive=True, event_filter=EVENT_TYPES)
@@ -136,13 +192,13 @@ class Watcher(FileSystemEventHandler):
         return bool(emitters) and all(e.is_alive() for e in emitters)
 
     def stop(self) -> None:
-        logging.getLogger("watchdog.observers").removeHandler(self._hook)
         with self._lock:
             self._active = False
             self._detach()
         self.status.watcher_state = "stopped"
 
     def overflow(self) -> None:
+        """The kernel dropped watch events (called on watchdog's inotify thread)."""
         self.status.error("watch_overflow")
         self.status.events.labels(kind="all", event="overflow").inc()
         self.pending.mark_full()

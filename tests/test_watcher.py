@@ -11,14 +11,20 @@ import os
 import shutil
 import threading
 import time
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from conftest import wait_for
 from daemon_fixtures import TOKEN, daemon_config, reconcile_now, running  # noqa: F401
+
+from sidecar import watcher as watcher_mod
 from sidecar.pending import Pending
 from sidecar.source import sha256_hex
+from sidecar.status import Status
 
 # watchdog's own recursive re-add of a just-created directory can warn about a duplicate
 # callback (its internals, harmless): keep it out of the report.
@@ -255,23 +261,56 @@ def test_symlinks_created_inside_are_never_followed(data_dir, running, outside):
 
 
 # --- overflow ----------------------------------------------------------------------------------
+# The daemon learns of an inotify queue overflow through watchdog's own callback for it
+# (>= 7.1: InotifyFD calls on_queue_overflow() of each watch group; sidecar/watcher.py
+# _OverflowWatchGroup), never from its log text.
+inotify_only = pytest.mark.skipif(not watcher_mod.INOTIFY, reason="inotify (Linux) only")
+MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def watch_group(watcher):
+    """The watchdog watch group (the overflow callback's owner) of the watcher's emitter."""
+    [emitter] = watcher.observer.emitters
+    group = wait_for(lambda: getattr(emitter, "_inotify", None), 10, what="the emitter's watches")
+    assert isinstance(group, watcher_mod._OverflowWatchGroup)
+    return group
+
+
+def overflow_event():
+    """What watchdog's InotifyFD.read_events builds from the kernel's IN_Q_OVERFLOW record
+    (wd -1, no name) and hands to InotifyFD.handle_event."""
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent  # Linux only
+    return InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b"")
+
+
 @pytest.mark.integration
+@inotify_only
 def test_queue_overflow_runs_a_full_reconcile(data_dir, running):
+    """A real kernel overflow: watchdog's reader is held up, as by a busy process, while
+    more events than the inotify queue holds are made; the events of a write after
+    that are dropped by the kernel, and only the full reconcile can find it."""
+    max_queued = int(MAX_QUEUED.read_text())
+    if max_queued > 1 << 17:
+        pytest.skip(f"fs.inotify.max_queued_events={max_queued}: too many events to make")
     d = running()
     db = d.daemon.store.db
-    watcher = d.daemon.watcher
+    group = watch_group(d.daemon.watcher)
     before = quiesced_reconcile_at(d)
-    # Lose the events of one write, as an overflow would: the watcher is not running.
-    watcher.stop()
-    try:
-        lost = write(data_dir, "runs/run_lost.json", {"lost": True})
-    finally:
-        watcher.start()
-    assert "runs/run_lost.json" not in d.daemon.pending.paths()
-    assert manifest(db, "runs/run_lost.json") is None
-    # What watchdog logs after IN_Q_OVERFLOW (its only signal that events were lost).
-    logging.getLogger("watchdog.observers.inotify").warning(
-        "Inotify queue overflowed; reconciling recursive watches below %r", str(data_dir))
+    # watchdog's inotify thread takes this lock for each event it reads: holding it stops
+    # the reading after at most one buffer (<= 2,560 events of a short name).
+    with group._lock:
+        noise = os.open(data_dir / "noise.tmp", os.O_WRONLY | os.O_CREAT, 0o644)  # ignored (*.tmp)
+        os.close(noise)
+        # Open-write-close gives IN_MODIFY, IN_CLOSE_WRITE: no two in a row alike, so
+        # the kernel coalesces none of them.
+        for _ in range((max_queued + 8192) // 2):
+            noise = os.open(data_dir / "noise.tmp", os.O_WRONLY)
+            os.write(noise, b"x")
+            os.close(noise)
+        lost = write(data_dir, "runs/run_lost.json", {"lost": True})  # past the full queue
+        assert "runs/run_lost.json" not in d.daemon.pending.paths()
+        assert manifest(db, "runs/run_lost.json") is None
+        assert d.daemon.status.error_counts.get("watch_overflow") is None
     wait_mirrored(db, "runs/run_lost.json", lost)
     wait_for(lambda: d.daemon.status.last_reconcile_at != before, 10, what="the full reconcile")
     status = d.get("/memory/status").json()["sidecar"]
@@ -279,31 +318,89 @@ def test_queue_overflow_runs_a_full_reconcile(data_dir, running):
     assert status["watcher"] == "running"
     assert 'sidecar_events_total{event="overflow",kind="all"} 1.0' in d.get("/metrics").body.decode()
     d.wait_parity()
-    # The watcher still works after the overflow.
+    # The watcher still works after the overflow (watchdog re-added its watches).
     after = write(data_dir, "runs/run_after.json", {"after": True})
     wait_mirrored(db, "runs/run_after.json", after)
 
 
 @pytest.mark.integration
+@inotify_only
 def test_queue_overflow_is_detected_whatever_the_log_level(data_dir, running):
     d = running()
     db = d.daemon.store.db
-    root = logging.getLogger()
-    saved = root.level
-    root.setLevel(logging.ERROR)  # what setup_logging does for SIDECAR_LOG_LEVEL=ERROR
+    logging.disable(logging.CRITICAL)  # no log record is made at all, not even watchdog's
     try:
         d.daemon.watcher.stop()
         try:
             lost = write(data_dir, "runs/run_lost.json", {"lost": True})
         finally:
             d.daemon.watcher.start()
-        logging.getLogger("watchdog.observers.inotify").warning(
-            "Inotify queue overflowed; reconciling recursive watches below %r", str(data_dir))
+        # Hand watchdog's inotify instance the event it reads on IN_Q_OVERFLOW.
+        d.daemon.watcher.observer.inotify_fd.handle_event(overflow_event())
     finally:
-        root.setLevel(saved)
-    # The hook runs synchronously inside the logging call: no wait needed to see it.
+        logging.disable(logging.NOTSET)
+    # The hook runs synchronously inside handle_event: no wait needed to see it.
     assert d.daemon.status.error_counts.get("watch_overflow") == 1, "the overflow went unnoticed"
     wait_mirrored(db, "runs/run_lost.json", lost)
+
+
+@inotify_only
+def test_overflow_hook_runs_after_watchdog_rewatched_the_tree(tmp_path):
+    """Once per overflow, and after watchdog re-added its watches (new watch descriptors
+    for the same directories): a reconcile it starts cannot miss a change unwatched."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    pending, status = Pending(), Status()
+    watcher = watcher_mod.Watcher(tmp_path, (), pending, status)
+    watcher.start()
+    try:
+        group = watch_group(watcher)
+        watched = dict(group._active_callbacks_by_watch)  # watch descriptor -> directory
+        seen = []
+        real = watcher.overflow
+        group.on_overflow = lambda: (seen.append(dict(group._active_callbacks_by_watch)), real())
+        watcher.observer.inotify_fd.handle_event(overflow_event())
+    finally:
+        watcher.stop()
+    assert sorted(watched.values()) == sorted(os.fsencode(p) for p in (tmp_path, tmp_path / "a", tmp_path / "a" / "b"))
+    [rewatched] = seen
+    assert sorted(rewatched.values()) == sorted(watched.values())
+    assert not set(rewatched) & set(watched), "the hook ran before watchdog rebuilt its watches"
+    assert status.error_counts == {"watch_overflow": 1}
+    assert pending.take(timeout=0)[0] is not None, "no full reconcile asked for"
+
+
+def test_watchdog_log_text_is_not_an_overflow_signal(tmp_path):
+    """The old detection matched watchdog's warning text; the exact text now counts for nothing."""
+    assert not hasattr(watcher_mod, "OVERFLOW_TEXT") and not hasattr(watcher_mod, "_OverflowHook")
+    source = Path(watcher_mod.__file__).read_text()
+    assert "logging.Handler" not in source and "queue overflowed" not in source.lower()
+    loggers = [logging.getLogger(n) for n in ("watchdog.observers", "watchdog.observers.inotify",
+                                             "watchdog.observers.inotify_c")]
+    handlers = [list(lg.handlers) for lg in loggers]
+    levels = [lg.level for lg in loggers]
+    pending, status = Pending(), Status()
+    watcher = watcher_mod.Watcher(tmp_path, (), pending, status)
+    watcher.start()
+    try:
+        assert [list(lg.handlers) for lg in loggers] == handlers, "the watcher hooked watchdog's logging"
+        assert [lg.level for lg in loggers] == levels
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        logging.getLogger("watchdog.observers.inotify").warning(
+            "Inotify queue overflowed; reconciling recursive watches below %r", os.fsencode(tmp_path))
+    finally:
+        watcher.stop()
+    assert "watch_overflow" not in status.error_counts
+    assert len(pending) == 0
+
+
+def test_the_watchdog_tested_here_is_in_the_pinned_range():
+    """pyproject.toml pins the watchdog releases that have the overflow callback; the one these
+    tests run against must be one of them."""
+    spec = next(Requirement(r) for r in tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+                ["project"]["dependencies"] if Requirement(r).name == "watchdog")
+    assert spec.specifier.contains(version("watchdog")), (version("watchdog"), str(spec))
+    assert not spec.specifier.contains("7.0.0"), "7.0 has no on_queue_overflow: the pin must exclude it"
 
 
 # --- propagated deletes --------------------------------------------------------------------------
