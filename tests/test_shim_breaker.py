@@ -328,7 +328,7 @@ def test_outage_costs_at_most_one_timeout_per_breaker_period(data_dir, outage, p
 
 # --- the daemon's side of the report ---------------------------------------------------------
 def test_shim_clients_keep_the_last_report_per_process_and_refuse_bad_ones():
-    from sidecar.shimserver import ShimClients, parse_report
+    from sidecar.shimclients import ShimClients, parse_report
 
     now = [0.0]
     c = ShimClients(max_clients=2, ttl_s=60, clock=lambda: now[0])
