@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shim import _protocol
-from sidecar import shimserver
+from sidecar import shimclients, shimserver
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM_MODULES = sorted(p.stem for p in (ROOT / "shim").glob("*.py"))
@@ -40,10 +40,11 @@ def test_the_shim_loads_only_the_standard_library():
     assert not [m for m in loaded if m == "sidecar" or m.startswith("sidecar.")]
 
 
-@pytest.mark.parametrize("name", ["PROTOCOL_VERSION", "MAX_HEADER", "MAX_BODY", "MAX_PATH", "OPS", "STATUSES", "OK",
-                                  "BREAKER_STATES", "REPORT_COUNTS"])
-def test_the_server_takes_the_wire_format_from_the_protocol_module(name):
-    assert getattr(shimserver, name) is getattr(_protocol, name)
+@pytest.mark.parametrize("module, name", [
+    *((shimserver, n) for n in ("PROTOCOL_VERSION", "MAX_HEADER", "MAX_BODY", "MAX_PATH", "OPS", "STATUSES", "OK")),
+    *((shimclients, n) for n in ("BREAKER_STATES", "REPORT_COUNTS"))])
+def test_the_server_takes_the_wire_format_from_the_protocol_module(module, name):
+    assert getattr(module, name) is getattr(_protocol, name)
     assert shimserver._LEN is _protocol.LEN
 
 
@@ -56,7 +57,7 @@ def test_a_frame_the_client_encodes_is_one_the_server_accepts():
     (n,) = _protocol.LEN.unpack(raw[:4])
     header = shimserver.parse_header(raw[4:4 + n])
     assert n == len(raw) - 4 and header["path"] == 'dïr/"q".json' and header["ack"] is True
-    assert shimserver.parse_report(header["shim"]) == {"breaker": "open", "unconfirmed": 3, "sync_failed": 1,
+    assert shimclients.parse_report(header["shim"]) == {"breaker": "open", "unconfirmed": 3, "sync_failed": 1,
                                                        "breaker_opened": 1}
 
 
