@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
-from daemon_fixtures import TOKEN, daemon_config, reconcile_now, running  # noqa: F401
+from testkit.measure import wait_for
+from testkit.daemon_fixtures import TOKEN, reconcile_now
 from sidecar.pending import Pending
 from sidecar.source import sha256_hex
 
