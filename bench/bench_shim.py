@@ -681,7 +681,6 @@ def main() -> None:
         args.rounds, args.paced_n, args.tight_n, args.read_n = 2, 400, 800, 5000
         args.latency_n, args.sync_n, args.slow_n = 200, 200, 100
 
-    sys.path.insert(0, str(ROOT / "bench"))
     workdir = Path(tempfile.mkdtemp(prefix="bench_shim_"))
     data_root = Path(tempfile.mkdtemp(prefix="bench_shim_data_", dir=args.data_root))
     data_dir = data_root / "data" / "system"
