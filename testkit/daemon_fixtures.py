@@ -2,8 +2,7 @@
 
 ``daemon_config`` and ``running`` are registered through ``pytest_plugins`` in
 ``tests/conftest.py``: a test names them as arguments, it imports nothing. The daemon as a
-real subprocess (kill -9 / SIGTERM tests) is ``testkit.process.DaemonProcess``, re-exported
-here with ``http`` for the tests that use both.
+real subprocess (kill -9 / SIGTERM tests) is ``testkit.process.DaemonProcess``.
 """
 
 from __future__ import annotations
@@ -16,12 +15,9 @@ import pytest
 
 from .corpus import LegacyWriter
 from .daemon import RunningDaemon
-from .http import http
 from .measure import wait_for
-from .process import DaemonProcess
 
-__all__ = ["HUBS", "TOKEN", "DaemonProcess", "SignalWriter", "assert_nothing_lost", "daemon_config", "http",
-           "reconcile_now", "running"]
+__all__ = ["HUBS", "TOKEN", "SignalWriter", "assert_nothing_lost", "daemon_config", "reconcile_now", "running"]
 
 TOKEN = "test-token-123"
 HUBS = ("learner_preferences", "operating_context", "soft_identity")
