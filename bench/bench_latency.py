@@ -32,7 +32,6 @@ the upload): p50 ≈ 500 ms, p90 ≈ 900 ms, p99 ≈ 990 ms before upload time.
     .venv/bin/python bench/bench_latency.py                          # 200 writes/s for 30 s
     .venv/bin/python bench/bench_latency.py --rate 50 --seconds 15   # another rate
     .venv/bin/python bench/bench_latency.py --profile                # + the daemon's stage timers
-    .venv/bin/python bench/bench_latency.py --what-if events-off,manifests-off   # experiment
 
 Results: tables on stdout and bench/out/bench_latency.json. A benchmark, not a test:
 nothing here asserts timings (the target line says PASS or MISS).
@@ -48,28 +47,24 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # testkit/, the support package shared with the tests
 
 import pymongo  # noqa: E402
 
-from common import code_version, launch_secantus, pct, stop_process  # noqa: E402  (bench/ is on sys.path: the script's dir)
-
-import corpus  # noqa: E402
+from testkit import corpus  # noqa: E402
+from testkit.measure import code_version, cpu_seconds, pct, proc_status, system_busy  # noqa: E402
+from testkit.mongo import TestServer  # noqa: E402
+from testkit.process import DaemonProcess  # noqa: E402
 
 EPISODES = "episodic_memory"
 HUBS = "memory_hubs"
@@ -78,225 +73,27 @@ HUB_FILES = corpus.HUBS
 TARGET_P99_MS = 100.0
 # Litestream, default sync-interval 1 s: latency ~ U(0, 1 s) + upload (analytical, not measured).
 LITESTREAM_MS = {"p50": 500.0, "p90": 900.0, "p99": 990.0, "max": 1000.0}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- processes we start -------------------------------------------------------------------
 
-# ``--profile``: the same daemon (``sidecar.cli.main(["run"])``), with timers wrapped around
-# its stages from the outside (no edits to sidecar/); stats written at exit (SIGTERM).
-PROFILE_WRAPPER = r"""
-import atexit, json, os, sys, time
-from sidecar import mirror, pending, reconcile, store
-T, AGES = {}, []
-def wrap(cls, name, label, key=None):
-    orig = getattr(cls, name)
-    def timed(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return orig(*a, **k)
-        finally:
-            lab = label if key is None else label + key(a)
-            d = T.setdefault(lab, [0, 0.0, 0.0])
-            dt = time.perf_counter() - t0
-            d[0] += 1; d[1] += dt; d[2] = max(d[2], dt)
-    setattr(cls, name, timed)
-orig_take = pending.Pending.take
-def take(self, *a, **k):
-    full, taken = orig_take(self, *a, **k)
-    now = time.monotonic()
-    AGES.extend(now - first for first in taken.values())
-    return full, taken
-pending.Pending.take = take
-wrap(mirror.Mirror, "_flush_paths", "flush: total")
-wrap(reconcile.Reconciler, "process_file", "flush: process_file (read+parse+hash+diff)")
-wrap(store.Store, "apply", "flush: store.apply (bulk writes)")
-wrap(store.Store, "_bulk", "  bulk_write ", key=lambda a: a[1])
-wrap(store.Store, "record_events", "flush: store.record_events")
-# --what-if experiments (bench only; they change what the daemon writes, so parity and
-# restore are not meaningful in those runs): leave out memory_events, or the memory_files
-# manifests of structured files (episodes, hubs, snapshot), to see what they cost.
-WHATIF = set(filter(None, os.environ.get("BENCH_WHATIF", "").split(",")))
-if "events-off" in WHATIF:
-    store.Store.record_events = lambda self, events: None
-if "manifests-off" in WHATIF:
-    from sidecar.names import FILES
-    orig_apply = store.Store.apply
-    def apply(self, ops, state=None):
-        keep = [op for op in ops if not (op.coll == FILES and op.doc is not None
-                                         and op.doc.get("kind") in ("episode", "hub", "snapshot"))]
-        return orig_apply(self, keep, state)
-    store.Store.apply = apply
-def dump():
-    with open(os.environ["BENCH_PROFILE_OUT"], "w") as f:
-        json.dump({"timers": T, "event_to_take_s": AGES}, f)
-atexit.register(dump)
-from sidecar.cli import main
-sys.exit(main(["run"]))
-"""
+
+def sidecar(workdir: Path, data_dir: Path, url: str, db_name: str,
+            extra_env: dict[str, str] | None = None) -> DaemonProcess:
+    """``python -m sidecar run`` as a subprocess, configured by env only (product defaults)."""
+    return DaemonProcess(workdir, data_dir, url, db_name, socket=workdir / "sidecar.sock", log_name="sidecar.log",
+                         defaults={}, **(extra_env or {}))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """user+system CPU of one process (all its threads), from /proc."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def system_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    vals = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    total = sum(vals[:8])
-    idle = vals[3] + vals[4]
-    return total - idle, total
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM / VmSize / RssAnon ... of a process in kB, from /proc/<pid>/status."""
+def stage_table(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The daemon's own stage timers (``/memory/status`` ``sidecar.stages``, sidecar/timers.py),
+    with the mean per call: what the daemon spent in flush, plan, write(.collection), events,
+    queue_wait (a path's first change -> the flush that took it) and reconcile."""
     out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key.startswith(("Vm", "Rss", "Threads")):
-            parts = rest.split()
-            if parts and parts[0].isdigit():
-                out[key] = int(parts[0])
-    return out
-
-
-class Secantus:
-    """SecantusDB on loopback, started the way tests/conftest.py does it."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.storage = workdir / "secantus-data"
-        self.log_path = workdir / "secantus.log"
-        self.port = free_port()
-        self.url = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.proc = launch_secantus(self.port, self.storage, self.log_path, timeout)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        if self._log:
-            self._log.close()
-            self._log = None
-
-
-class Sidecar:
-    """``python -m sidecar run`` as a subprocess, configured by env only."""
-
-    def __init__(self, workdir: Path, data_dir: Path, url: str, db_name: str,
-                 extra_env: dict[str, str] | None = None, profile: bool = False, whatif: str = "") -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "sidecar.log"
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SIDECAR_", "MONGODB_", "MEMORY_", "RUNTIME_DATA_DIR"))}
-        env.update(RUNTIME_DATA_DIR=str(data_dir), MONGODB_URL=url, MONGODB_DB_NAME=db_name,
-                   SIDECAR_HTTP_PORT=str(self.port), SIDECAR_SOCKET=str(workdir / "sidecar.sock"))
-        env.update(extra_env or {})
-        self.profile_path = workdir / "daemon-profile.json" if profile else None
-        if profile:
-            env["BENCH_PROFILE_OUT"] = str(self.profile_path)
-            env["BENCH_WHATIF"] = whatif
-        self.env = env
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-        self.started_at: float | None = None
-        self.phases: dict[str, float] = {}
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "ab")
-        self.started_at = time.monotonic()
-        cmd = [sys.executable, "-c", PROFILE_WRAPPER] if self.profile_path else [sys.executable, "-m", "sidecar", "run"]
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=str(ROOT),
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def get(self, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.base + path, timeout=timeout) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    def wait_ready(self, timeout: float = 600.0, on_poll=None) -> float:
-        """Poll /readyz until 200; record when each start-up phase was first seen.
-        Returns seconds from process start to ready."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {self.proc.returncode}; see {self.log_path}:\n"
-                                   + self.log_tail())
-            try:
-                code, body = self.get("/readyz", timeout=5)
-            except (urllib.error.URLError, OSError):
-                code, body = 0, b""
-            now = time.monotonic() - self.started_at
-            if code == 0:
-                pass
-            elif code == 200:
-                self.phases.setdefault("ready", now)
-                return now
-            else:
-                self.phases.setdefault("http_up", now)
-                try:
-                    reason = json.loads(body).get("reason", "")
-                    self.phases.setdefault(reason.replace("starting: ", ""), now)
-                except ValueError:
-                    pass
-            if on_poll:
-                on_poll()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon was not ready within {timeout}s:\n" + self.log_tail())
-            time.sleep(0.05)
-
-    def metrics(self) -> dict[str, float]:
-        code, body = self.get("/metrics")
-        return parse_metrics(body.decode()) if code == 200 else {}
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        stop_process(self.proc, timeout=40)
-        if self._log:
-            self._log.close()
-            self._log = None
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
+    for name, t in sorted((status.get("sidecar") or {}).get("stages", {}).items()):
+        calls = t.get("calls") or 0
+        out[name] = {"calls": calls, "total_s": round(t["total_s"], 3),
+                     "mean_ms": round(1000 * t["total_s"] / calls, 2) if calls else None, "max_ms": t["max_ms"]}
     return out
 
 
@@ -596,7 +393,7 @@ def run(args) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     data_dir = work / "data" / "system"
     data_dir.mkdir(parents=True)
-    server = Secantus(work)
+    server = TestServer.in_dir(work)
     daemon = None
     ctx = mp.get_context("spawn")
     procs: list[mp.Process] = []
@@ -612,10 +409,9 @@ def run(args) -> dict[str, Any]:
         server.start()
         daemon_env = {"SIDECAR_LOG_LEVEL": args.daemon_log_level}
         daemon_env.update(kv.split("=", 1) for kv in args.daemon_env)
-        daemon = Sidecar(work, data_dir, server.url, args.db, daemon_env,
-                         profile=args.profile or bool(args.what_if), whatif=args.what_if)
+        daemon = sidecar(work, data_dir, server.url, args.db, daemon_env)
         daemon.start()
-        startup_s = daemon.wait_ready()
+        startup_s = daemon.wait_ready(timeout=600)
         print(f"daemon ready in {startup_s:.2f} s", flush=True)
 
         ready, stop = ctx.Event(), ctx.Event()
@@ -680,18 +476,12 @@ def run(args) -> dict[str, Any]:
             odata = {"seen": [], "probes": [], "error": None, "cpu_s": 0.0}
         if odata["error"]:
             print(f"observer error: {odata['error']}", flush=True)
-        code, parity_body = daemon.get("/parity", timeout=120)
-        parity = json.loads(parity_body) if code == 200 else {"error": code}
+        resp = daemon.get("/parity", timeout=120)
+        parity = resp.json() if resp is not None and resp.status == 200 else {"error": resp and resp.status}
+        resp = daemon.get("/memory/status")
+        stages = stage_table(resp.json()) if resp is not None and resp.status == 200 else {}
         rss_after = proc_status(daemon.pid)
         daemon.stop()
-        profile = None
-        if daemon.profile_path is not None and daemon.profile_path.exists():
-            raw = json.loads(daemon.profile_path.read_text())
-            profile = {"timers": {k: {"calls": v[0], "total_s": round(v[1], 3),
-                                      "mean_ms": round(1000 * v[1] / v[0], 2) if v[0] else None,
-                                      "max_ms": round(1000 * v[2], 1)} for k, v in sorted(raw["timers"].items())},
-                       "event_to_take_ms": summary([a * 1000 for a in raw["event_to_take_s"]])}
-
         rows = match(records, odata["seen"])
         measured = [r for r in rows if r["seq"] >= warm_n]
         lat = {"all": [], "episode": [], "hub": []}
@@ -737,7 +527,7 @@ def run(args) -> dict[str, Any]:
                          "learners": args.learners, "hub_share": args.hub_share, "observer": args.observer,
                          "episode_file_bytes": round(ep_bytes), "hub_file_bytes": hub_bytes,
                          "daemon_log_level": args.daemon_log_level, "daemon_env": args.daemon_env,
-                         "what_if": args.what_if},
+                         "profile": args.profile},
             "startup_seconds": round(startup_s, 3),
             "latency_ms": {k: summary(v) for k, v in lat.items()},
             # lost = documents that never got their last write (data missing after the drain);
@@ -756,7 +546,7 @@ def run(args) -> dict[str, Any]:
             "cpu_percent_of_one_core": cpu,
             "daemon_rss_kib": {"max_during_run": max(rss_samples) if rss_samples else None,
                                "after": rss_after},
-            "daemon_profile": profile,
+            "daemon_stages": stages,
             "daemon_bulk_write_seconds": bulk_histogram(m0, m1),
             "parity_all_match": parity.get("parity", {}).get("all_match"),
             "litestream_analytical_ms": LITESTREAM_MS,
@@ -786,8 +576,8 @@ def run(args) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> None:
     s = r["settings"]
     print()
-    if s["daemon_env"] or s["what_if"]:
-        print(f"VARIANT: daemon env {s['daemon_env']}, what-if {s['what_if'] or '-'}")
+    if s["daemon_env"]:
+        print(f"VARIANT: daemon env {s['daemon_env']}")
     print(f"file close -> visible in MongoDB ({s['rate']:g} writes/s for {s['seconds']:g} s after "
           f"{s['warmup']:g} s warm-up; observer: {s['observer']}; {r['machine']['cpus']} CPUs shared by "
           "server + daemon + writer + observer)")
@@ -834,14 +624,13 @@ def report(r: dict[str, Any]) -> None:
     rss = r["daemon_rss_kib"]
     print(f"daemon RSS during the run: max {fmt((rss['max_during_run'] or 0) / 1024)} MiB, "
           f"VmHWM {rss['after'].get('VmHWM', 0) / 1024:.1f} MiB; start-up {r['startup_seconds']} s")
-    prof = r.get("daemon_profile")
-    if prof:
-        e = prof["event_to_take_ms"]
-        print(f"daemon profile (whole run incl. start-up): path marked -> taken by the writer loop: p50 "
-              f"{fmt(e.get('p50'))} / p99 {fmt(e.get('p99'))} / max {fmt(e.get('max'))} ms (n={e['count']})")
-        print(f"  {'stage':<46}{'calls':>7}{'total s':>9}{'mean ms':>9}{'max ms':>9}")
-        for name, t in prof["timers"].items():
-            print(f"  {name:<46}{t['calls']:>7}{t['total_s']:>9.2f}{fmt(t['mean_ms']):>9}{t['max_ms']:>9.1f}")
+    stages = r.get("daemon_stages")
+    if stages and r["settings"]["profile"]:
+        print("daemon stage timers (/memory/status stages, whole run incl. start-up; queue_wait = a path's "
+              "first change -> the flush that took it):")
+        print(f"  {'stage':<28}{'calls':>7}{'total s':>9}{'mean ms':>9}{'max ms':>9}")
+        for name, t in stages.items():
+            print(f"  {name:<28}{t['calls']:>7}{t['total_s']:>9.2f}{fmt(t['mean_ms']):>9}{t['max_ms']:>9.1f}")
     worst = sorted(r["per_second"], key=lambda x: -x["p99"])[:3]
     if worst:
         print("worst seconds by p99: " + "; ".join(f"t={x['second']}s p99 {x['p99']} ms max {x['max']} ms"
@@ -867,12 +656,9 @@ def main() -> int:
                     help="every write is a prepared file renamed into place with a 2020 mtime (issue 11)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
     ap.add_argument("--profile", action="store_true",
-                    help="run the daemon with stage timers wrapped around it (sidecar/ unchanged)")
+                    help="print the daemon's own stage timers (/memory/status stages; always in the JSON)")
     ap.add_argument("--daemon-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra env for the daemon, e.g. SIDECAR_FLUSH_INTERVAL_MS=1 (repeatable)")
-    ap.add_argument("--what-if", default="", metavar="events-off,manifests-off",
-                    help="experiment (implies --profile): leave memory_events and/or the manifests of "
-                         "structured files out, to measure their cost; not a product configuration")
     ap.add_argument("--json", type=Path, default=OUT / "bench_latency.json")
     args = ap.parse_args()
     result = run(args)

@@ -20,11 +20,11 @@ Steps:
 
 Target: VmRSS of the running daemon ≤ 100 MB (MiB here) after ready, after the burst and
 after a warm restart; VmHWM (the peak) is reported against it too. ``--profile`` adds child
-runs of the same daemon (started through ``sidecar.daemon.Daemon``; no edits to sidecar/):
-one untraced, reporting the allocators' own account (pymalloc arenas held vs live blocks,
-glibc heap in use vs free), the deep size of the MirrorState and what gc.collect() +
-malloc_trim(0) give back; one under tracemalloc, reporting the top allocation sites after
-ready and at the moment the start-up scan returns.
+runs of the same daemon (``bench/memory_child.py``: in-process through testkit's
+``RunningDaemon``, nothing patched): one untraced, reporting the allocators' own account
+(pymalloc arenas held vs live blocks, glibc heap in use vs free), the deep size of the
+MirrorState and what gc.collect() + malloc_trim(0) give back; one under tracemalloc,
+reporting the top allocation sites after ready and the traced peak of the start-up.
 
     .venv/bin/python bench/bench_memory.py                          # 50k files
     .venv/bin/python bench/bench_memory.py --files 5000 --burst 500 # quick
@@ -51,13 +51,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # testkit/, the support package shared with the tests
 
 import pymongo  # noqa: E402
 
-import corpus  # noqa: E402
-from bench_latency import Secantus, Sidecar, code_version, cpu_seconds, proc_status  # noqa: E402
+from bench_latency import sidecar  # noqa: E402  (bench/ is on sys.path: the script's dir)
+from testkit import corpus  # noqa: E402
+from testkit.measure import code_version, cpu_seconds, free_port, proc_status  # noqa: E402
+from testkit.mongo import TestServer  # noqa: E402
+from testkit.process import DaemonProcess  # noqa: E402
 
 TARGET_MIB = 100.0
 MIB = 1024.0  # /proc/<pid>/status is in kB (KiB)
@@ -151,12 +153,12 @@ def rss(pid: int) -> dict[str, float | None]:
             "RssFile": mib(st.get("RssFile")), "VmSize": mib(st.get("VmSize")), "Threads": st.get("Threads")}
 
 
-def status_json(daemon: Sidecar) -> dict[str, Any]:
-    code, body = daemon.get("/memory/status")
-    return json.loads(body) if code == 200 else {}
+def status_json(daemon: DaemonProcess) -> dict[str, Any]:
+    resp = daemon.get("/memory/status")
+    return resp.json() if resp is not None and resp.status == 200 else {}
 
 
-def start_measured(daemon: Sidecar) -> dict[str, Any]:
+def start_measured(daemon: DaemonProcess) -> dict[str, Any]:
     """Start the daemon; sample its RSS while it starts; return timings and the RSS timeline."""
     samples: list[tuple[float, float]] = []
 
@@ -167,7 +169,6 @@ def start_measured(daemon: Sidecar) -> dict[str, Any]:
                                 mib(proc_status(daemon.pid).get("VmRSS"))))
             except OSError:
                 pass
-    daemon.phases = {}
     daemon.start()
     ready_s = daemon.wait_ready(timeout=3600, on_poll=sample)
     cpu = cpu_seconds(daemon.pid)
@@ -179,7 +180,7 @@ def start_measured(daemon: Sidecar) -> dict[str, Any]:
             "rss_timeline_mib": samples[::step]}
 
 
-def settle(daemon: Sidecar, seconds: float) -> None:
+def settle(daemon: DaemonProcess, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.2)
@@ -210,7 +211,7 @@ def burst(root: Path, gen: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
     return {"writes": i, "seconds": round(time.monotonic() - t0, 2), "last_seq": last_seq}
 
 
-def wait_mirrored(daemon: Sidecar, url: str, db_name: str, last_seq: dict[str, int], timeout: float) -> float:
+def wait_mirrored(daemon: DaemonProcess, url: str, db_name: str, last_seq: dict[str, int], timeout: float) -> float:
     """Until nothing is pending and every rewritten episode shows its last marker."""
     client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
     t0 = time.monotonic()
@@ -228,156 +229,7 @@ def wait_mirrored(daemon: Sidecar, url: str, db_name: str, last_seq: dict[str, i
     return -1.0
 
 
-# --- tracemalloc run ------------------------------------------------------------------------------
-
-PROFILE_CHILD = r"""
-import asyncio, ctypes, gc, json, os, sys, threading, time, tracemalloc
-from dataclasses import fields, is_dataclass
-
-NFRAMES = int(os.environ.get("BENCH_TRACE_FRAMES", "0"))  # 0 = no tracemalloc (allocator accounting)
-if NFRAMES:
-    tracemalloc.start(NFRAMES)
-from sidecar import reconcile as _rec
-from sidecar.config import Config
-from sidecar.daemon import Daemon
-
-def top_sites(snap, n):
-    return [{"where": f"{st.traceback[0].filename.split('site-packages/')[-1].replace(os.getcwd() + '/', '')}:{st.traceback[0].lineno}",
-             "mib": round(st.size / 1048576, 2), "blocks": st.count} for st in snap.statistics("lineno")[:n]]
-
-# What is alive when the start-up reconcile's scan returns (its ops and view still held):
-# the top of the start-up peak. Only the first scan (start-up) is looked at.
-SCAN = {}
-_orig_scan = _rec.Reconciler.scan
-def _scan(self, *a, **k):
-    res = _orig_scan(self, *a, **k)
-    if not SCAN and NFRAMES:
-        cur, peak = tracemalloc.get_traced_memory()
-        snap = tracemalloc.take_snapshot()
-        SCAN.update(traced_mib=round(cur / 1048576, 1), ops=len(res[0]), top=top_sites(snap, 10))
-        del snap
-    return res
-_rec.Reconciler.scan = _scan
-
-def status_kib():
-    out = {}
-    for line in open("/proc/self/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[k] = int(v.split()[0])
-    return out
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-def mallinfo():
-    # glibc's heap: bytes obtained (arena + mmapped), in use (uordblks), free inside it (fordblks).
-    try:
-        f = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return None
-    f.restype = MallInfo2
-    m = f()
-    mb = lambda v: round(v / 1048576, 1)
-    return {"heap_mib": mb(m.arena), "mmapped_mib": mb(m.hblkhd), "in_use_mib": mb(m.uordblks),
-            "free_in_heap_mib": mb(m.fordblks), "releasable_top_mib": mb(m.keepcost)}
-
-def pymalloc():
-    sys.stderr.write("@@pymalloc-begin\n"); sys.stderr.flush()
-    sys._debugmallocstats()
-    sys.stderr.write("@@pymalloc-end\n"); sys.stderr.flush()
-
-def deep(obj, seen):
-    if id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    size = sys.getsizeof(obj)
-    if isinstance(obj, dict):
-        size += sum(deep(k, seen) + deep(v, seen) for k, v in obj.items())
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        size += sum(deep(x, seen) for x in obj)
-    elif is_dataclass(obj) and not isinstance(obj, type):
-        size += sum(deep(getattr(obj, f.name), seen) for f in fields(obj))
-    elif hasattr(type(obj), "__slots__") and not isinstance(obj, type):
-        # slots classes (HubState, FileState): their stored attributes, not the properties
-        size += sum(deep(getattr(obj, n), seen) for n in type(obj).__slots__ if hasattr(obj, n))
-    return size
-
-daemon = Daemon(Config())
-stop_box = {}
-def run():
-    async def main():
-        stop_box["loop"] = asyncio.get_running_loop()
-        stop_box["stop"] = asyncio.Event()
-        await daemon.serve(stop_box["stop"])
-    asyncio.run(main())
-t = threading.Thread(target=run, daemon=True)
-t0 = time.monotonic()
-t.start()
-while not daemon.status.ready:
-    if not t.is_alive():
-        sys.exit("daemon thread ended before ready")
-    time.sleep(0.05)
-ready_s = time.monotonic() - t0
-time.sleep(2)
-out = {"traced": bool(NFRAMES), "ready_seconds": round(ready_s, 2), "proc_after_ready_kib": status_kib()}
-if NFRAMES:
-    traced_cur, traced_peak = tracemalloc.get_traced_memory()
-    out["traced_current_mib"] = round(traced_cur / 1048576, 1)
-    out["traced_peak_mib"] = round(traced_peak / 1048576, 1)
-    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-    out["at_end_of_startup_scan"] = SCAN
-    out["top_lines"] = top_sites(snap, 25)
-    if NFRAMES > 1:
-        out["top_tracebacks"] = [{"mib": round(st.size / 1048576, 2), "blocks": st.count,
-                                  "frames": [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in st.traceback]}
-                                 for st in snap.statistics("traceback")[:6]]
-    by_file = {}
-    for st in snap.statistics("filename"):
-        name = st.traceback[0].filename
-        if "site-packages/" in name:
-            key = name.split("site-packages/")[1].split("/")[0]
-        elif "/sidecar/" in name:
-            key = "sidecar/" + name.rsplit("/", 1)[1]
-        elif "/lib/python3" in name:
-            key = "stdlib"
-        else:
-            key = name
-        by_file[key] = by_file.get(key, 0) + st.size
-    out["by_package_mib"] = dict(sorted(((k, round(v / 1048576, 2)) for k, v in by_file.items()),
-                                        key=lambda kv: -kv[1])[:20])
-    del snap
-else:
-    # Untraced: the allocators' own account of the RSS, then what a collection and a trim return.
-    out["mallinfo"] = mallinfo()
-    pymalloc()
-    gc.collect()
-    out["after_gc_kib"] = status_kib()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        out["after_malloc_trim_kib"] = status_kib()
-        out["mallinfo_after_trim"] = mallinfo()
-    except OSError:
-        pass
-# Deep sizes last: walking the objects allocates (ids in a set), which must not show above.
-st = daemon.state
-seen = set()
-out["mirror_state_mib"] = {
-    "hubs": round(deep(st.hubs, seen) / 1048576, 2),
-    "episodes": round(deep(st.episodes, seen) / 1048576, 2),
-    "snapshots": round(deep(st.snapshots, seen) / 1048576, 2),
-    "files": round(deep(st.files, seen) / 1048576, 2),
-}
-del seen
-out["mirror_state_entries"] = {"hub_entries": sum(len(v) for v in st.hubs.values()), "episodes": len(st.episodes),
-                               "files": len(st.files)}
-out["pending_paths"] = len(daemon.pending)
-stop_box["loop"].call_soon_threadsafe(stop_box["stop"].set)
-t.join(60)
-print(json.dumps(out))
-"""
-
+# --- the child runs (bench/memory_child.py) -----------------------------------------------------
 
 def pymalloc_stats(text: str) -> dict[str, float]:
     """The summary of sys._debugmallocstats(): arenas held vs bytes in live blocks (MiB)."""
@@ -403,11 +255,12 @@ def pymalloc_stats(text: str) -> dict[str, float]:
 def profile_run(work: Path, data_dir: Path, url: str, db_name: str, frames: int,
                 extra_env: dict[str, str]) -> dict[str, Any]:
     """The daemon under tracemalloc, in a child process; its start-up reconcile runs against ``db_name``."""
-    probe = Sidecar(work, data_dir, url, db_name, extra_env)  # for its env only
-    env = dict(probe.env, BENCH_TRACE_FRAMES=str(frames), SIDECAR_LOG_LEVEL="WARNING")
+    probe = sidecar(work, data_dir, url, db_name, extra_env)  # for its env only
+    env = dict(probe.env, BENCH_TRACE_FRAMES=str(frames), SIDECAR_LOG_LEVEL="WARNING",
+               SIDECAR_HTTP_PORT=str(free_port()))
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", PROFILE_CHILD], env=env, cwd=str(ROOT), capture_output=True,
-                          text=True, timeout=7200)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "memory_child.py")], env=env, cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
         return {"error": proc.stderr[-3000:]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -423,8 +276,8 @@ def profile_run(work: Path, data_dir: Path, url: str, db_name: str, frames: int,
 
 def run(args) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    server = Secantus(work)
-    daemon: Sidecar | None = None
+    server = TestServer.in_dir(work)
+    daemon: DaemonProcess | None = None
     result: dict[str, Any] = {
         "benchmark": "bench_memory", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -439,7 +292,7 @@ def run(args) -> dict[str, Any]:
         empty = work / "empty" / "data" / "system"
         empty.mkdir(parents=True)
         (work / "empty").mkdir(exist_ok=True)
-        daemon = Sidecar(work / "empty", empty, server.url, args.db + "_empty", extra)
+        daemon = sidecar(work / "empty", empty, server.url, args.db + "_empty", extra)
         start = start_measured(daemon)
         settle(daemon, args.settle)
         result["baseline_empty_dir"] = {"startup": start, "rss_mib": rss(daemon.pid)}
@@ -461,7 +314,7 @@ def run(args) -> dict[str, Any]:
         # 2-3. cold start
         run_dir = work / "run"
         run_dir.mkdir()
-        daemon = Sidecar(run_dir, data_dir, server.url, args.db, extra)
+        daemon = sidecar(run_dir, data_dir, server.url, args.db, extra)
         print("cold start (empty database: the start-up reconcile mirrors every file) ...", flush=True)
         cold = start_measured(daemon)
         print(f"  ready in {cold['ready_seconds']} s", flush=True)
@@ -483,8 +336,9 @@ def run(args) -> dict[str, Any]:
         b["mirrored_after_seconds"] = wait_mirrored(daemon, server.url, args.db, b.pop("last_seq"), 600)
         settle(daemon, args.settle)
         b["rss_after_mib"] = rss(daemon.pid)
-        code, body = daemon.get("/parity", timeout=600)
-        b["parity_all_match"] = json.loads(body).get("parity", {}).get("all_match") if code == 200 else None
+        resp = daemon.get("/parity", timeout=600)
+        b["parity_all_match"] = (resp.json().get("parity", {}).get("all_match")
+                                 if resp is not None and resp.status == 200 else None)
         b["rss_after_parity_request_mib"] = rss(daemon.pid)
         result["burst"] = b
         daemon.stop()
@@ -492,7 +346,7 @@ def run(args) -> dict[str, Any]:
 
         # 5. warm restart
         print("warm restart (same files, database already in sync) ...", flush=True)
-        daemon = Sidecar(run_dir, data_dir, server.url, args.db, extra)
+        daemon = sidecar(run_dir, data_dir, server.url, args.db, extra)
         warm = start_measured(daemon)
         settle(daemon, args.settle)
         warm["rss_after_settle_mib"] = rss(daemon.pid)
@@ -604,10 +458,6 @@ def report(r: dict[str, Any]) -> None:
         print(f"  MirrorState deep size (MiB): {p['mirror_state_mib']}  entries: {p['mirror_state_entries']}")
         print("  traced memory by package (MiB): " + ", ".join(f"{k} {v}" for k, v in
                                                               list(p["by_package_mib"].items())[:10]))
-        sc = p.get("at_end_of_startup_scan") or {}
-        if sc:
-            print(f"  when the start-up scan returned ({sc['ops']} ops held): traced {sc['traced_mib']} MiB; top sites: "
-                  + "; ".join(f"{t['where']} {t['mib']}" for t in sc["top"][:6]))
         print("  top allocation sites after ready:")
         for line in p["top_lines"][:10]:
             print(f"    {line['mib']:>7} MiB {line['blocks']:>8} blocks  {line['where']}")

@@ -42,14 +42,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench_shim import ACTIVATE, Daemon, Secantus, clean_env, hub_dict, wait_quiet  # bench/ is on sys.path
-from common import code_version, pct
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # testkit/, the support package shared with the tests
+
+from bench_shim import ACTIVATE, hub_dict, shim_daemon, wait_quiet  # noqa: E402  (bench/ is on sys.path)
+from testkit.measure import code_version, pct  # noqa: E402
+from testkit.mongo import TestServer  # noqa: E402
+from testkit.process import DaemonProcess, clean_env  # noqa: E402
+
 OUT = ROOT / "bench" / "out"
 HUBS = ("learner_preferences", "operating_context", "soft_identity")
 POOL = 32
@@ -126,7 +129,7 @@ def summary(lat_ns: list[int]) -> dict[str, Any]:
 
 
 # --- the situations ------------------------------------------------------------------------------
-def mongo_down_seen(daemon: Daemon, timeout: float = 60.0) -> None:
+def mongo_down_seen(daemon: DaemonProcess, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.metrics().get("sidecar_mongo_up") == 0:
@@ -135,7 +138,7 @@ def mongo_down_seen(daemon: Daemon, timeout: float = 60.0) -> None:
     raise RuntimeError("the daemon did not notice MongoDB was down")
 
 
-def enter(situation: str, server: Secantus, daemon: Daemon) -> None:
+def enter(situation: str, server: TestServer, daemon: DaemonProcess) -> None:
     if situation == "mongodb_killed":
         server.proc.kill()
         server.proc.wait(30)
@@ -149,7 +152,7 @@ def enter(situation: str, server: Secantus, daemon: Daemon) -> None:
         daemon.proc.wait(30)
 
 
-def leave(situation: str, server: Secantus, daemon: Daemon) -> None:
+def leave(situation: str, server: TestServer, daemon: DaemonProcess) -> None:
     if situation == "mongodb_killed":
         server.start()
     elif situation == "mongodb_frozen":
@@ -159,20 +162,7 @@ def leave(situation: str, server: Secantus, daemon: Daemon) -> None:
     elif situation == "sidecar_killed":
         daemon.start()
     if situation != "normal":
-        wait_ready(daemon)
-
-
-def wait_ready(daemon: Daemon, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(daemon.base + "/readyz", timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the daemon was not ready again")
+        daemon.wait_ready(120)
 
 
 def main() -> None:
@@ -193,15 +183,15 @@ def main() -> None:
     data_dir = work / "data" / "system"
     (data_dir / "structured_hubs").mkdir(parents=True)
     sock = work / "sidecar.sock"
-    server = Secantus(work)
+    server = TestServer.in_dir(work)
     server.start()
-    daemon = Daemon(work, data_dir, sock, server.url, "bench_outage")
+    daemon = shim_daemon(work, data_dir, sock, server.url, "bench_outage")
     env_extra = {"SIDECAR_SHIM_TIMEOUT_MS": str(args.timeout_ms), "SIDECAR_SHIM_BREAKER_MS": str(args.breaker_ms)}
     spec = {"data_dir": str(data_dir), "seconds": args.seconds, "interval_s": args.interval_ms / 1000}
     result: dict[str, Any] = {"code": code_version(), "python": platform.python_version(),
                               "args": {k: v for k, v in vars(args).items() if k != "worker"}, "situations": {}}
     try:
-        daemon.start()
+        daemon.start().wait_ready(120)
         for situation in SITUATIONS:
             rows: dict[str, Any] = {}
             wait_quiet([p for p in (server.proc.pid, daemon.proc.pid)])

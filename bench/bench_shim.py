@@ -23,7 +23,7 @@ install/uninstall state can leak between variants:
    (``db.watch()``) on the hub collection records when each marker arrives; each document's
    ``_sidecar.source`` says which path landed it (``shim`` or ``watch``). Twice: the product
    daemon (watcher still running: whichever path lands first is what the user gets), and the
-   same daemon with its watcher not started (the shim path alone).
+   same daemon with its watcher stopped once ready (the shim path alone).
 4. Sync mode: per-call latency of write_text returning (includes the MongoDB ack).
 
 Rounds: variants alternate within a round and the whole thing is repeated ``--rounds`` times
@@ -53,16 +53,18 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
-from common import code_version, launch_secantus, pct, stop_process  # bench/ is on sys.path: the script's dir
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # testkit/, the support package shared with the tests
+
+from testkit.measure import code_version, cpu_seconds, pct, stop_process  # noqa: E402
+from testkit.mongo import TestServer  # noqa: E402
+from testkit.process import RUN, DaemonProcess, clean_env  # noqa: E402
+
 OUT = ROOT / "bench" / "out"
 ACTIVATE = ROOT / "shim" / "activate"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 HUB_REL = "structured_hubs/learner_preferences.json"  # measurement 1, 2 (reads)
 LAT_HUB = "operating_context"  # measurement 3, 4
@@ -70,20 +72,9 @@ LAT_REL = f"structured_hubs/{LAT_HUB}.json"
 TARGET_SIZE = 10 * 1024
 POOL = 64  # distinct payloads cycled through (each differs from the previous one)
 
-# A daemon whose watcher is never started: the shim path alone. Measurement only; the
-# product daemon is ``python -m sidecar run`` unchanged.
-SHIM_ONLY_DAEMON = """
-import sys
-from sidecar import daemon as m
-_init = m.Daemon.__init__
-def _no_watcher(self, *a, **k):
-    _init(self, *a, **k)
-    self.watcher.start = lambda: None
-    self.watcher.stop = lambda: None
-m.Daemon.__init__ = _no_watcher
-from sidecar.cli import main
-sys.exit(main(["run"]))
-"""
+# The shim path alone: the same daemon, in-process in its own process, whose watcher and
+# root monitor are stopped (their public stop()) once it is ready. Measurement only.
+SHIM_ONLY_DAEMON = [sys.executable, "-m", "testkit.daemon", "--no-watcher"]
 
 
 # --- the payload ---------------------------------------------------------------------------------
@@ -93,7 +84,7 @@ def hub_dict(seed: int, size: int = TARGET_SIZE) -> tuple[dict[str, dict], list[
     """A learner_preferences-like hub: learner id → small dict, ~``size`` bytes as written."""
     import random
 
-    import corpus
+    from testkit import corpus
 
     rng = random.Random(seed)
     hub: dict[str, dict] = {}
@@ -139,7 +130,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     def cpu_mark() -> tuple[float, float, float, float]:
         # wall, this process (all threads), this thread, the sidecar's processes
-        return perf(), time.process_time(), time.thread_time(), sum(cpu_seconds(p) for p in watch)
+        return perf(), time.process_time(), time.thread_time(), sum(cpu_seconds(p) or 0.0 for p in watch)
 
     def cpu_report(m0: tuple[float, float, float, float], calls: int) -> None:
         m1 = cpu_mark()
@@ -280,23 +271,6 @@ def sink_main(path: str) -> None:
 # --- processes ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # utime, stime, and those of waited-for children (none here)
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def fs_type(path: Path) -> str:
     """The file system type of the mount holding ``path`` (from /proc/mounts)."""
     best, kind = "", "?"
@@ -312,78 +286,12 @@ def fs_type(path: Path) -> str:
     return f"{kind} ({best})"
 
 
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("SIDECAR_", "MONGODB_", "MEMORY_", "RUNTIME_DATA_DIR"))}
-
-
-class Secantus:
-    """SecantusDB on loopback, started the way tests/conftest.py does it."""
-
-    def __init__(self, workdir: Path, name: str = "secantus") -> None:
-        self.storage = workdir / f"{name}-data"
-        self.log_path = workdir / f"{name}.log"
-        self.port = free_port()
-        self.url = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.proc = launch_secantus(self.port, self.storage, self.log_path, timeout)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-
-class Daemon:
-    """``python -m sidecar run`` (or the watcher-less variant), configured by env only."""
-
-    def __init__(self, workdir: Path, data_dir: Path, socket_path: Path, url: str, db_name: str,
-                 watcher: bool = True) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / ("daemon.log" if watcher else "daemon-shim-only.log")
-        self.env = clean_env()
-        self.env.update(RUNTIME_DATA_DIR=str(data_dir), MONGODB_URL=url, MONGODB_DB_NAME=db_name,
-                        SIDECAR_HTTP_PORT=str(self.port), SIDECAR_SOCKET=str(socket_path),
-                        SIDECAR_LOG_LEVEL="WARNING")
-        self.cmd = [sys.executable, "-m", "sidecar", "run"] if watcher else [sys.executable, "-c", SHIM_ONLY_DAEMON]
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> float:
-        t0 = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(self.base + "/readyz", timeout=5) as resp:
-                    if resp.status == 200:
-                        return time.monotonic() - t0
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"the daemon was not ready within {timeout}s; see {self.log_path}")
-            time.sleep(0.05)
-
-    def metrics(self) -> dict[str, float]:
-        out = {}
-        try:
-            with urllib.request.urlopen(self.base + "/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except (urllib.error.URLError, OSError):
-            return out
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                try:
-                    out[name] = float(value)
-                except ValueError:
-                    pass
-        return out
-
-    def stop(self) -> None:
-        stop_process(self.proc, timeout=40)
+def shim_daemon(workdir: Path, data_dir: Path, socket_path: Path, url: str, db_name: str,
+                watcher: bool = True) -> DaemonProcess:
+    """``python -m sidecar run`` (or the shim-only daemon), configured by env only."""
+    return DaemonProcess(workdir, data_dir, url, db_name, socket=socket_path,
+                         log_name="daemon.log" if watcher else "daemon-shim-only.log",
+                         cmd=RUN if watcher else SHIM_ONLY_DAEMON, defaults={"SIDECAR_LOG_LEVEL": "WARNING"})
 
 
 def wait_quiet(pids: list[int], threshold: float = 0.04, window: float = 0.25, timeout: float = 90.0) -> float:
@@ -391,9 +299,9 @@ def wait_quiet(pids: list[int], threshold: float = 0.04, window: float = 0.25, t
     t0 = time.monotonic()
     calm = 0
     while time.monotonic() - t0 < timeout:
-        before = sum(cpu_seconds(p) for p in pids)
+        before = sum(cpu_seconds(p) or 0.0 for p in pids)
         time.sleep(window)
-        used = (sum(cpu_seconds(p) for p in pids) - before) / window
+        used = (sum(cpu_seconds(p) or 0.0 for p in pids) - before) / window
         calm = calm + 1 if used < threshold else 0
         if calm >= 2:
             break
@@ -554,7 +462,7 @@ def probe_observer(url: str, db_name: str, count: int = 40) -> None:
         client.close()
 
 
-def latency_run(label: str, daemon: Daemon, server: Secantus, db_name: str, data_dir: Path, socket_path: Path,
+def latency_run(label: str, daemon: DaemonProcess, server: TestServer, db_name: str, data_dir: Path, socket_path: Path,
                 n: int, interval_ms: float, seed: int) -> dict[str, Any]:
     wait_quiet([daemon.proc.pid, server.proc.pid])
     obs = Observer(server.url, db_name)
@@ -616,7 +524,7 @@ def latency_run(label: str, daemon: Daemon, server: Secantus, db_name: str, data
             "daemon_shim_events": shim_events}
 
 
-def sync_run(label: str, daemon: Daemon, server: Secantus, data_dir: Path, socket_path: Path, n: int,
+def sync_run(label: str, daemon: DaemonProcess, server: TestServer, data_dir: Path, socket_path: Path, n: int,
              interval_ms: float) -> dict[str, Any]:
     wait_quiet([daemon.proc.pid, server.proc.pid])
     spec = {"op": "sync_paced", "n": n, "warm": 30, "interval_s": interval_ms / 1000,
@@ -773,7 +681,6 @@ def main() -> None:
         args.rounds, args.paced_n, args.tight_n, args.read_n = 2, 400, 800, 5000
         args.latency_n, args.sync_n, args.slow_n = 200, 200, 100
 
-    sys.path.insert(0, str(ROOT / "bench"))
     workdir = Path(tempfile.mkdtemp(prefix="bench_shim_"))
     data_root = Path(tempfile.mkdtemp(prefix="bench_shim_data_", dir=args.data_root))
     data_dir = data_root / "data" / "system"
@@ -846,10 +753,10 @@ def run_overhead(args, result, specs, workdir, data_dir, sock, sink_sock, dead_s
         sink = None
 
         # Phase 2: SecantusDB + the product daemon (watcher + shim socket).
-        server = Secantus(workdir)
+        server = TestServer.in_dir(workdir)
         server.start()
-        daemon = Daemon(workdir, data_dir, sock, server.url, db_name)
-        ready_s = daemon.start()
+        daemon = shim_daemon(workdir, data_dir, sock, server.url, db_name)
+        ready_s = daemon.start().wait_ready(120)
         print(f"daemon ready in {ready_s:.1f}s", flush=True)
         result["overhead"]["daemon_up"] = overhead_phase(
             "daemon up",
@@ -870,12 +777,12 @@ def run_latency(args, result, workdir, data_dir, sock, db_name) -> None:
     overhead runs write make SecantusDB (a Python server) slower, and that is not the shim's path."""
     server = daemon = None
     try:
-        for label, watcher in (("product (shim + watcher)", True), ("shim alone (watcher not started)", False)):
-            server = Secantus(workdir, f"secantus-{'product' if watcher else 'shim-only'}")
+        for label, watcher in (("product (shim + watcher)", True), ("shim alone (watcher stopped)", False)):
+            server = TestServer.in_dir(workdir, f"secantus-{'product' if watcher else 'shim-only'}")
             server.start()
             db = f"{db_name}_{'p' if watcher else 's'}"
-            daemon = Daemon(workdir, data_dir, sock, server.url, db, watcher=watcher)
-            daemon.start()
+            daemon = shim_daemon(workdir, data_dir, sock, server.url, db, watcher=watcher)
+            daemon.start().wait_ready(120)
             print(f"latency, {label} ...", flush=True)
             result["latency"].append(latency_run(label, daemon, server, db, data_dir, sock,
                                                  args.latency_n, args.latency_interval_ms, 7))

@@ -1,6 +1,6 @@
 """Benchmark: one-shot `sync` vs. raw insert_many vs. the Mentorix per-entry upsert loop.
 
-One run, one generated corpus (bench/corpus.py, written exactly the way Mentorix writes
+One run, one generated corpus (testkit/corpus.py, written exactly the way Mentorix writes
 its files), and per repetition one server that every measurement of that repetition
 shares. Each measurement below starts on a fresh database:
 
@@ -46,9 +46,7 @@ import os
 import platform
 import pstats
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,63 +57,23 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # testkit/, the support package shared with the tests
 
 import pymongo  # noqa: E402
 
-from common import launch_secantus, stop_process  # noqa: E402  (bench/ is on sys.path: the script's dir)
-
-import corpus  # noqa: E402
 from sidecar import sync as sync_mod  # noqa: E402
 from sidecar.config import Config  # noqa: E402
 from sidecar.names import EPISODES, EVENTS, FILES, HUBS, SNAPSHOTS  # noqa: E402
 from sidecar.state import MirrorState  # noqa: E402
 from sidecar.reconcile import Reconciler  # noqa: E402
 from sidecar.store import Store  # noqa: E402
+from testkit import corpus  # noqa: E402
+from testkit.measure import code_version, loadavg  # noqa: E402
+from testkit.mongo import TestServer  # noqa: E402
 
 TARGET_COLD_VS_INSERT = 1.25
 TARGET_LOOP_VS_WARM = 20.0
 CHANGED_HUB = "learner_preferences"
-
-
-# --- server -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """SecantusDB on loopback, started the way tests/conftest.py does it."""
-
-    def __init__(self, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.storage = workdir / "secantus-data"
-        self.port = free_port()
-        self.url = f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-        self.proc: subprocess.Popen | None = None
-        self.log_path = workdir / "secantus.log"
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.proc = launch_secantus(self.port, self.storage, self.log_path, timeout)
-
-    def cpu_seconds(self) -> float | None:
-        """user+system CPU of the server process (and reaped children), from /proc."""
-        if self.proc is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-        return ticks / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
 
 
 # --- measuring ------------------------------------------------------------------------
@@ -124,7 +82,7 @@ class Server:
 class Clock:
     """Wall time, this process's CPU and the server's CPU over one block."""
 
-    def __init__(self, server: Server | None) -> None:
+    def __init__(self, server: TestServer | None) -> None:
         self.server = server
         self.result: dict[str, float | None] = {}
 
@@ -141,58 +99,6 @@ class Clock:
                            server_cpu_s=(s1 - s0) if s0 is not None and s1 is not None else None)
 
 
-class Phases:
-    """Times the steps of run_sync by wrapping the names sidecar.sync calls (no code edits)."""
-
-    NAMES = {
-        "ensure_indexes": ("store", "ensure_indexes"),
-        "load_state": ("store", "load_state"),
-        "scan (read+parse+hash+diff+build docs)": ("Reconciler", "scan"),
-        "bulk writes (apply_ops)": ("module", "apply_ops"),
-        "build events": ("module", "build_events"),
-        "record events": ("store", "record_events"),
-        "report (parity re-read)": ("module", "build_report"),
-        "write report file": ("module", "_write_report"),
-    }
-
-    def __init__(self, server: Server | None) -> None:
-        self.server = server
-        self.times: dict[str, dict[str, float]] = {}
-
-    def _server_cpu(self) -> float:
-        value = self.server.cpu_seconds() if self.server else None
-        return value if value is not None else 0.0
-
-    def _wrap(self, label: str, fn):
-        def timed(*args, **kwargs):
-            s0, c0, t0 = self._server_cpu(), time.process_time(), time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                row = self.times.setdefault(label, {"s": 0.0, "client_cpu": 0.0, "server_cpu": 0.0})
-                row["s"] += time.perf_counter() - t0
-                row["client_cpu"] += time.process_time() - c0
-                row["server_cpu"] += self._server_cpu() - s0
-        return timed
-
-    @contextmanager
-    def installed(self, store: Store):
-        saved: list[tuple[Any, str, Any]] = []
-        for label, (where, name) in self.NAMES.items():
-            target = {"store": store, "Reconciler": sync_mod.Reconciler, "module": sync_mod}[where]
-            original = getattr(target, name)
-            saved.append((target, name, target.__dict__.get(name, None) if where != "store" else None))
-            setattr(target, name, self._wrap(label, original))
-        try:
-            yield self.times
-        finally:
-            for target, name, original in reversed(saved):
-                if original is None:
-                    delattr(target, name)  # instance attribute: the class method shows again
-                else:
-                    setattr(target, name, original)
-
-
 def physical(config: Config, logical: str) -> str:
     return config.sidecar_files_collection if logical == FILES else logical
 
@@ -203,7 +109,7 @@ def body(doc: dict) -> dict:
 
 class Bench:
     def __init__(self, args: argparse.Namespace, data_dir: Path, work: Path, url: str,
-                 server: Server | None) -> None:
+                 server: TestServer | None) -> None:
         self.args = args
         self.data_dir = data_dir
         self.work = work
@@ -267,12 +173,12 @@ class Bench:
 
     # --- b), d), e) --------------------------------------------------------------------
     def run_sync(self, cfg: Config, store: Store, label: str) -> dict:
-        phases = Phases(self.server)
         clock = self.clock()
-        with phases.installed(store), clock.measure():
+        with clock.measure():
             report, code = sync_mod.run_sync(cfg, store, report_path=self.work / f"report_{label}.json")
+        # The steps' wall time as sync times them itself (the report's "stages", sidecar/timers.py).
         return dict(clock.result, exit_code=code, writes=report["writes"], parity=report["parity"],
-                    phases={k: {m: round(x, 4) for m, x in v.items()} for k, v in phases.times.items()},
+                    phases={k: round(v["total_s"], 4) for k, v in report["stages"].items()},
                     events=store.db[EVENTS].count_documents({}))
 
     def profile_syncs(self, top: int = 40) -> dict:
@@ -439,20 +345,8 @@ class Bench:
 
 def git_revision() -> dict[str, Any]:
     """The commit measured, and whether sidecar/ differed from it."""
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "sidecar_modified": bool(git("status", "--porcelain", "--", "sidecar"))}
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
+    code = code_version(("sidecar",))
+    return {"commit": code["head"] or None, "sidecar_modified": code["uncommitted_changes"]}
 
 
 def settle() -> None:
@@ -496,8 +390,7 @@ def summarize(reps: list[dict]) -> dict:
     phases = {}
     for kind in ("cold_sync", "warm_sync", "one_change"):
         labels = reps[0][kind]["phases"].keys()
-        phases[kind] = {lab: {m: round(median([r[kind]["phases"].get(lab, {}).get(m, 0.0) for r in reps]), 3)
-                              for m in ("s", "client_cpu", "server_cpu")} for lab in labels}
+        phases[kind] = {lab: round(median([r[kind]["phases"].get(lab, 0.0) for r in reps]), 3) for lab in labels}
     rows = [
         {"metric": "cold sync / insert_many (wall time)", "value": cold / insert, "unit": "x",
          "target": f"<= {TARGET_COLD_VS_INSERT}x", "pass": cold / insert <= TARGET_COLD_VS_INSERT},
@@ -595,14 +488,12 @@ def render_table(summary: dict, reps: list[dict]) -> str:
         f"| {cpu('one_change', 'client_cpu_s')} | {cpu('one_change', 'server_cpu_s')} |",
         f"| (info) sidecar scan only, no database (read+parse+hash+build docs) | {s['sidecar_scan_only']:.2f} | | |",
     ]
-    lines += ["", "| phase of run_sync (median s: wall / client CPU / server CPU) | cold | warm | one change |",
+    lines += ["", "| stage of run_sync (its report's `stages`, median wall s) | cold | warm | one change |",
               "|---|---:|---:|---:|"]
     ph = summary["phases"]
-    zero = {"s": 0.0, "client_cpu": 0.0, "server_cpu": 0.0}
 
     def cell(kind: str, label: str) -> str:
-        v = ph[kind].get(label, zero)
-        return f"{v['s']:.2f} / {v['client_cpu']:.2f} / {v['server_cpu']:.2f}"
+        return f"{ph[kind].get(label, 0.0):.2f}"
 
     for label in ph["cold_sync"]:
         lines.append(f"| {label} | {cell('cold_sync', label)} | {cell('warm_sync', label)} "
@@ -635,7 +526,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench_sync_"))
-    servers: list[Server] = []
+    servers: list[TestServer] = []
 
     @contextmanager
     def session(label: str):
@@ -644,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mongodb_url:
             url = args.mongodb_url
         else:
-            server = Server(work / label)
+            server = TestServer.in_dir(work / label)
             servers.append(server)
             server.start()
             url = server.url

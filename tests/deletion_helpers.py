@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from daemon_fixtures import TOKEN
+from testkit.daemon_fixtures import TOKEN
 
 HUB = "structured_hubs/learner_preferences.json"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

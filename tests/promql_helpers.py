@@ -187,7 +187,7 @@ def scrape_after_activity(d, data_dir: Path) -> str:
     by a copy without one key (a held divergence) and a bad file (an error)."""
     import json as _json
 
-    from conftest import wait_for
+    from testkit.measure import wait_for
     from shim_helpers import connect, frame, header, read_reply
 
     hubs = data_dir / "structured_hubs"

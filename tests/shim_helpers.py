@@ -20,6 +20,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from sidecar.shimserver import ShimEvent, ShimServer
+from testkit.measure import wait_for
 
 WAIT = 5.0  # upper bound of every wait; tests finish long before
 
@@ -126,14 +127,8 @@ class ServerThread:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    """``testkit.measure.wait_for`` with the shim tests' bound and a 10 ms poll."""
+    return wait_for(predicate, timeout, 0.01, what)
 
 
 def header(**overrides: Any) -> dict[str, Any]:

@@ -17,17 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
-from corpus import LegacyWriter, generate
-from daemon_fixtures import (  # noqa: F401
-    TOKEN,
-    DaemonProcess,
-    SignalWriter,
-    daemon_config,
-    reconcile_now,
-    running,
-)
-from deletion_helpers import AUTH, HUB, dump, keys_in_mongo, write_in_place  # noqa: F401
+from testkit.measure import wait_for
+from testkit.corpus import LegacyWriter, generate
+from testkit.daemon_fixtures import SignalWriter, reconcile_now
+from testkit.process import DaemonProcess
+from deletion_helpers import HUB, dump, keys_in_mongo, write_in_place
 from sidecar.sync import run_sync
 
 pytestmark = pytest.mark.integration

@@ -20,14 +20,12 @@ import json
 import os
 from pathlib import Path
 
-import pymongo
 import pytest
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
-from conftest import wait_for
-from corpus import LegacyWriter, write_json
-from daemon_fixtures import daemon_config, reconcile_now, running  # noqa: F401 - fixtures
+from testkit.measure import wait_for
+from testkit.corpus import LegacyWriter, write_json
 from sidecar.model import INLINE_MAX_BYTES
 from sidecar.restore import restore
 

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port
+from testkit import ROOT
+from testkit.measure import free_port
 
 from sidecar.names import HUBS
 from sidecar.restore import restore

@@ -21,8 +21,9 @@ import time
 
 import pytest
 
-from conftest import ROOT, free_port, wait_for
-from daemon_fixtures import _OWN_ENV_PREFIXES, daemon_config, running  # noqa: F401
+from testkit import ROOT
+from testkit.measure import free_port, wait_for
+from testkit.process import OWN_ENV_PREFIXES as _OWN_ENV_PREFIXES
 from deletion_helpers import write_in_place
 from sidecar.cli import EXIT_NO_DAEMON, main
 from sidecar.page import render_text

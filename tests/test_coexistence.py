@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus import generate
+from testkit.corpus import generate
 from mentorix_double import MongoMemoryStore, backfill
 from sidecar.restore import restore
 from sidecar.sync import run_parity, run_sync

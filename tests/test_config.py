@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from testkit import ROOT
 
 from sidecar import cli
 from sidecar.config import DEFAULT_IGNORE, Config, describe, redact_url

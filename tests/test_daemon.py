@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, wait_for
-from daemon_helpers import RunningDaemon
+from testkit import ROOT
+from testkit.measure import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ CONVERGENCE_S = float(os.environ.get("SIDECAR_TEST_CONVERGENCE_S", "1.0"))
 LEGACY_WRITER = r"""
 import sys
 sys.path.insert(0, sys.argv[2])
-from corpus import LegacyWriter
+from testkit.corpus import LegacyWriter
 w = LegacyWriter(sys.argv[1], seed=3)
 w.start()
 for i in range(int(sys.argv[3])):
@@ -36,29 +36,6 @@ for i in range(int(sys.argv[3])):
 """
 
 
-@pytest.fixture
-def daemon_config(make_config, tmp_path):
-    def make(**kw):
-        kw.setdefault("sidecar_http_port", 0)
-        kw.setdefault("sidecar_socket", tmp_path / "sock" / "sidecar.sock")
-        kw.setdefault("sidecar_token", "test-token-123")
-        return make_config(**kw)
-    return make
-
-
-@pytest.fixture
-def running(daemon_config):
-    started = []
-
-    def start(**kw):
-        d = RunningDaemon(daemon_config(**kw)).start()
-        started.append(d)
-        return d
-    yield start
-    for d in started:
-        d.stop()
-
-
 def files_sha(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and "reports" not in p.parts}
@@ -66,7 +43,7 @@ def files_sha(root: Path) -> dict[str, str]:
 
 def test_legacy_writer_process_converges_within_a_second(data_dir, running):
     d = running()
-    proc = subprocess.run([sys.executable, "-c", LEGACY_WRITER, str(data_dir), str(ROOT / "bench"), "120"],
+    proc = subprocess.run([sys.executable, "-c", LEGACY_WRITER, str(data_dir), str(ROOT), "120"],
                           capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     last_write = time.monotonic()

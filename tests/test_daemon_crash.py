@@ -12,8 +12,9 @@ import uuid
 
 import pytest
 
-from conftest import free_port, wait_for
-from daemon_fixtures import DaemonProcess, SignalWriter, assert_nothing_lost
+from testkit.measure import free_port, wait_for
+from testkit.daemon_fixtures import SignalWriter, assert_nothing_lost
+from testkit.process import DaemonProcess
 
 pytestmark = pytest.mark.integration
 

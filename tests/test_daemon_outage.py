@@ -15,8 +15,8 @@ import uuid
 import pymongo
 import pytest
 
-from conftest import wait_for
-from daemon_fixtures import SignalWriter, assert_nothing_lost, daemon_config, running  # noqa: F401
+from testkit.measure import wait_for
+from testkit.daemon_fixtures import SignalWriter, assert_nothing_lost
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from daemon_fixtures import daemon_config, running  # noqa: F401  (fixtures)
 from promql_helpers import (
     check_exprs, exported_series, grafana_to_promql, metric_refs, scrape_after_activity, series_problems,
 )

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
-from corpus import LegacyWriter, generate
-from daemon_fixtures import TOKEN, DaemonProcess, daemon_config, running  # noqa: F401
+from testkit.measure import wait_for
+from testkit.corpus import LegacyWriter, generate
+from testkit.daemon_fixtures import TOKEN
+from testkit.process import DaemonProcess
 from deletion_helpers import AUTH, HUB, keys_in_mongo, write_in_place, write_new_inode  # noqa: F401
 from sidecar.cli import main
 from sidecar.lineage import Lineage

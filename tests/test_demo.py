@@ -9,7 +9,8 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, free_port, wait_for
+from testkit import ROOT
+from testkit.measure import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 

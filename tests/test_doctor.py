@@ -10,7 +10,6 @@ from collections import namedtuple
 
 import pytest
 
-from daemon_fixtures import daemon_config, running  # noqa: F401 - fixtures
 from sidecar import doctor
 from sidecar.cli import main
 from sidecar.store import Store

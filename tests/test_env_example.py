@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT
+from testkit import ROOT
 from sidecar.config import Config
 
 # Values a container deliberately sets differently from the code default.

@@ -9,7 +9,6 @@ import json
 import pytest
 from bson import ObjectId
 
-from daemon_fixtures import daemon_config, running  # noqa: F401
 from sidecar.restore import restore
 from sidecar.sync import run_parity, run_sync
 
@@ -72,7 +71,7 @@ def test_the_daemon_starts_beside_foreign_documents_and_says_what_it_skipped(leg
     assert any(p["reason"] == "foreign_document" for p in problems)
     assert d.get("/parity").status == 200
     (legacy_dir / "structured_hubs" / "soft_identity.json").write_text(json.dumps({"new": 1}, indent=2))
-    from conftest import wait_for
+    from testkit.measure import wait_for
     wait_for(lambda: db.memory_hubs.find_one({"item_key": "new"}), 10, what="mirroring beside them")
 
 
@@ -83,7 +82,7 @@ def test_an_unexpected_start_up_failure_is_logged_and_shown(data_dir, running, m
         raise RuntimeError("boom in reconcile")
     monkeypatch.setattr(Mirror, "reconcile", broken)
     d = running(wait_ready=False)
-    from conftest import wait_for
+    from testkit.measure import wait_for
     r = wait_for(lambda: (lambda r: r if "start-up failed" in r.json().get("reason", "") else None)(
         d.get("/readyz")), 15, what="the failure in /readyz")
     assert r.status == 503 and "RuntimeError: boom in reconcile" in r.json()["reason"]

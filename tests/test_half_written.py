@@ -16,8 +16,7 @@ from pathlib import Path
 import pymongo
 import pytest
 
-from conftest import wait_for
-from daemon_fixtures import daemon_config, running  # noqa: F401
+from testkit.measure import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +197,7 @@ def test_a_file_left_half_written_is_reported_but_deletes_nothing(data_dir, runn
 
 
 def test_a_reconcile_catching_a_file_mid_write_does_not_report_it(data_dir, running):
-    from daemon_fixtures import reconcile_now
+    from testkit.daemon_fixtures import reconcile_now
 
     path = data_dir / REL
     path.parent.mkdir()

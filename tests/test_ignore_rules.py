@@ -15,8 +15,8 @@ import uuid
 import bson
 import pytest
 
-from conftest import wait_for
-from daemon_fixtures import daemon_config, reconcile_now, running  # noqa: F401
+from testkit.measure import wait_for
+from testkit.daemon_fixtures import reconcile_now
 from shim_helpers import connect, frame, header, read_reply
 from test_shim_e2e import api_env, run_api
 
@@ -179,7 +179,7 @@ print(json.dumps({"expected_ignored": events, "stats": shim.stats()}))
 
 @pytest.fixture
 def shim_daemon(daemon_config, tmp_path):
-    from daemon_helpers import RunningDaemon
+    from testkit.daemon import RunningDaemon
 
     d = RunningDaemon(daemon_config(sidecar_ignore=EXTRA_IGNORE)).start()
     yield d

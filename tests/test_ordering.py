@@ -12,8 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from bson import ObjectId
 
-from conftest import wait_for
-from daemon_fixtures import daemon_config, running  # noqa: F401
+from testkit.measure import wait_for
 from sidecar.cli import main
 from sidecar.clock import Clock
 from sidecar.state import Op

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import free_port
+from testkit.measure import free_port
 from sidecar import parityscan
 from sidecar.store import MongoUnavailable
 from sidecar.sync import run_sync

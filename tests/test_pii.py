@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
-from daemon_fixtures import DaemonProcess
+from testkit.measure import wait_for
+from testkit.process import DaemonProcess
 from sidecar.cli import main
 from sidecar.model import REDACTED
 from sidecar.restore import restore

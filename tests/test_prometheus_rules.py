@@ -18,7 +18,6 @@ import jsonschema
 import pytest
 import yaml
 
-from daemon_fixtures import daemon_config, running  # noqa: F401  (fixtures)
 from promql_helpers import (
     exported_series, github_anchors, metric_refs, run_promtool, scrape_after_activity, series_problems,
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from bson import ObjectId
-from corpus import generate
+from testkit.corpus import generate
 
 from sidecar.cli import main
 from sidecar.restore import RestoreRefused, restore

@@ -15,8 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-from daemon_fixtures import daemon_config, running  # noqa: F401
+from testkit.measure import wait_for
 
 from sidecar.restore import restore
 from sidecar.sync import run_divergences, run_sync

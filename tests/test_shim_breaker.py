@@ -16,8 +16,8 @@ from typing import Callable
 import pytest
 
 import shim
-from conftest import wait_for
-from daemon_fixtures import DaemonProcess, daemon_config, running  # noqa: F401
+from testkit.measure import wait_for
+from testkit.process import DaemonProcess
 from shim._breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from shim_helpers import RecordingHandler, Recorder, ServerThread, connect, frame, header, read_reply
 

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, wait_for
-from daemon_helpers import RunningDaemon
+from testkit import ROOT
+from testkit.measure import wait_for
+from testkit.daemon import RunningDaemon
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +21,7 @@ ACTIVATE = ROOT / "shim" / "activate"
 LEGACY_API = r"""
 import json, sys
 sys.path.insert(0, sys.argv[2])
-from corpus import LegacyWriter
+from testkit.corpus import LegacyWriter
 w = LegacyWriter(sys.argv[1], seed=11)
 w.start()
 for i in range(int(sys.argv[3])):

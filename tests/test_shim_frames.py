@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
-from daemon_fixtures import daemon_config, running  # noqa: F401 - fixtures
+from testkit.measure import wait_for
 from sidecar.config import Config
 from sidecar.state import MirrorState
 from sidecar.lease import LeaseHeld

@@ -17,8 +17,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-from daemon_fixtures import daemon_config, running  # noqa: F401
+from testkit.measure import wait_for
 
 from sidecar.model import HubMemo, build_plan
 from sidecar.restore import restore

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, wait_for
-from daemon_fixtures import daemon_config, http, running  # noqa: F401
+from testkit import ROOT
+from testkit.measure import wait_for
+from testkit.http import http
 from deletion_helpers import HUB, keys_in_mongo, write_in_place, write_new_inode
 from sidecar.page import render
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from corpus import LegacyWriter, generate
+from testkit.corpus import LegacyWriter, generate
 from sidecar.cli import main
 from sidecar.sync import run_divergences, run_parity, run_sync
 

@@ -9,8 +9,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from conftest import wait_for
-from daemon_fixtures import daemon_config, running  # noqa: F401 - fixtures
+from testkit.measure import wait_for
 from sidecar.sync import run_sync
 from sidecar.timers import STAGES, Timers
 

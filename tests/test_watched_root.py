@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, wait_for
-from daemon_fixtures import TOKEN, daemon_config, reconcile_now, running  # noqa: F401
+from testkit import ROOT
+from testkit.measure import free_port, wait_for
+from testkit.daemon_fixtures import reconcile_now
 from sidecar.reconcile import Reconciler
 from sidecar.state import build_state
 from sidecar.source import DataDirMissing, SourceError, check_root, exists, read_file, sha256_hex, walk

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from conftest import wait_for
-from daemon_fixtures import TOKEN, daemon_config, reconcile_now, running  # noqa: F401
+from testkit.measure import wait_for
+from testkit.daemon_fixtures import TOKEN, reconcile_now
 
 from sidecar import watcher as watcher_mod
 from sidecar.pending import Pending

@@ -1,25 +1,28 @@
-"""Run the daemon in-process for tests: its own event loop thread, port 0, bounded waits."""
+"""The daemon in-process: its own event-loop thread, port 0, bounded waits.
+
+This is the one module of the package that imports the daemon class.
+
+``python -m testkit.daemon --no-watcher`` runs the daemon configured from the environment
+(as ``python -m sidecar run``) and, once ready, stops its watcher and root monitor through
+their public ``stop()``: only shim frames (and requested reconciles) reach MongoDB. The shim
+benchmark measures the shim path alone with it; SIGTERM stops it.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import signal
+import sys
 import threading
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 
-from conftest import wait_for
 from sidecar.daemon import Daemon
 
+from .http import Response, http
+from .measure import wait_for
 
-@dataclass
-class Response:
-    status: int
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body)
+__all__ = ["Daemon", "Response", "RunningDaemon"]
 
 
 class RunningDaemon:
@@ -61,12 +64,10 @@ class RunningDaemon:
         return f"http://127.0.0.1:{self.daemon.http_port}"
 
     def get(self, path: str, method: str = "GET", headers: dict | None = None) -> Response:
-        req = urllib.request.Request(self.url + path, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return Response(resp.status, resp.read())
-        except urllib.error.HTTPError as exc:
-            return Response(exc.code, exc.read())
+        resp = http(self.url + path, method, headers)
+        if resp is None:
+            raise AssertionError(f"the daemon did not answer {method} {path}")
+        return resp
 
     def parity(self) -> dict:
         return self.get("/parity").json()
@@ -82,3 +83,33 @@ class RunningDaemon:
             return wait_for(ok, timeout, 0.05, "parity")
         except AssertionError:
             raise AssertionError(f"no parity: {json.dumps(holder.get('last'), default=str)[:3000]}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="The daemon in-process, configured from the environment.")
+    ap.add_argument("--no-watcher", action="store_true",
+                    help="once ready, stop the watcher and the root monitor: the shim path alone")
+    ap.add_argument("--ready-timeout", type=float, default=600.0)
+    args = ap.parse_args(argv)
+    from sidecar.config import Config
+    from sidecar.logs import setup_logging
+
+    config = Config()
+    setup_logging(config.sidecar_log_format, config.sidecar_log_level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    d = RunningDaemon(config).start(timeout=args.ready_timeout)
+    try:
+        if args.no_watcher:
+            d.daemon.rootwatch.stop()
+            d.daemon.watcher.stop()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        d.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,10 +1,10 @@
 """Legacy Mentorix data, written exactly the way Mentorix writes it.
 
-Used by the benchmarks, the tests and ``make run``. Every write is
+Used by the benchmarks and the tests. Every write is
 ``Path.write_text(json.dumps(payload, indent=2), encoding="utf-8")``: not
 atomic, no trailing newline, three hub files rewritten per learner signal.
 
-    python bench/corpus.py DIR [--learners N] [--episodes N] [--runs N]
+    python -m testkit.corpus DIR [--learners N] [--episodes N] [--runs N]
 """
 
 from __future__ import annotations
