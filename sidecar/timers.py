@@ -18,15 +18,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
+from .names import EPISODES, FILES, HUBS, SNAPSHOTS
+
 # What each stage times (the keys of ``Timers.snapshot()``).
 STAGES = {
     "flush": "one writer flush of queued paths, end to end",
     "plan": "read + parse + hash + diff of the files of one flush",
     "write": "the bulk writes of one flush or reconcile chunk (Store.apply)",
-    "write.memory_hubs": "bulk writes to memory_hubs",
-    "write.episodic_memory": "bulk writes to episodic_memory",
-    "write.runtime_snapshots": "bulk writes to runtime_snapshots",
-    "write.files": "bulk writes to the files collection (manifests)",
+    **{f"write.{coll}": f"bulk writes to {coll}" for coll in (HUBS, EPISODES, SNAPSHOTS)},
+    f"write.{FILES}": "bulk writes to the files collection (manifests)",
     "events": "one insert of memory_events",
     "queue_wait": "from a path's first change to the flush that took it",
     "reconcile": "one full reconcile",
