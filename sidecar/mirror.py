@@ -245,7 +245,7 @@ class Mirror:
         t0 = time.perf_counter()
         for rel in taken:
             read = None
-            if rel in claims:
+            if claims.get(rel):
                 # Read here (once) to tell the frame's bytes from a newer write's.
                 try:
                     read = read_file(self.config.data_dir, rel)

@@ -86,7 +86,9 @@ class Pending:
         return waiter
 
     def claim(self, taken: dict[str, float]) -> dict[str, list[Waiter]]:
-        """The waiters the batch ``taken`` answers (handed over by ``take``)."""
+        """The paths of the batch ``taken`` that a shim frame asked for, each with the
+        waiters (sync frames) the batch answers (handed over by ``take``; an async
+        frame's path has none)."""
         with self._cond:
             return {rel: self._claimed.pop(rel) for rel in taken if rel in self._claimed}
 
@@ -95,8 +97,9 @@ class Pending:
         reconcile): back to their paths, for the next flush."""
         with self._cond:
             for rel, waiters in claims.items():
-                self._waiters.setdefault(rel, []).extend(waiters)
-                self._mark(rel, 0.0, None, True)
+                if waiters:
+                    self._waiters.setdefault(rel, []).extend(waiters)
+                    self._mark(rel, 0.0, None, True)
 
     def answer_all(self, error: BaseException) -> None:
         """Stopping: every waiter still here gets ``error``."""
@@ -166,10 +169,11 @@ class Pending:
                 if full is not None or ignore_delay or ready_at <= now:
                     taken[rel] = first
                     del self._paths[rel]
-                    self._urgent.discard(rel)
                     waiters = self._waiters.pop(rel, None)
-                    if waiters:
-                        self._claimed.setdefault(rel, []).extend(waiters)
+                    if waiters or rel in self._urgent:
+                        # A shim frame's path (with its sync frames' waiters, if any).
+                        self._claimed.setdefault(rel, []).extend(waiters or ())
+                    self._urgent.discard(rel)
                     if len(taken) >= limit and full is None:
                         break
             self._hold(taken, full)

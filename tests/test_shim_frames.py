@@ -59,6 +59,15 @@ def test_a_waiter_is_answered_by_the_batch_that_took_its_path():
     assert not w.future.done()
 
 
+def test_an_async_frames_path_is_claimed_without_waiters_a_watched_one_is_not():
+    p = Pending()
+    p.mark("frame.json", urgent=True)
+    p.mark("watched.json")
+    _, taken = p.take(timeout=1)
+    assert set(taken) == {"frame.json", "watched.json"}
+    assert p.claim(taken) == {"frame.json": []}  # landed as the shim's (``_sidecar.source``)
+
+
 def test_a_waiter_that_arrives_while_its_path_is_in_flight_waits_for_the_next_flush():
     p = Pending()
     p.mark("a.json")
