@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 
+from . import frames
 from .config import Config
 from .state import MirrorState, Op, build_state
 from .divergence import DivergenceBook
@@ -170,7 +171,7 @@ class Mirror:
                     self._keep_lease()
                 except LeaseHeld as exc:
                     self.pending.requeue(taken, 0.0, full)
-                    _answer_each(claims, "not_durable")
+                    frames.answer_each(claims, "not_durable")
                     if self.status.lease_problem is None:
                         log.warning("not writing: %s", exc)
                     self.status.lease_problem = str(exc)
@@ -185,20 +186,27 @@ class Mirror:
                         answers = self._flush_paths(taken, claims)
         except MongoUnavailable as exc:
             self.pending.requeue(taken, 0.0, full)
-            _answer_each(claims, error=exc)
+            frames.answer_each(claims, error=exc)
             self._mongo_down(str(exc))
             return False
         except BaseException as exc:
             self.pending.done(taken, full)
-            _answer_each(claims, error=exc)
+            frames.answer_each(claims, error=exc)
             raise
         self.pending.done(taken, full)
         if answers is None:
             self.pending.rewait(claims)  # a full reconcile ran: the next flush answers them precisely
         else:
-            for waiters in claims.values():
+            again: dict[str, list[Waiter]] = {}
+            for rel, waiters in claims.items():
                 for waiter in waiters:
-                    waiter.answer(*answers[id(waiter)])
+                    status, error = answers[id(waiter)]
+                    if status == frames.AGAIN:
+                        again.setdefault(rel, []).append(waiter)
+                    else:
+                        waiter.answer(status, error)
+            for waiter in self.pending.rewait(again, queued_only=True):
+                waiter.answer(error=answers[id(waiter)][1])
         self._backoff.reset()
         self.status.set_mongo(True)
         self._mongo_back()
@@ -273,7 +281,7 @@ class Mirror:
             self.reconcile()
             return None
         self._write(ops, problems, good, "watch", taken)
-        return _answers(claims, seen, ops, problems)
+        return frames.answers(claims, seen, ops, problems, TRANSIENT)
 
     def _replaced(self) -> bool:
         """True when a mirrored collection was dropped or re-created since the state
@@ -466,30 +474,3 @@ class Mirror:
             self.writer.record(events)
         return {"accepted": [d.path for d in accepted], "no_longer_held": gone,
                 "documents": sum(1 for op in ops if op.action != "track")}
-
-
-def _answers(claims: dict[str, list[Waiter]], seen: dict[str, str | None], ops: list[Op],
-             problems: list[Problem]) -> dict[int, tuple[str | None, BaseException | None]]:
-    """What each sync frame of a flush is told (shim/PROTOCOL.md), by ``id`` of its
-    waiter: "stale" when the file no longer held the frame's bytes when read (a
-    newer write was mirrored, or it is gone), an error when the file had a
-    problem, else "written" or "unchanged"."""
-    bad = {p.path: p.reason for p in problems}
-    written = {op.rel for op in ops}
-    out: dict[int, tuple[str | None, BaseException | None]] = {}
-    for rel, waiters in claims.items():
-        for waiter in waiters:
-            if waiter.sha256 is not None and seen.get(rel) != waiter.sha256:
-                out[id(waiter)] = ("stale", None)
-            elif rel in bad:
-                out[id(waiter)] = (None, ValueError(bad[rel]))
-            else:
-                out[id(waiter)] = ("written" if rel in written else "unchanged", None)
-    return out
-
-
-def _answer_each(claims: dict[str, list[Waiter]], status: str | None = None,
-                 error: BaseException | None = None) -> None:
-    for waiters in claims.values():
-        for waiter in waiters:
-            waiter.answer(status, error)

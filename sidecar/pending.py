@@ -92,14 +92,23 @@ class Pending:
         with self._cond:
             return {rel: self._claimed.pop(rel) for rel in taken if rel in self._claimed}
 
-    def rewait(self, claims: dict[str, list[Waiter]]) -> None:
-        """Waiters a batch could not answer precisely (it turned into a full
-        reconcile): back to their paths, for the next flush."""
+    def rewait(self, claims: dict[str, list[Waiter]], queued_only: bool = False) -> list[Waiter]:
+        """Waiters a batch could not answer precisely: back to their paths, for the
+        next flush (marked now: the batch turned into a full reconcile). With
+        ``queued_only`` (a torn read is being re-checked), only where the path is
+        queued again; the waiters not put back are returned, for the caller to answer."""
+        left: list[Waiter] = []
         with self._cond:
             for rel, waiters in claims.items():
-                if waiters:
-                    self._waiters.setdefault(rel, []).extend(waiters)
+                if not waiters:
+                    continue
+                if queued_only and rel not in self._paths:
+                    left.extend(waiters)
+                    continue
+                self._waiters.setdefault(rel, []).extend(waiters)
+                if not queued_only:
                     self._mark(rel, 0.0, None, True)
+        return left
 
     def answer_all(self, error: BaseException) -> None:
         """Stopping: every waiter still here gets ``error``."""

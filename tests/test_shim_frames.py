@@ -172,6 +172,34 @@ def test_two_frames_for_one_path_in_one_batch_are_each_told_their_own(mirror, tm
     assert (older.future.result(timeout=1), newer.future.result(timeout=1)) == ("stale", "written")
 
 
+def test_a_frame_whose_next_write_is_caught_mid_way_is_not_told_stale_until_that_write_is_stored(
+        mirror, tmp_path):
+    """The frame's bytes were overwritten by a write still under way (the flush read a
+    torn, empty file): nothing newer is in MongoDB yet, so "stale" would claim too
+    much. The frame waits for the re-check's flush, which stores the newer write."""
+    path = tmp_path / REL
+    path.write_bytes(body(1))
+    w = mirror.pending.wait(REL, sha(body(1)))
+    path.write_bytes(b"")  # the next write_text has truncated, not yet written
+    assert flush_once(mirror)
+    assert not w.future.done() and mirror.pending.waiting() == 1
+    assert REL not in mirror.state.files  # nothing stored
+    path.write_bytes(body(2))  # that write completes
+    ok = wait_for(lambda: flush_once(mirror) and w.future.done(), 10, what="the re-check's flush")
+    assert ok and w.future.result(timeout=1) == "stale"
+    assert mirror.state.files[REL].sha256 == sha(body(2))  # "stale" is true now: a newer version is stored
+
+
+def test_a_torn_read_that_never_heals_ends_in_an_error_not_a_wait_forever(mirror, tmp_path):
+    path = tmp_path / REL
+    path.write_bytes(body(1))
+    w = mirror.pending.wait(REL, sha(body(1)))
+    path.write_bytes(b"")  # and it stays empty
+    wait_for(lambda: flush_once(mirror) is not None and w.future.done(), 15, what="the re-checks to run out")
+    assert isinstance(w.future.exception(timeout=1), ValueError)
+    assert mirror.pending.waiting() == 0
+
+
 def test_a_file_with_a_problem_is_an_error_for_its_frame(mirror, tmp_path):
     (tmp_path / "broken.json").write_bytes(b"{not json")
     w = mirror.pending.wait("broken.json", sha(b"{not json"))
