@@ -191,6 +191,9 @@ def _after_fork_in_child() -> None:
     if shim is None:
         return
     shim.stats.after_fork()
+    # A lock another thread held at fork() stays held in the child for ever: the
+    # breaker's too (a forked API worker's first sync write would hang on it).
+    shim.breaker.after_fork()
     hook = getattr(shim.transport, "after_fork", None)
     if hook is not None:
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import pathlib
 import sys
 import threading
@@ -343,3 +344,25 @@ def test_the_cached_pid_follows_fork(real):
     assert int(os.read(read, 64)) == pid
     os.close(read)
     assert recorder.events[-1].pid == os.getpid()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_breaker_lock_held_at_fork_does_not_hang_the_child(real):
+    """A pre-fork server forks while another thread is inside the breaker: the
+    child gets a fresh lock (shim/__init__.py's at-fork hook), not a held one."""
+    breaker = shim._shim.breaker
+    breaker._lock.acquire()  # what another thread of the parent holds at fork()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)  # a hang ends the child (non-zero), never the test run
+            code = 1
+            try:
+                breaker.failure()
+                code = 0 if breaker.view() in ("open", "probe_due") else 2
+            finally:
+                os._exit(code)
+    finally:
+        breaker._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
