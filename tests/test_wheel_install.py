@@ -80,13 +80,13 @@ def _clean_env(venv: Path, **extra: str) -> dict:
     return env
 
 
-def test_wheel_contains_both_packages_and_no_tests(wheel):
+def test_wheel_contains_both_packages_and_no_tests_or_test_support(wheel):
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("sidecar/") for n in names)
     assert any(n.startswith("shim/") for n in names)
-    assert not any(n.startswith("tests/") for n in names)
+    assert not any(n.startswith(("tests/", "testkit/", "bench/")) for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
