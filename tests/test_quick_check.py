@@ -93,6 +93,27 @@ def test_unchanged_files_are_not_read_and_a_warm_sync_writes_nothing(data_dir, c
 
 
 @pytest.mark.integration
+def test_a_warm_sync_of_every_kind_reports_what_a_full_read_would(legacy_dir, config, store, db, exact_clock,
+                                                                  monkeypatch):
+    """The snapshot, hubs, episodes, an episode copy, a layout kept raw, scheduled jobs,
+    bytes and a GridFS-sized file: skipped, yet the report's source side is complete."""
+    monkeypatch.setattr("sidecar.model.INLINE_MAX_BYTES", 64)
+    seed(legacy_dir)
+    write_in_place(legacy_dir, "episodes/backup_r1.json", {"run_id": "r1", "status": "aaaa"})
+    (legacy_dir / "runs" / "run_c.json").write_text('{"odd" :  1E5}')  # kept raw: layout
+    write_in_place(legacy_dir, "scheduled_jobs.json", [{"id": "j1"}])
+    (legacy_dir / "notes" / "big.bin").write_bytes(b"x" * 200)
+    cold, code = run_sync(config, store)
+    assert code == 0 and cold["stored_raw"]["count"] >= 1
+    warm, code = run_sync(config, store)
+    assert code == 0 and warm["parity"]["all_match"]
+    assert qc(warm)["files_read"] == 3 and qc(warm)["files_quick_checked"] == qc(cold)["files_read"] - 3
+    for part in ("source_counts", "mongo_counts", "checksums", "parity", "stored_raw"):
+        assert warm[part] == cold[part], part
+    assert warm["writes"]["total"] == 0
+
+
+@pytest.mark.integration
 def test_a_touched_file_is_read_once_and_its_record_refreshed(data_dir, config, store, db, exact_clock):
     seed(data_dir)
     run_sync(config, store)
