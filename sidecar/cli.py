@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sync", help="one-shot backfill and parity report (exit 1 on mismatch)")
     s.add_argument("--dry-run", action="store_true", help="compute and report, write nothing")
     s.add_argument("--report", type=Path, help="report path (default <data dir>/reports/...)")
+    s.add_argument("--checksum", action="store_true",
+                   help="read and hash every file (no quick check) and report what drifted on either side")
 
     r = sub.add_parser("restore", help="rebuild the files from MongoDB")
     r.add_argument("--out", type=Path, help="target dir (default: the data dir)")
@@ -288,7 +290,8 @@ def _one_shot(args: argparse.Namespace, config: Config) -> int:
         if args.command == "sync":
             from .sync import run_sync
 
-            report, code = run_sync(config, store, dry_run=args.dry_run, report_path=args.report)
+            report, code = run_sync(config, store, dry_run=args.dry_run, report_path=args.report,
+                                    checksum=args.checksum)
             _print(report)
             return code
         if args.command == "parity":

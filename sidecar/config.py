@@ -87,6 +87,10 @@ class Config(BaseSettings):
     sidecar_tombstone_days: int = Field(default=30, ge=1)
     # How often the data dir itself is checked (deleted, re-created, replaced, a symlink).
     sidecar_root_check_ms: int = Field(default=500, ge=10, le=60_000)
+    # A background verify (sidecar/quick.py): every this many seconds of an idle writer, a
+    # full reconcile that reads and hashes every file (no quick check) and repairs and
+    # reports drift on either side. 0 = off (sync --checksum does the same on demand).
+    sidecar_verify_interval: float = Field(default=0.0, ge=0)
     sidecar_log_format: Literal["text", "json"] = "text"
     sidecar_log_level: str = "INFO"
 

@@ -88,7 +88,9 @@ def diff_plan(
         ops.append(Op(EPISODES, "delete", prev_file.doc_id, plan.version,
                       before=unpack_hash(state.episodes[prev_file.doc_id][0])))
     changed = prev_file is None or prev_file.deleted or prev_file.sha256 != plan.sha256 or (
-        prev_file.kind != plan.kind.value)  # e.g. an episode file now known as a copy
+        prev_file.kind != plan.kind.value) or (  # e.g. an episode file now known as a copy
+        # a generic file's content as MongoDB holds it (hashed from the document at load)
+        not plan.kind.structured and prev_file.content_sha != plan.content_hash)
     if changed and plan.kind.structured and prev_file is not None and not prev_file.deleted and (
             prev_file.kind == plan.kind.value
             and prev_file.fmt == plan.fmt and prev_file.doc_id == (plan.doc_id or plan.hub_type)

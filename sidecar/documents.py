@@ -140,6 +140,8 @@ def manifest_doc(plan: FilePlan, source: str, now: datetime, blob_id: Any = None
         "deleted_at": None,
         "_sidecar": {"hash": plan.sha256, "version": plan.version, "source": source},
     }
+    if plan.stat is not None:
+        doc["_sidecar"]["stat"] = plan.stat  # the quick check's record (sidecar/quick.py)
     if plan.kind is Kind.HUB:
         doc["hub_type"] = plan.hub_type
     elif plan.kind.structured:
@@ -234,6 +236,14 @@ def natural_id(doc: dict, logical: str) -> Any:
     if logical == EPISODES:
         return doc.get("run_id")
     return doc.get("_id")
+
+
+def stat_guard(op: Op) -> dict:
+    """Where a bookkeeping refresh of a manifest's quick-check record may land: the
+    manifest, not newer than the read the record is of, nor its record."""
+    return {"_id": op.id, "_sidecar.hash": {"$exists": True},  # a manifest of ours, not a foreign shape
+            "_sidecar.version": {"$not": {"$gt": op.version}},
+            "_sidecar.stat.version": {"$not": {"$gt": op.version}}}
 
 
 def version_guard(op: Op, natural: bool = False) -> dict:

@@ -35,7 +35,7 @@ def build_events(
     events: list[dict] = []
     backfill: dict[str, int] = {}
     for op in applied:
-        if op.action in ("setpos", "track"):
+        if op.action in ("setpos", "track", "stat"):
             continue  # bookkeeping, not a content change
         if op.coll == FILES and op.action in ("insert", "update") and op.doc and op.doc.get("kind") in (
             "hub", "snapshot", "episode"):

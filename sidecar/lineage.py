@@ -15,8 +15,10 @@ the path: the legacy in-place ``write_text`` produces none of them) as a
 *break*; a read only continues the lineage when no break came before it.
 
 Nothing here is persisted: lineage is what *this* process observed. After a
-restart every file starts a new lineage at its first read, so a removal first
-noticed at start-up is held, as the contract says.
+restart every file starts a new lineage at its first read (or, for a file the
+quick check does not read, its first probe: the same inode, directory and
+generation, sidecar/source.py ``Prober``), so a removal first noticed at
+start-up is held, as the contract says.
 
 For hub files the lineage also keeps the keys of the last version observed from
 someone else: only those can be removed by an edit. Keys the sidecar wrote back

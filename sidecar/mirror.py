@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from . import frames
+from . import frames, quick
 from .config import Config
 from .state import MirrorState, Op, build_state
 from .divergence import DivergenceBook
@@ -60,6 +60,7 @@ class Mirror:
         self.refill = Refill(store, config.data_dir, self.healer)
         self.removals = Removals(config, self.rec.lineage, pending)
         self._touched: set[str] | None = None  # paths a running full reconcile looked at
+        self.last_scan: dict | None = None  # the last full reconcile's quick check (sidecar/quick.py)
         self.lease = None  # the writer lease (sidecar/lease.py), set by the daemon
         self._was_down = False  # MongoDB was unreachable: reload its state when it is back
         self.lock = threading.RLock()  # one writer at a time: the loop, the shim, shutdown
@@ -76,6 +77,7 @@ class Mirror:
         self._identity: tuple[tuple[str, str], ...] | None = None
         self._last_identity = 0.0
         self._last_gc = time.monotonic()
+        self._last_verify = time.monotonic()  # SIDECAR_VERIFY_INTERVAL
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -149,6 +151,11 @@ class Mirror:
                 if now - self._last_gc >= GC_BLOBS_EVERY:
                     self._last_gc = now
                     self.store.gc_blobs()
+                every = self.config.sidecar_verify_interval  # 0: off
+                if every and now - self._last_verify >= every and self.status.lease_problem is None:
+                    self._last_verify = now
+                    with self.lock:
+                        self.reconcile(checksum=True)  # every file read and compared: drift repaired
             except MongoUnavailable as exc:
                 self._was_down = True
                 self.status.set_mongo(False, str(exc))
@@ -317,17 +324,19 @@ class Mirror:
             self.removals.root_replaced()
         self.pending.mark_full()
 
-    def reconcile(self) -> None:
+    def reconcile(self, checksum: bool = False) -> None:
         """Full pass over the data dir (start-up, overflow, on request). Every removal
-        it notices is held (nobody saw it happen), or in mongo mode resolved toward MongoDB."""
+        it notices is held (nobody saw it happen), or in mongo mode resolved toward MongoDB.
+        Files the quick check finds unchanged are not read, unless ``checksum`` (the verify)."""
         with self.status.timers.time("reconcile"):
-            self._reconcile()
+            self._reconcile(checksum)
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, checksum: bool = False) -> None:
         with self.pending.writing():  # the writer waits on it as on a write
             self._identity = self.store.identity()  # before the load: a restore after it shows
             self._last_identity = time.monotonic()
-            fresh = build_state(self.store.iter_state())
+            book = quick.Book(self.rec.cfg, read_all=checksum)  # quick-check records, for this reconcile only
+            fresh = build_state(book.collect(self.store.iter_state()))
         self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
         self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
         self.state.max_version = fresh.max_version
@@ -337,8 +346,11 @@ class Mirror:
         try:
             # hashes=False: only problems and present paths are used here, and every
             # file's hash held for the whole scan was the start-up's memory peak.
-            ops, view = self.rec.scan(self.state, "reconcile", hashes=False,
+            ops, view = self.rec.scan(self.state, "reconcile", hashes=False, book=book,
                                       flush=lambda chunk: self._write(chunk, [], [], "reconcile", {}))
+            self.last_scan = book.report(view.files_read, view.files_quick_checked)
+            book.log_drift(self.status.error)
+            del book
             problem_paths = {p.path for p in view.problems}
             # A file caught mid-write gets the same re-check as on the event path.
             transient = {p.path: time.monotonic() for p in view.problems if p.reason in TRANSIENT}

@@ -130,6 +130,7 @@ class FilePlan:
     raw: bytes | None = None
     docs_hash: str | None = None  # structured + raw: the hash of the documents the bytes go with
     stored_raw: str | None = None  # episode/snapshot/generic: why (part of) it is kept verbatim
+    stat: dict[str, Any] | None = None  # the quick check's record of the read (sidecar/quick.py)
 
     @property
     def content_hash(self) -> str | None:

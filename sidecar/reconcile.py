@@ -29,9 +29,10 @@ from .clock import Clock
 from .lineage import Lineage
 from .documents import hub_id
 from .model import FilePlan, HubMemo, build_plan, utcnow
-from .names import HUBS
+from .names import FILES, HUBS
+from . import quick
 from .parse import BadInput, loads
-from .source import DataDirMissing, FileRead, SourceError, Skipped, exists, read_file, walk
+from .source import DataDirMissing, FileRead, Prober, SourceError, Skipped, exists, read_file, walk
 
 # Sources whose reads follow an event the daemon saw (a write it watched):
 # only these can carry a removal as an edit of the lineage they continue.
@@ -75,6 +76,8 @@ class SourceView:
     stored_raw: list[dict[str, str]] = field(default_factory=list)
     present: set[str] = field(default_factory=set)
     fresh_volume: bool = False
+    files_read: int = 0  # files whose content was read
+    files_quick_checked: int = 0  # files the quick check found unchanged, not read (sidecar/quick.py)
     hashes: bool = True
     paths: bool = True  # record ``present`` (what deletion detection needs; parity does not)
 
@@ -111,6 +114,15 @@ class SourceView:
             self.bad_files.add(rel)
 
 
+def _refresh(book: quick.Book, read: FileRead, plan: FilePlan, ops: list[Op]) -> list[Op]:
+    """The bookkeeping op that refreshes a file's quick-check record, when the read
+    found it out of date and no manifest write carries the new one."""
+    if not book.after_read(read, plan, ops) or any(
+            op.coll == FILES and op.action in ("insert", "update") for op in ops):
+        return []
+    return [Op(FILES, "stat", plan.rel, plan.version, plan.stat, rel=plan.rel)]
+
+
 def _hub_keys_on_disk(read: FileRead) -> list[str]:
     value = loads(read.data)
     if not isinstance(value, dict):
@@ -127,6 +139,7 @@ class Reconciler:
         self.lineage = Lineage()
         self.clock = Clock()
         self.max_removals = config.sidecar_max_removals
+        self.cfg = quick.fingerprint(self.redact)  # what a quick-check record is only valid under
         # What the last calls found, drained by the caller (Mirror, sync):
         self.held: list[Divergence] = []  # removals not mirrored
         self.resolved: list[tuple[str, set[str] | None]] = []  # (path, keys present again | None: whole file)
@@ -143,14 +156,20 @@ class Reconciler:
 
     def process_file(
         self, rel: str, state: MirrorState, source: str, view: SourceView | None = None,
-        now: datetime | None = None, read=None, view_only: bool = False,
+        now: datetime | None = None, read=None, view_only: bool = False, book: quick.Book | None = None,
     ) -> tuple[list[Op], list[Problem]]:
-        """Ops that bring MongoDB in line with one file, and the problems seen."""
+        """Ops that bring MongoDB in line with one file, and the problems seen.
+        ``book``: a scan's quick-check records; the file's record is refreshed by a
+        bookkeeping op when the read found it out of date."""
         now = now or utcnow()
         problems: list[Problem] = []
         token = self.lineage.token(rel)
         try:
             read = read or read_file(self.root, rel)
+            if view is not None:
+                view.files_read += 1
+            if book is not None and not view_only:
+                book.verdict(rel, read, state)  # what the quick check would have said (drift)
         except DataDirMissing as exc:
             # The data dir itself is gone or not followed: that is never a deletion.
             problems.append(self._problem(rel, exc.reason, exc.message))
@@ -172,9 +191,12 @@ class Reconciler:
             known = prior.fmt if prior and not prior.deleted and prior.sha256 == read.sha256 else None
             # The version is taken after the read: later reads get larger ones.
             plan = build_plan(read, self.redact, known, self.memo, version=self.clock.tick())
+            plan.stat = quick.record(plan, read, self.cfg)
             remove = frozenset() if view_only else self._hub_removals(plan, read, state, source)
             ops = [] if view_only else diff_plan(plan, state, source, now, allow_empty_hub=True,
                                                  remove=remove)
+            if book is not None and not view_only:
+                ops.extend(_refresh(book, read, plan, ops))
         except BadInput as exc:
             problems.append(self._problem(rel, exc.reason, f"{rel}: {exc.message}"))
             if view is not None:
@@ -295,36 +317,23 @@ class Reconciler:
     def scan(
         self, state: MirrorState, source: str, progress: Callable[[str], None] | None = None,
         flush: Callable[[list[Op]], None] | None = None, chunk: int = 1000, view_only: bool = False,
-        hashes: bool = True,
+        hashes: bool = True, book: quick.Book | None = None,
     ) -> tuple[list[Op], SourceView]:
         """Diff the whole data dir against ``state``.
 
         ``view_only``: only the source side (for a parity check), no documents built.
         With ``flush``, ops are handed over every ``chunk`` files instead of all
         at the end, so a reconcile of a large dir never holds every document of
-        it in memory at once (the daemon's start-up on 50k files)."""
+        it in memory at once (the daemon's start-up on 50k files).
+        ``book``: the quick-check records (``quick.Book.collect`` of the rows
+        ``state`` was built from): a file they say is unchanged is not read."""
         self.clock.observe(state.max_version)
         view = SourceView(hashes=hashes, paths=not view_only)
-        ops: list[Op] = []
-        now = utcnow()
         skipped_dirs: list[str] = []
         no_root: list[DataDirMissing] = []
-        for item in self._walk(no_root):
-            if isinstance(item, Skipped):
-                # Not followed, but not gone either: what it replaced stays mirrored.
-                view.problems.append(self._problem(item.rel, item.reason, item.message))
-                view.saw(item.rel)
-                view.add_bad(item.rel)
-                skipped_dirs.append(item.rel + "/")
-                continue
-            file_ops, problems = self.process_file(item, state, source, view, now, view_only=view_only)
-            ops.extend(file_ops)
-            view.problems.extend(problems)
-            if progress:
-                progress(item)
-            if flush is not None and len(ops) >= chunk:
-                flush(ops)
-                ops = []
+        with Prober(self.root) as prober:
+            ops = self._scan_files(state, source, view, skipped_dirs, no_root, progress, flush, chunk,
+                                   view_only, None if view_only else book, prober)
         if no_root:
             # No data dir to look at (missing, or a symlink that is not followed):
             # nothing can be told about any file, least of all that it is gone.
@@ -349,3 +358,64 @@ class Reconciler:
             self.file_gone(rel, state, "reconcile")
         return ops, view
 
+    def _scan_files(self, state: MirrorState, source: str, view: SourceView, skipped_dirs: list[str],
+                    no_root: list[DataDirMissing], progress, flush, chunk: int, view_only: bool,
+                    book: quick.Book | None, prober: Prober) -> list[Op]:
+        ops: list[Op] = []
+        now = utcnow()
+        for item in self._walk(no_root):
+            if isinstance(item, Skipped):
+                # Not followed, but not gone either: what it replaced stays mirrored.
+                view.problems.append(self._problem(item.rel, item.reason, item.message))
+                view.saw(item.rel)
+                view.add_bad(item.rel)
+                skipped_dirs.append(item.rel + "/")
+                continue
+            if book is not None and self._quick(item, state, view, book, prober):
+                file_ops, problems = [], []
+            else:
+                file_ops, problems = self.process_file(item, state, source, view, now, view_only=view_only,
+                                                       book=book)
+            ops.extend(file_ops)
+            view.problems.extend(problems)
+            if progress:
+                progress(item)
+            if flush is not None and len(ops) >= chunk:
+                flush(ops)
+                ops = []
+        return ops
+
+    def _quick(self, rel: str, state: MirrorState, view: SourceView, book: quick.Book, prober: Prober) -> bool:
+        """True when the quick check found ``rel`` unchanged: not read. Its lineage is
+        observed all the same (inode, directory, generation: ``Prober``), so a watched
+        removal of it later is mirrored as if it had been read. Hub files are always
+        read (their lineage keeps the key set)."""
+        if classify(rel) is Kind.HUB or not book.trusted(rel):
+            return False  # the read says what the record would have said
+        token = self.lineage.token(rel)
+        try:
+            st = prober.probe(rel)
+        except SourceError:
+            return False  # gone, a symlink, unreadable: the read says what it is
+        if not book.skip(book.verdict(rel, st, state)):
+            return False
+        view.files_quick_checked += 1
+        view.saw(rel)
+        self.lineage.observe(st, token=token)
+        self.resolved.append((rel, None))  # present: not a missing file any more
+        if view.hashes:
+            _view_from_state(rel, state, view, book)
+        return True
+
+
+def _view_from_state(rel: str, state: MirrorState, view: SourceView, book: quick.Book) -> None:
+    """The source side of a file not read: what its record says it holds, which is
+    what MongoDB holds (the quick check compared the documents' hash)."""
+    fs = state.files[rel]
+    view.stored_raw.extend(book.stored_raw(rel))
+    if fs.kind == Kind.EPISODE.value:
+        view.episodes[fs.doc_id] = pack_hash(state.episodes[fs.doc_id][0])
+    elif fs.kind == Kind.SNAPSHOT.value:
+        view.snapshot = (fs.doc_id, pack_hash(state.snapshots[fs.doc_id][0]))
+    else:
+        view.files[rel] = pack_hash(fs.content_sha)

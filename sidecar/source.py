@@ -13,6 +13,7 @@ import hashlib
 import os
 import stat
 import struct
+import time
 
 try:
     import fcntl
@@ -54,17 +55,35 @@ class FileRead:
     ino: int = 0
     dir_ino: int = 0
     gen: int = 0  # the inode's generation (FS_IOC_GETVERSION): tells a reused inode number apart
+    # The quick check's record (sidecar/quick.py): the inode's ctime, and the wall
+    # clock just before the file was opened. 0 where unknown.
+    ctime_ns: int = 0
+    read_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """A file's stat data and lineage, without its content (``Prober``)."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    dev: int
+    ino: int
+    dir_ino: int
+    gen: int
 
 
 _FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long) on 64-bit Linux
 _GEN_UNSUPPORTED: set[int] = set()  # st_dev values whose filesystem has no generation
 
 
-def inode_generation(fd: int) -> int:
+def inode_generation(fd: int, dev: int | None = None) -> int:
     """The inode's generation number (ext4, tmpfs, xfs, btrfs bump it when an inode
     number is reused); 0 where the filesystem or platform has none."""
     try:
-        dev = os.fstat(fd).st_dev
+        dev = os.fstat(fd).st_dev if dev is None else dev
         if dev in _GEN_UNSUPPORTED:
             return 0
         return struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETVERSION, b"\0" * 8))[0]
@@ -158,6 +177,7 @@ def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
         raise _translate(rel, exc) from None
     try:
         for _ in range(attempts):
+            read_at = time.time_ns()  # before the open: a write after it is racy (sidecar/quick.py)
             try:
                 fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
             except OSError as exc:
@@ -173,7 +193,7 @@ def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
                         break
                     chunks.append(chunk)
                 after = os.fstat(fd)
-                gen = inode_generation(fd)
+                gen = inode_generation(fd, after.st_dev)
             finally:
                 os.close(fd)
             data = b"".join(chunks)
@@ -182,10 +202,71 @@ def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
                 len(data),
             ):
                 return FileRead(rel, data, sha256_hex(data), len(data), after.st_mtime_ns,
-                                after.st_dev, after.st_ino, os.fstat(dir_fd).st_ino, gen)
+                                after.st_dev, after.st_ino, os.fstat(dir_fd).st_ino, gen,
+                                after.st_ctime_ns, read_at)
         raise SourceError("unstable", f"{rel}: kept changing while being read")
     finally:
         os.close(dir_fd)
+
+
+class Prober:
+    """Stat data and lineage of files without reading them (the quick check's
+    skipped files still get their lineage observed, sidecar/reconcile.py): each
+    file opened ``O_NOFOLLOW`` through the same component-by-component walk as a
+    read, ``fstat``, the generation ioctl, closed. The directory of the last file
+    stays open for the next one (a scan goes directory by directory)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._dir: tuple[str, int, int] | None = None  # (parent rel, fd, its inode)
+
+    def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._dir is not None:
+            os.close(self._dir[1])
+            self._dir = None
+
+    def _parent(self, rel: str) -> tuple[int, int, str]:
+        parent, _, name = rel.rpartition("/")
+        if self._dir is None or self._dir[0] != parent:
+            self.close()
+            try:
+                fd, _ = _open_parent(self.root, rel)
+            except OSError as exc:
+                raise _translate(rel, exc) from None
+            try:
+                self._dir = (parent, fd, os.fstat(fd).st_ino)
+            except OSError:
+                os.close(fd)
+                raise
+        return self._dir[1], self._dir[2], name
+
+    def probe(self, rel: str) -> FileStat:
+        """Raises ``SourceError`` (``vanished``, ``symlink``, ``not_regular``...) as a read would."""
+        dir_fd, dir_ino, name = self._parent(rel)
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _translate(rel, exc) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceError("not_regular", f"{rel}: not a regular file")
+            gen = inode_generation(fd, st.st_dev)
+        finally:
+            os.close(fd)
+        return FileStat(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino, dir_ino, gen)
+
+
+def probe_file(root: Path, rel: str) -> FileStat:
+    """One file's stat data and lineage, its content not read (``Prober``)."""
+    with Prober(root) as prober:
+        return prober.probe(rel)
 
 
 def exists(root: Path, rel: str) -> bool:

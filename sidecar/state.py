@@ -183,7 +183,8 @@ class MirrorState:
 @dataclass(slots=True)
 class Op:
     coll: str  # HUBS | SNAPSHOTS | EPISODES | FILES
-    action: str  # insert | update | delete | setpos | mark_deleted | track (state only)
+    # insert | update | delete | setpos | mark_deleted | track (state only) | stat (a record's refresh)
+    action: str
     id: str
     version: int
     doc: dict | None = None
@@ -228,6 +229,8 @@ def apply_to_state(state: MirrorState, op: Op) -> None:
             prev = state.files.get(op.id)
             if prev:
                 prev.sha256, prev.version = op.after, op.version
+        elif op.action == "stat":
+            pass  # a manifest's quick-check record: not kept in the state
         else:
             doc = op.doc or {}
             state.files[op.id] = FileState(op.after, op.version, doc.get("kind", "other"),
@@ -271,6 +274,9 @@ class FileRow(NamedTuple):
     doc_id: str | None
     fmt: dict[str, Any] | None
     content_sha: bytes | str | None
+    # ``_sidecar.stat`` as found (the quick check's record, sidecar/quick.py): read
+    # by ``quick.Book.collect`` for one scan, never kept in the state.
+    stat: Any = None
 
 
 Row = Union[HubRow, EpisodeRow, SnapshotRow, FileRow]

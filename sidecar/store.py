@@ -34,9 +34,9 @@ import pymongo
 from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
-from . import indexes
+from . import indexes, quick
 from .config import Config
-from .documents import entry_value, file_fields, version_guard
+from .documents import entry_value, file_fields, stat_guard, version_guard
 from .model import parse_iso, utcnow
 from .names import EPISODES, EVENTS, FILES, HUBS, META, SNAPSHOTS, TOMBSTONES
 from .parse import value_hash
@@ -274,7 +274,8 @@ class Store:
         # Interned here as the state will (the same shared dict): a format it cannot
         # intern (an unhashable value) is this document's fault, reported as foreign.
         return FileRow(rel, doc.get("sha256"), version, kind, doc.get("deleted_at") is not None, doc_id,
-                       intern_format(fmt if isinstance(fmt, dict) else None), _content_sha(doc))
+                       intern_format(fmt if isinstance(fmt, dict) else None), _content_sha(doc),
+                       meta.get("stat"))  # the quick check's record, validated by sidecar/quick.py
 
     def find(self, logical: str, query: dict | None = None, projection: dict | None = None,
              sort: list | None = None) -> Iterator[dict]:
@@ -314,6 +315,9 @@ class Store:
             return DeleteOne(version_guard(op))
         if op.action == "mark_deleted":
             return UpdateOne({"_id": op.id}, {"$set": {"deleted_at": now}})
+        if op.action == "stat":
+            # Bookkeeping only (sidecar/quick.py): the content is not touched.
+            return UpdateOne(stat_guard(op), {"$set": {"_sidecar.stat": op.doc}})
         raise ValueError(op.action)
 
     def _upload_blobs(self, ops: list[Op], now: datetime) -> None:
@@ -359,6 +363,8 @@ class Store:
             # file's content is mirrored, so it must not land before the content.
             for logical in (HUBS, EPISODES, SNAPSHOTS, FILES):
                 batch = by_coll.get(logical, [])
+                if logical == FILES and batch:
+                    batch = quick.unrecorded(batch, result.stale, [op for op, _ in result.failed])
                 size = self.config.sidecar_batch_size
                 t0 = time.perf_counter()
                 for start in range(0, len(batch), size):

@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from . import parity
+from . import parity, quick
 from .config import Config
 from .names import EPISODES, FILES, HUBS, SNAPSHOTS
 from .state import Op, build_state, count_ops
@@ -52,9 +52,11 @@ def writes_summary(result: ApplyResult | None) -> dict[str, int]:
         "files_deleted": get(FILES, "delete"),
         "file_deletions_recorded": get(FILES, "mark_deleted"),
         "positions_updated": get(HUBS, "setpos"),
+        # Bookkeeping, not content: a manifest's quick-check record refreshed (sidecar/quick.py).
+        "stat_records_refreshed": get(FILES, "stat"),
         "stale_refused": len(result.stale) if result else 0,
         "failed": len(result.failed) if result else 0,
-        "total": sum(n for key, n in count.items() if not key.endswith(".track")),
+        "total": sum(n for key, n in count.items() if not key.endswith((".track", ".stat"))),
     }
 
 
@@ -72,8 +74,10 @@ def _scan(rec: Reconciler, state, source: str, desc: str, **kw):
         bar.close()
 
 
-def run_sync(config: Config, store: Store, *, dry_run: bool = False,
-             report_path: Path | None = None) -> tuple[dict[str, Any], int]:
+def run_sync(config: Config, store: Store, *, dry_run: bool = False, report_path: Path | None = None,
+             checksum: bool = False) -> tuple[dict[str, Any], int]:
+    """``checksum``: read and hash every file (no quick check, sidecar/quick.py) and
+    report what drifted on either side since the files were last mirrored."""
     started = time.monotonic()
     root = check_root(config.data_dir)
     store.ping()
@@ -86,17 +90,18 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False,
         lease = Lease(store, "sync", config.sidecar_lease_ttl_s)
         lease.acquire()  # LeaseHeld: a daemon (or another sync) writes this database now
     try:
-        return _sync(config, store, root, started, dry_run, report_path, lease, timers)
+        return _sync(config, store, root, started, dry_run, report_path, lease, timers, checksum)
     finally:
         if lease is not None:
             lease.release()
 
 
 def _sync(config: Config, store: Store, root: Path, started: float, dry_run: bool,
-          report_path: Path | None, lease, timers: Timers) -> tuple[dict[str, Any], int]:
-    with timers.time("load_state"):
-        state = build_state(store.iter_state())
+          report_path: Path | None, lease, timers: Timers, checksum: bool = False) -> tuple[dict[str, Any], int]:
     rec = Reconciler(config)
+    book = quick.Book(rec.cfg, read_all=checksum)
+    with timers.time("load_state"):
+        state = build_state(book.collect(store.iter_state()))
     bar = _progress(None, "scanning")  # the file count is only known once walked
 
     def progress(rel: str) -> None:
@@ -105,7 +110,7 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
             lease.ensure()  # a long scan keeps its lease
 
     with timers.time("scan"):
-        ops, view = rec.scan(state, "sync", progress=progress)
+        ops, view = rec.scan(state, "sync", progress=progress, book=book)
     bar.close()
     held, _, _ = rec.drain()
     result: ApplyResult | None = None
@@ -119,12 +124,13 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
                               keys=sorted(d.keys)[:50]) for d in held]
         # What was written verbatim this time (BSON cannot hold it, or a layout
         # the documents cannot be rendered back into): path, key, reason.
-        written = {op.rel for op in result.applied}
+        written = {op.rel for op in result.applied if op.action != "stat"}
         events += [note_event("stored_raw", item["path"], "sync", now, reason=item["reason"],
                               **({"key": item["key"]} if "key" in item else {}))
                    for item in view.stored_raw if item["path"] in written]
         with timers.time("events"):
             writer.record(events)
+    book.log_drift()
     for d in held:
         log.warning("divergence held: %s (%s, %d); MongoDB keeps the data", d.path, d.reason, d.count)
     for p in view.problems:
@@ -138,6 +144,7 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
     with timers.time("report"):
         report = build_report(config, store, view, result, dry_run, ops, state)
     report["divergences"] = _summary(held)
+    report["quick_check"] = book.report(view.files_read, view.files_quick_checked)
     report["blobs_collected"] = blobs_collected
     report["stages"] = timers.snapshot()  # seconds per step (sidecar/timers.py)
     report["duration_s"] = round(time.monotonic() - started, 3)
