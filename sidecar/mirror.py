@@ -18,14 +18,15 @@ from .config import Config
 from .state import MirrorState, Op, build_state
 from .divergence import DivergenceBook
 from .events import note_event
+from .fullpass import FullPass, live_files, timed_load
 from .heal import Healer
 from .lease import LeaseHeld
 from .model import utcnow
-from .pending import Pending, Waiter
+from .pending import Pending, Waiter, answer_each, answers
 from .removals import Removals
 from .reconcile import Problem, Reconciler
 from .restore import Refill
-from .retry import BACKOFF_MAX, BACKOFF_MIN, Backoff
+from .retry import BACKOFF_MAX, BACKOFF_MIN, Backoff, Stopped
 from .source import FileRead, SourceError, read_file
 from .status import Status
 from .store import MongoUnavailable, Store
@@ -60,6 +61,9 @@ class Mirror:
         self.removals = Removals(config, self.rec.lineage, pending)
         self._touched: set[str] | None = None  # paths a running full reconcile looked at
         self.lease = None  # the writer lease (sidecar/lease.py), set by the daemon
+        # Set by the daemon: its stop signal (a full reconcile ends on it), what to call after
+        # each full reconcile (give memory back), and with an unexpected error of a flush.
+        self.stopping = self.on_reconciled = self.on_failure = None
         self._was_down = False  # MongoDB was unreachable: reload its state when it is back
         self.lock = threading.RLock()  # one writer at a time: the loop, the shim, shutdown
         self._stop = threading.Event()
@@ -88,8 +92,9 @@ class Mirror:
         if self._thread is not None:
             self._thread.join(timeout=max(0.1, deadline - time.monotonic()))
         while self.pending.queued() and time.monotonic() < deadline:
-            full, taken = self.pending.take(0, ignore_delay=True)
-            if not self.flush(full, taken):
+            # The queued paths, not a full reconcile (the next start runs one anyway).
+            taken = self.pending.take_now(self.config.sidecar_batch_size, ignore_delay=True)
+            if not taken or not self.flush(None, taken):
                 break
         try:
             self._flush_events()
@@ -166,39 +171,47 @@ class Mirror:
         claims = self.pending.claim(taken)
         try:
             if self.lease is not None:
-                try:
-                    self._keep_lease()
-                except LeaseHeld as exc:
-                    self.pending.requeue(taken, 0.0, full)
-                    _answer_each(claims, "not_durable")
-                    if self.status.lease_problem is None:
-                        log.warning("not writing: %s", exc)
-                    self.status.lease_problem = str(exc)
-                    self._backoff.next(at_least=1.0, jitter=False)
-                    return False
+                self._keep_lease()
             with self.lock:
                 if full is not None:
+                    # Its sync frames queue again: served between its files (fullpass.py).
+                    self.pending.rewait(claims)
                     self.reconcile()
-                    answers = None
+                    said = None
                 else:
                     with self.status.timers.time("flush"):
-                        answers = self._flush_paths(taken, claims)
+                        said = self._flush_paths(taken, claims)
         except MongoUnavailable as exc:
             self.pending.requeue(taken, 0.0, full)
-            _answer_each(claims, error=exc)
+            answer_each(claims, error=exc)
             self._mongo_down(str(exc))
+            return False
+        except (LeaseHeld, Stopped) as exc:  # another writer holds the lease; a full reconcile stopped
+            self.pending.requeue(taken, 0.0, full)
+            answer_each(claims, "not_durable")
+            if isinstance(exc, LeaseHeld):
+                if self.status.lease_problem is None:
+                    log.warning("not writing: %s", exc)
+                self.status.lease_problem = str(exc)
+                self._backoff.next(at_least=1.0, jitter=False)
+            else:
+                self._backoff.next()
             return False
         except BaseException as exc:
             self.pending.done(taken, full)
-            _answer_each(claims, error=exc)
-            raise
+            answer_each(claims, error=exc)
+            if self.on_failure is None or not isinstance(exc, Exception):
+                raise
+            self.on_failure(exc)  # logged with its traceback and shown: the writer stops here
+            self._stop.set()
+            return False
         self.pending.done(taken, full)
-        if answers is None:
-            self.pending.rewait(claims)  # a full reconcile ran: the next flush answers them precisely
-        else:
+        if said is not None:
             for waiters in claims.values():
                 for waiter in waiters:
-                    waiter.answer(*answers[id(waiter)])
+                    waiter.answer(*said[id(waiter)])
+        elif full is None:
+            self.pending.rewait(claims)  # it turned into a full reconcile: the next flush answers them
         self._backoff.reset()
         self.status.set_mongo(True)
         self._mongo_back()
@@ -269,11 +282,15 @@ class Mirror:
         if (removes or time.monotonic() - self._last_identity >= PING_EVERY) and self._replaced():
             # MongoDB is not what the state says (a dump restored into the running
             # server): a removal now would tombstone the dump's older value, and the
-            # newer files would stay unmirrored. Compare every file again instead.
-            self.reconcile()
+            # newer files would stay unmirrored. Compare every file again instead
+            # (after the one running, when this batch is served during it).
+            if self._touched is not None:
+                self.pending.mark_full()
+            else:
+                self.reconcile()
             return None
         self._write(ops, problems, good, "watch", taken)
-        return _answers(claims, seen, ops, problems)
+        return answers(claims, seen, {op.rel for op in ops}, {p.path: p.reason for p in problems})
 
     def _replaced(self) -> bool:
         """True when a mirrored collection was dropped or re-created since the state
@@ -316,34 +333,49 @@ class Mirror:
             self._reconcile()
 
     def _reconcile(self) -> None:
-        with self.pending.writing():  # the writer waits on it as on a write
-            self._identity = self.store.identity()  # before the load: a restore after it shows
-            self._last_identity = time.monotonic()
-            fresh = build_state(self.store.iter_state())
-        self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
-        self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
-        self.state.max_version = fresh.max_version
-        self.removals.note_root()
-        self.rec.drain()
-        self._touched = set()
+        run = FullPass(self.pending, self.status.reconcile,
+                       write=lambda ops: self._write(ops, [], [], "reconcile", {}), flush_paths=self._flush_paths,
+                       stopping=lambda: self._stop.is_set() or bool(self.stopping and self.stopping.is_set()),
+                       keep_lease=self.lease.ensure if self.lease else lambda: None,
+                       limit=self.config.sidecar_batch_size)
+        run.check_stop()
+        self.status.reconcile.begin()
         try:
+            with self.pending.writing():  # the writer waits on it as on a write
+                self._identity = self.store.identity()  # before the load: a restore after it shows
+            self._last_identity = time.monotonic()
+            fresh = build_state(timed_load(self.store.iter_state(), self.pending.writing, run.check_stop))
+            for item in self.store.foreign_skipped:  # written by others, in a shape it cannot use
+                self.status.problem(f"mongodb:{item['collection']}:{item['_id']}", "foreign_document", item["reason"])
+            self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
+            self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
+            self.state.max_version = fresh.max_version
+            self.removals.note_root()
+            self.rec.drain()
+            self._touched = set()
+            self.status.reconcile.scanning(live_files(self.state))
             # hashes=False: only problems and present paths are used here, and every
             # file's hash held for the whole scan was the start-up's memory peak.
-            ops, view = self.rec.scan(self.state, "reconcile", hashes=False,
-                                      flush=lambda chunk: self._write(chunk, [], [], "reconcile", {}))
+            # chunk=1: ``run`` gets each file's ops (it writes them in chunks; sidecar/fullpass.py).
+            ops, view = self.rec.scan(self.state, "reconcile", hashes=False, progress=run.checked,
+                                      flush=run.add, chunk=1)
+            self.rec.held = run.settle_served(self.rec.held, self.config.data_dir)
             problem_paths = {p.path for p in view.problems}
             # A file caught mid-write gets the same re-check as on the event path.
             transient = {p.path: time.monotonic() for p in view.problems if p.reason in TRANSIENT}
-            self._write(ops, view.problems, [r for r in view.present if r not in problem_paths], "reconcile",
-                        transient)
+            self._write(run.ops + ops, view.problems, [r for r in view.present if r not in problem_paths],
+                        "reconcile", transient)
             touched = self._touched
         finally:
             self._touched = None
+            self.status.reconcile.end()
         for div in self.book.items():
             if div.path not in touched:
                 self.book.resolve(div.path)  # neither held nor seen: it no longer applies
         self._update_divergence_gauges()
         self.status.last_reconcile_at = utcnow().isoformat()
+        if self.on_reconciled is not None:
+            self.on_reconciled()
 
     def _write(self, ops: list[Op], problems: list[Problem], good: list[str], source: str,
                taken: dict[str, float]) -> None:
@@ -466,30 +498,3 @@ class Mirror:
             self.writer.record(events)
         return {"accepted": [d.path for d in accepted], "no_longer_held": gone,
                 "documents": sum(1 for op in ops if op.action != "track")}
-
-
-def _answers(claims: dict[str, list[Waiter]], seen: dict[str, str | None], ops: list[Op],
-             problems: list[Problem]) -> dict[int, tuple[str | None, BaseException | None]]:
-    """What each sync frame of a flush is told (shim/PROTOCOL.md), by ``id`` of its
-    waiter: "stale" when the file no longer held the frame's bytes when read (a
-    newer write was mirrored, or it is gone), an error when the file had a
-    problem, else "written" or "unchanged"."""
-    bad = {p.path: p.reason for p in problems}
-    written = {op.rel for op in ops}
-    out: dict[int, tuple[str | None, BaseException | None]] = {}
-    for rel, waiters in claims.items():
-        for waiter in waiters:
-            if waiter.sha256 is not None and seen.get(rel) != waiter.sha256:
-                out[id(waiter)] = ("stale", None)
-            elif rel in bad:
-                out[id(waiter)] = (None, ValueError(bad[rel]))
-            else:
-                out[id(waiter)] = ("written" if rel in written else "unchanged", None)
-    return out
-
-
-def _answer_each(claims: dict[str, list[Waiter]], status: str | None = None,
-                 error: BaseException | None = None) -> None:
-    for waiters in claims.values():
-        for waiter in waiters:
-            waiter.answer(status, error)

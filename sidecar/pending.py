@@ -175,6 +175,31 @@ class Pending:
             self._hold(taken, full)
             return full, taken
 
+    def has_paths(self) -> bool:
+        """A path is queued, ready or not (cheap: asked between the files of a full reconcile)."""
+        return bool(self._paths)
+
+    def take_now(self, limit: int, exclude: str | None = None, ignore_delay: bool = False) -> dict[str, float]:
+        """The paths ready now (``ignore_delay``: all), never a full reconcile, without
+        waiting; in flight as with ``take``. ``exclude``: a path to leave queued (one
+        a reconcile has read but not written yet)."""
+        with self._cond:
+            now = time.monotonic()
+            taken: dict[str, float] = {}
+            for rel, entry in list(self._paths.items()):
+                if rel == exclude or not (ignore_delay or entry[1] <= now):
+                    continue
+                taken[rel] = entry[0]
+                del self._paths[rel]
+                self._urgent.discard(rel)
+                waiters = self._waiters.pop(rel, None)
+                if waiters:
+                    self._claimed.setdefault(rel, []).extend(waiters)
+                if len(taken) >= limit:
+                    break
+            self._hold(taken, None)
+            return taken
+
     def _hold(self, taken: dict[str, float], full: float | None) -> None:
         for rel, first in taken.items():
             entry = self._inflight.get(rel)
@@ -259,3 +284,31 @@ class Pending:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+def answer_each(claims: dict[str, list[Waiter]], status: str | None = None,
+                error: BaseException | None = None) -> None:
+    """Give every waiter of ``claims`` the same answer."""
+    for waiters in claims.values():
+        for waiter in waiters:
+            waiter.answer(status, error)
+
+
+def answers(claims: dict[str, list[Waiter]], seen: dict[str, str | None], written: set[str],
+            bad: dict[str, str]) -> dict[int, tuple[str | None, BaseException | None]]:
+    """What each sync frame of a flush is told (shim/PROTOCOL.md), by ``id`` of its
+    waiter: "stale" when the file no longer held the frame's bytes when read (a
+    newer write was mirrored, or it is gone; ``seen``: the sha256 the flush read),
+    an error when the file had a problem (``bad``: path -> reason), else "written"
+    (``written``: the paths of the flush's ops, acknowledged or refused by the version
+    guard as older than what MongoDB holds) or "unchanged"."""
+    out: dict[int, tuple[str | None, BaseException | None]] = {}
+    for rel, waiters in claims.items():
+        for waiter in waiters:
+            if waiter.sha256 is not None and seen.get(rel) != waiter.sha256:
+                out[id(waiter)] = ("stale", None)
+            elif rel in bad:
+                out[id(waiter)] = (None, ValueError(bad[rel]))
+            else:
+                out[id(waiter)] = ("written" if rel in written else "unchanged", None)
+    return out
