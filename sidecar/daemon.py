@@ -13,8 +13,12 @@ Start-up order matters and is the whole no-missed-write argument:
   4. mongo mode: restore every file MongoDB holds that is missing on disk (and
      whose deletion was never accepted), whatever the API created meanwhile is
      kept; a restore killed halfway simply resumes here at the next start;
-  5. full reconcile (removals it notices are held, or in mongo mode healed
-     toward MongoDB), then the writer drains what queued meanwhile; ready.
+  5. the full reconcile (removals it notices are held, or in mongo mode healed
+     toward MongoDB), then the writer drains what queued meanwhile. Mongo mode:
+     ready after it. File mode: ready at once, the watcher and the shim socket
+     serving; the reconcile is the writer thread's first batch, its progress in
+     the status (sidecar/fullpass.py: the shim's files are served between its
+     files, the version guard keeps any older write from landing over a newer).
 On SIGTERM: stop taking shim frames, stop the watcher, final flush with a
 bounded deadline (whatever is left is reconciled at the next start: the files
 on disk are the journal).
@@ -104,6 +108,10 @@ class Daemon:
         self.store = store or Store(config, timers=self.status.timers)
         self.state = MirrorState()
         self.mirror = Mirror(config, self.store, self.status, self.pending, self.state, self.divergences)
+        self.mirror.stopping = self.stopping  # a full reconcile ends on it
+        # The reconcile's reads, parses and source view are freed: give the pages back.
+        self.mirror.on_reconciled = release_memory
+        self.mirror.on_failure = self._writer_failed
         self.lease = Lease(self.store, "daemon", config.sidecar_lease_ttl_s)
         self.watcher = Watcher(config.data_dir, config.ignore_globs, self.pending, self.status,
                                lineage_break=self.mirror.rec.lineage.broken)
@@ -195,8 +203,9 @@ class Daemon:
 
     # --- start mirroring (blocking; in a worker thread) --------------------------------
     def start_mirroring(self) -> None:
-        """MongoDB, the lease, the data dir, the watcher, the restore (mongo mode),
-        the full reconcile, the writer thread: then ready. Each wait retries with
+        """MongoDB, the lease, the data dir, the watcher, the restore and the full
+        reconcile (mongo mode), the writer thread: then ready. In file mode the full
+        reconcile is the writer's first batch, after ready. Each wait retries with
         backoff until the stop signal (``Stopped``)."""
         self._connect()
         self._take_lease()
@@ -206,11 +215,12 @@ class Daemon:
         self.watcher.start()
         self.rootwatch.start()
         if self.config.memory_store_backend == "mongo":
+            # MongoDB is the truth: the API is let in once the files hold it.
             self._restore_missing(root)
-        self.status.phase = "reconciling"
-        self._retry(self._reconcile_locked)
-        # The reconcile's reads, parses and source view are freed: give the pages back.
-        release_memory()
+            self.status.phase = "reconciling"
+            self._retry(self._reconcile_locked)
+        else:
+            self.pending.mark_full()
         self.mirror.start()
         self.status.phase = "running"
         self.status.set_ready(True)
@@ -225,14 +235,22 @@ class Daemon:
         except Stopped:
             pass
         except Exception as exc:  # noqa: BLE001 - anything: a bug or a document we cannot use
-            log.exception("start-up failed")
-            self.status.startup_error = self.config.scrub(f"{type(exc).__name__}: {exc}")[:300]
-            self.status.phase = "failed"
-            self.status.set_ready(False)
-        finally:
-            for item in self.store.foreign_skipped:
-                self.status.problem(f"mongodb:{item['collection']}:{item['_id']}", "foreign_document",
-                                    item["reason"])
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        log.error("start-up failed", exc_info=exc)
+        self.status.startup_error = self.config.scrub(f"{type(exc).__name__}: {exc}")[:300]
+        self.status.phase = "failed"
+        self.status.set_ready(False)
+
+    def _writer_failed(self, exc: BaseException) -> None:
+        """A flush ended on an unexpected error (the writer thread ends with it). Before the
+        first full reconcile was done (in file mode it runs there) that is the start-up
+        failing, shown as such; later it is logged with its traceback."""
+        if self.status.last_reconcile_at is None:
+            self._failed(exc)
+        else:
+            log.error("the writer thread failed", exc_info=exc)
 
     def _connect(self) -> None:
         self.status.phase = "connecting"
@@ -296,8 +314,14 @@ class Daemon:
             log.info("restored %d missing files from MongoDB", len(result.written))
 
     def _reconcile_locked(self) -> None:
-        with self.mirror.lock:
-            self.mirror.reconcile()
+        while True:
+            try:
+                with self.mirror.lock:
+                    return self.mirror.reconcile()
+            except LeaseHeld as exc:  # taken over meanwhile (it renews the lease as it goes)
+                self.status.lease_problem = str(exc)
+                self._take_lease()
+                self.status.phase = "reconciling"
 
     def _ignored(self, rel: str) -> bool:
         return is_ignored(rel, self.config.ignore_globs)

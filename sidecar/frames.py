@@ -10,6 +10,7 @@ waiter waits for the re-check's flush), an error for a file with a problem.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from .pending import Waiter
 from .reconcile import Problem
@@ -42,6 +43,8 @@ def answers(claims: dict[str, list[Waiter]], seen: dict[str, str | None], ops: l
             elif rel in bad:
                 out[id(waiter)] = (None, ValueError(bad[rel]))
             else:
+                # ``written``: the paths of the flush's ops, acknowledged or refused by the
+                # version guard as older than what MongoDB holds.
                 out[id(waiter)] = ("written" if rel in written else "unchanged", None)
     return out
 
@@ -51,3 +54,19 @@ def answer_each(claims: dict[str, list[Waiter]], status: str | None = None,
     for waiters in claims.values():
         for waiter in waiters:
             waiter.answer(status, error)
+
+
+def deliver(claims: dict[str, list[Waiter]], said: dict[int, tuple[str | None, BaseException | None]],
+            pending: Any) -> None:
+    """Answer each waiter of a flush with what ``answers`` said; an AGAIN goes back to
+    its path while that is queued for its re-check (else it gets the problem)."""
+    again: dict[str, list[Waiter]] = {}
+    for rel, waiters in claims.items():
+        for waiter in waiters:
+            status, error = said[id(waiter)]
+            if status == AGAIN:
+                again.setdefault(rel, []).append(waiter)
+            else:
+                waiter.answer(status, error)
+    for waiter in pending.rewait(again, queued_only=True):
+        waiter.answer(error=said[id(waiter)][1])

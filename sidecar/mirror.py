@@ -19,14 +19,16 @@ from .config import Config
 from .state import MirrorState, Op, build_state
 from .divergence import DivergenceBook
 from .events import note_event
+from .fullpass import FullPass, live_files, timed_load
 from .heal import Healer
+from .incarnation import Incarnation
 from .lease import LeaseHeld
 from .model import utcnow
 from .pending import Pending, Waiter
 from .removals import Removals
 from .reconcile import Problem, Reconciler
 from .restore import Refill
-from .retry import BACKOFF_MAX, BACKOFF_MIN, Backoff
+from .retry import BACKOFF_MAX, BACKOFF_MIN, Backoff, Stopped
 from .source import FileRead, SourceError, read_file
 from .status import Status
 from .store import MongoUnavailable, Store
@@ -60,8 +62,10 @@ class Mirror:
         self.refill = Refill(store, config.data_dir, self.healer)
         self.removals = Removals(config, self.rec.lineage, pending)
         self._touched: set[str] | None = None  # paths a running full reconcile looked at
-        self.last_scan: dict | None = None  # the last full reconcile's quick check (sidecar/quick.py)
         self.lease = None  # the writer lease (sidecar/lease.py), set by the daemon
+        # Set by the daemon: its stop signal (a full reconcile ends on it), what to call after
+        # each full reconcile (give memory back), and with an unexpected error of a flush.
+        self.stopping = self.on_reconciled = self.on_failure = None
         self._was_down = False  # MongoDB was unreachable: reload its state when it is back
         self.lock = threading.RLock()  # one writer at a time: the loop, the shim, shutdown
         self._stop = threading.Event()
@@ -72,12 +76,10 @@ class Mirror:
         self._transient: dict[str, int] = {}
         self._last_error_log = 0.0
         self._last_ping = 0.0
-        # (name, uuid) of the mirrored collections when the state was loaded: a restore
-        # from a dump into the running server re-creates them (Store.identity).
-        self._identity: tuple[tuple[str, str], ...] | None = None
-        self._last_identity = 0.0
+        self.incarnation = Incarnation(store, status)  # a dump restored into the running server shows there
         self._last_gc = time.monotonic()
-        self._last_verify = time.monotonic()  # SIDECAR_VERIFY_INTERVAL
+        self._last_verify, self._verify = time.monotonic(), False  # SIDECAR_VERIFY_INTERVAL
+        self.last_scan: dict | None = None  # the last full reconcile's quick check (sidecar/quick.py)
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -91,8 +93,9 @@ class Mirror:
         if self._thread is not None:
             self._thread.join(timeout=max(0.1, deadline - time.monotonic()))
         while self.pending.queued() and time.monotonic() < deadline:
-            full, taken = self.pending.take(0, ignore_delay=True)
-            if not self.flush(full, taken):
+            # The queued paths, not a full reconcile (the next start runs one anyway).
+            taken = self.pending.take_now(self.config.sidecar_batch_size, ignore_delay=True)
+            if not taken or not self.flush(None, taken):
                 break
         try:
             self._flush_events()
@@ -140,7 +143,7 @@ class Mirror:
                 self.store.ping()
                 self.status.set_mongo(True)
                 self._mongo_back()
-                if self._replaced():
+                if self.incarnation.replaced():
                     self.pending.mark_full()
                 if self.lease is not None:
                     try:
@@ -153,9 +156,8 @@ class Mirror:
                     self.store.gc_blobs()
                 every = self.config.sidecar_verify_interval  # 0: off
                 if every and now - self._last_verify >= every and self.status.lease_problem is None:
-                    self._last_verify = now
-                    with self.lock:
-                        self.reconcile(checksum=True)  # every file read and compared: drift repaired
+                    self._last_verify, self._verify = now, True  # the next full reconcile reads every file
+                    self.pending.mark_full()
             except MongoUnavailable as exc:
                 self._was_down = True
                 self.status.set_mongo(False, str(exc))
@@ -174,46 +176,46 @@ class Mirror:
         claims = self.pending.claim(taken)
         try:
             if self.lease is not None:
-                try:
-                    self._keep_lease()
-                except LeaseHeld as exc:
-                    self.pending.requeue(taken, 0.0, full)
-                    frames.answer_each(claims, "not_durable")
-                    if self.status.lease_problem is None:
-                        log.warning("not writing: %s", exc)
-                    self.status.lease_problem = str(exc)
-                    self._backoff.next(at_least=1.0, jitter=False)
-                    return False
+                self._keep_lease()
             with self.lock:
                 if full is not None:
-                    self.reconcile()
-                    answers = None
+                    # Its sync frames queue again: served between its files (fullpass.py).
+                    self.pending.rewait(claims)
+                    checksum, self._verify = self._verify, False
+                    self.reconcile(checksum)
+                    said = None
                 else:
                     with self.status.timers.time("flush"):
-                        answers = self._flush_paths(taken, claims)
+                        said = self._flush_paths(taken, claims)
         except MongoUnavailable as exc:
             self.pending.requeue(taken, 0.0, full)
             frames.answer_each(claims, error=exc)
             self._mongo_down(str(exc))
             return False
+        except (LeaseHeld, Stopped) as exc:  # another writer holds the lease; a full reconcile stopped
+            self.pending.requeue(taken, 0.0, full)
+            frames.answer_each(claims, "not_durable")
+            if isinstance(exc, LeaseHeld):
+                if self.status.lease_problem is None:
+                    log.warning("not writing: %s", exc)
+                self.status.lease_problem = str(exc)
+                self._backoff.next(at_least=1.0, jitter=False)
+            else:
+                self._backoff.next()
+            return False
         except BaseException as exc:
             self.pending.done(taken, full)
             frames.answer_each(claims, error=exc)
-            raise
+            if self.on_failure is None or not isinstance(exc, Exception):
+                raise
+            self.on_failure(exc)  # logged with its traceback and shown: the writer stops here
+            self._stop.set()
+            return False
         self.pending.done(taken, full)
-        if answers is None:
-            self.pending.rewait(claims)  # a full reconcile ran: the next flush answers them precisely
-        else:
-            again: dict[str, list[Waiter]] = {}
-            for rel, waiters in claims.items():
-                for waiter in waiters:
-                    status, error = answers[id(waiter)]
-                    if status == frames.AGAIN:
-                        again.setdefault(rel, []).append(waiter)
-                    else:
-                        waiter.answer(status, error)
-            for waiter in self.pending.rewait(again, queued_only=True):
-                waiter.answer(error=answers[id(waiter)][1])
+        if said is not None:
+            frames.deliver(claims, said, self.pending)
+        elif full is None:
+            self.pending.rewait(claims)  # it turned into a full reconcile: the next flush answers them
         self._backoff.reset()
         self.status.set_mongo(True)
         self._mongo_back()
@@ -281,31 +283,18 @@ class Mirror:
                 self.removals.present(rel)  # there again (or never gone)
         ops.extend(self._settle_removals(vanished, taken))
         removes = any(op.action in ("delete", "mark_deleted") for op in ops)
-        if (removes or time.monotonic() - self._last_identity >= PING_EVERY) and self._replaced():
+        if (removes or self.incarnation.age() >= PING_EVERY) and self.incarnation.replaced():
             # MongoDB is not what the state says (a dump restored into the running
             # server): a removal now would tombstone the dump's older value, and the
-            # newer files would stay unmirrored. Compare every file again instead.
-            self.reconcile()
+            # newer files would stay unmirrored. Compare every file again instead
+            # (after the one running, when this batch is served during it).
+            if self._touched is not None:
+                self.pending.mark_full()
+            else:
+                self.reconcile()
             return None
         self._write(ops, problems, good, "watch", taken)
         return frames.answers(claims, seen, ops, problems, TRANSIENT)
-
-    def _replaced(self) -> bool:
-        """True when a mirrored collection was dropped or re-created since the state
-        was loaded from MongoDB (until the next full reconcile loads it again)."""
-        ident = self.store.identity()
-        self._last_identity = time.monotonic()
-        old = dict(self._identity or ())
-        new = dict(ident)
-        gone = sorted(name for name, uuid in old.items() if new.get(name) != uuid)
-        if gone:
-            log.warning("MongoDB's %s %s re-created or dropped since the sidecar loaded them (a restore from "
-                        "a dump?): a full reconcile compares every file with it again", ", ".join(gone),
-                        "was" if len(gone) == 1 else "were")
-            self.status.error("collections_replaced")
-            return True
-        self._identity = ident  # collections created since (the first writes) join it
-        return False
 
     def _settle_removals(self, vanished: list[str], taken: dict[str, float]) -> list[Op]:
         """The removal ops of the files gone long enough (``sidecar/removals.py``)."""
@@ -332,38 +321,53 @@ class Mirror:
             self._reconcile(checksum)
 
     def _reconcile(self, checksum: bool = False) -> None:
-        with self.pending.writing():  # the writer waits on it as on a write
-            self._identity = self.store.identity()  # before the load: a restore after it shows
-            self._last_identity = time.monotonic()
-            book = quick.Book(self.rec.cfg, read_all=checksum)  # quick-check records, for this reconcile only
-            fresh = build_state(book.collect(self.store.iter_state()))
-        self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
-        self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
-        self.state.max_version = fresh.max_version
-        self.removals.note_root()
-        self.rec.drain()
-        self._touched = set()
+        run = FullPass(self.pending, self.status.reconcile,
+                       write=lambda ops: self._write(ops, [], [], "reconcile", {}), flush_paths=self._flush_paths,
+                       stopping=lambda: self._stop.is_set() or bool(self.stopping and self.stopping.is_set()),
+                       keep_lease=self.lease.ensure if self.lease else lambda: None,
+                       limit=self.config.sidecar_batch_size)
+        run.check_stop()
+        self.status.reconcile.begin()
         try:
+            with self.pending.writing():  # the writer waits on it as on a write
+                self.incarnation.load()  # before the state: a restore after it shows
+            book = quick.Book(self.rec.cfg, read_all=checksum)  # quick-check records, for this reconcile only
+            fresh = build_state(book.collect(timed_load(self.store.iter_state(), self.pending.writing,
+                                                        run.check_stop)))
+            for item in self.store.foreign_skipped:  # written by others, in a shape it cannot use
+                self.status.problem(f"mongodb:{item['collection']}:{item['_id']}", "foreign_document", item["reason"])
+            self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
+            self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
+            self.state.max_version = fresh.max_version
+            self.removals.note_root()
+            self.rec.drain()
+            self._touched = set()
+            self.status.reconcile.scanning(live_files(self.state))
             # hashes=False: only problems and present paths are used here, and every
             # file's hash held for the whole scan was the start-up's memory peak.
-            ops, view = self.rec.scan(self.state, "reconcile", hashes=False, book=book,
-                                      flush=lambda chunk: self._write(chunk, [], [], "reconcile", {}))
+            # chunk=1: ``run`` gets each file's ops (it writes them in chunks; sidecar/fullpass.py).
+            ops, view = self.rec.scan(self.state, "reconcile", hashes=False, progress=run.checked,
+                                      flush=run.add, chunk=1, book=book)
             self.last_scan = book.report(view.files_read, view.files_quick_checked)
             book.log_drift(self.status.error)
             del book
+            self.rec.held = run.settle_served(self.rec.held, self.config.data_dir)
             problem_paths = {p.path for p in view.problems}
             # A file caught mid-write gets the same re-check as on the event path.
             transient = {p.path: time.monotonic() for p in view.problems if p.reason in TRANSIENT}
-            self._write(ops, view.problems, [r for r in view.present if r not in problem_paths], "reconcile",
-                        transient)
+            self._write(run.ops + ops, view.problems, [r for r in view.present if r not in problem_paths],
+                        "reconcile", transient)
             touched = self._touched
         finally:
             self._touched = None
+            self.status.reconcile.end()
         for div in self.book.items():
             if div.path not in touched:
                 self.book.resolve(div.path)  # neither held nor seen: it no longer applies
         self._update_divergence_gauges()
         self.status.last_reconcile_at = utcnow().isoformat()
+        if self.on_reconciled is not None:
+            self.on_reconciled()
 
     def _write(self, ops: list[Op], problems: list[Problem], good: list[str], source: str,
                taken: dict[str, float]) -> None:

@@ -188,6 +188,31 @@ class Pending:
             self._hold(taken, full)
             return full, taken
 
+    def has_paths(self) -> bool:
+        """A path is queued, ready or not (cheap: asked between the files of a full reconcile)."""
+        return bool(self._paths)
+
+    def take_now(self, limit: int, exclude: str | None = None, ignore_delay: bool = False) -> dict[str, float]:
+        """The paths ready now (``ignore_delay``: all), never a full reconcile, without
+        waiting; in flight as with ``take``. ``exclude``: a path to leave queued (one
+        a reconcile has read but not written yet)."""
+        with self._cond:
+            now = time.monotonic()
+            taken: dict[str, float] = {}
+            for rel, entry in list(self._paths.items()):
+                if rel == exclude or not (ignore_delay or entry[1] <= now):
+                    continue
+                taken[rel] = entry[0]
+                del self._paths[rel]
+                self._urgent.discard(rel)
+                waiters = self._waiters.pop(rel, None)
+                if waiters:
+                    self._claimed.setdefault(rel, []).extend(waiters)
+                if len(taken) >= limit:
+                    break
+            self._hold(taken, None)
+            return taken
+
     def _hold(self, taken: dict[str, float], full: float | None) -> None:
         for rel, first in taken.items():
             entry = self._inflight.get(rel)

@@ -67,10 +67,14 @@ def readiness(status: Status) -> tuple[bool, str | None]:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, reason = readiness(request.app[DAEMON].status)
+    status = request.app[DAEMON].status
+    ready, reason = readiness(status)
     if ready:
         return web.json_response({"ready": True})
-    return web.json_response({"ready": False, "reason": reason}, status=503)
+    body: dict[str, Any] = {"ready": False, "reason": reason}
+    if status.reconcile.running:  # mongo mode's start-up reconcile: how far it is
+        body["reconcile"] = status.reconcile.snapshot()
+    return web.json_response(body, status=503)
 
 
 async def memory_status_view(request: web.Request) -> web.Response:

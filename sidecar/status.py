@@ -9,6 +9,7 @@ counters show what has happened. Nothing here ever holds a payload value.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter as PlainCounter
 from collections import deque
 from datetime import datetime, timezone
@@ -32,6 +33,62 @@ _EVENT_FIELDS = ("event_type", "path", "source", "reason", "count")
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+class ReconcileProgress:
+    """The full reconcile under way (or the last one): files checked of the total, and
+    an ETA. The total is MongoDB's count of live file manifests when it began (read with
+    the state the reconcile loads anyway: no second walk of the data dir): exact on a
+    warm restart, an estimate otherwise, none on a cold start (no ETA then). Counted by
+    the writer thread (sidecar/fullpass.py), read at each view."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.running = False
+        self.stage: str | None = None  # "loading" (what MongoDB holds), then "scanning" (the files)
+        self.checked = 0
+        self.total: int | None = None
+        self.started_at: str | None = None
+        self.finished_at: str | None = None
+        self.last_duration_s: float | None = None
+        self._t0 = self._t_scan = 0.0
+        self._checked_g = Gauge("sidecar_reconcile_files_checked",
+                                "Files the full reconcile under way has checked (the last one's, once done)",
+                                registry=registry)
+        self._total_g = Gauge("sidecar_reconcile_files_total",
+                              "Files the full reconcile expects to check: MongoDB's live file manifests "
+                              "(0: unknown, e.g. a cold start)", registry=registry)
+        self._running_g = Gauge("sidecar_reconcile_running", "1 while a full reconcile runs", registry=registry)
+
+    def begin(self) -> None:
+        self.checked, self.total, self.stage = 0, None, "loading"
+        self._t0 = time.monotonic()
+        self.started_at, self.finished_at = _now_iso(), None
+        self.running = True
+
+    def scanning(self, total: int) -> None:
+        self.total, self.stage = total or None, "scanning"
+        self._t_scan = time.monotonic()
+
+    def end(self) -> None:
+        if self.running:
+            self.running, self.stage = False, None
+            self.last_duration_s = round(time.monotonic() - self._t0, 3)
+            self.finished_at = _now_iso()
+
+    def snapshot(self) -> dict[str, Any]:
+        checked, total, running, stage = self.checked, self.total, self.running, self.stage
+        now = time.monotonic()
+        eta = None
+        if stage == "scanning" and total and 0 < checked < total:
+            eta = round((total - checked) * (now - self._t_scan) / checked, 1)
+        total = max(total, checked) if total else None
+        self._checked_g.set(checked)
+        self._total_g.set(total or 0)
+        self._running_g.set(1 if running else 0)
+        elapsed = round(now - self._t0, 3) if running else self.last_duration_s
+        return {"running": running, "stage": stage, "checked": checked, "total": total,
+                "total_from": "mongodb_manifests", "eta_s": eta, "elapsed_s": elapsed,
+                "started_at": self.started_at, "finished_at": self.finished_at}
 
 
 class Status:
@@ -72,6 +129,7 @@ class Status:
                              registry=r)
         self.root_ok.set(1)
         self.timers = Timers(r)  # sidecar_stage_seconds; "stages" in the status
+        self.reconcile = ReconcileProgress(r)  # "reconcile" in the status
         # From the shim socket server (sidecar/shimserver.py), read at each view.
         self.shim_bad_frames = Counter("sidecar_shim_bad_frames_total",
                                        "Shim frames refused as breaking the protocol", registry=r)
@@ -117,6 +175,7 @@ class Status:
         self._lag_s = 0.0
         self._write_inflight_s = 0.0
         self._recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self._reconcile_view: dict[str, Any] = {}
 
     # --- updates ---------------------------------------------------------------
     def set_ready(self, ready: bool) -> None:
@@ -241,6 +300,7 @@ class Status:
 
     # --- views -------------------------------------------------------------------
     def _refresh(self) -> None:
+        self._reconcile_view = self.reconcile.snapshot()  # also sets its gauges
         if self._queue is not None:
             self.set_pending(len(self._queue), self._queue.oldest_age())
         self.write_age()
@@ -287,5 +347,6 @@ class Status:
             "restore": self.restore_progress,
             "shim": self._shim_view,
             "stages": self.timers.snapshot(),
+            "reconcile": self._reconcile_view,
         }
 

@@ -38,10 +38,10 @@ def running(daemon_config):
     """Start in-process daemons; all are stopped at teardown."""
     started: list[RunningDaemon] = []
 
-    def start(wait_ready: bool = True, **kw) -> RunningDaemon:
+    def start(wait_ready: bool = True, wait_reconciled: bool | None = None, **kw) -> RunningDaemon:
         d = RunningDaemon(daemon_config(**kw))
         started.append(d)
-        return d.start(wait_ready=wait_ready)
+        return d.start(wait_ready=wait_ready, wait_reconciled=wait_reconciled)
     yield start
     for d in started:
         d.stop()

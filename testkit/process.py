@@ -94,9 +94,11 @@ class DaemonProcess:
             code = None if self.proc is None else self.proc.returncode
             raise AssertionError(f"daemon exited ({code}):\n{self.log_tail()}")
 
-    def wait_ready(self, timeout: float = 30.0, on_poll=None) -> float:
+    def wait_ready(self, timeout: float = 30.0, on_poll=None, reconciled: bool = False) -> float:
         """Until ``/readyz`` answers 200; seconds since ``start``. Each start-up phase (the
-        503's reason) is noted in ``phases`` when first seen; ``on_poll`` runs every poll."""
+        503's reason) is noted in ``phases`` when first seen; ``on_poll`` runs every poll.
+        ``reconciled``: then also until the start-up reconcile is done (in file mode it runs
+        behind readiness; noted in ``phases`` as "reconciled")."""
         def ready():
             self._alive()
             r = self.get("/readyz", timeout=5)
@@ -116,6 +118,22 @@ class DaemonProcess:
             raise AssertionError(f"{exc}\n{self.log_tail()}") from None
         took = time.monotonic() - self.started_at
         self.phases.setdefault("ready", took)
+        if reconciled:
+            self.wait_reconciled(timeout)
+        return took
+
+    def wait_reconciled(self, timeout: float = 30.0) -> float:
+        """Until ``/memory/status`` shows a completed full reconcile; seconds since ``start``."""
+        def done():
+            self._alive()
+            r = self.get("/memory/status", timeout=5)
+            return r is not None and r.status == 200 and r.json()["sidecar"]["last_reconcile_at"] is not None
+        try:
+            wait_for(done, timeout, 0.05, "the start-up reconcile")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
+        took = time.monotonic() - self.started_at
+        self.phases.setdefault("reconciled", took)
         return took
 
     def wait_parity(self, timeout: float = 20.0) -> dict:

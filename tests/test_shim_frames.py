@@ -1,7 +1,7 @@
 """Shim frames enter the mirror through ``Pending`` like watcher events (issue 12
 point 3): an async frame queues its path (urgent, no linger), a sync frame waits
 for the flush that read the file after it was written, and only the writer
-thread writes to MongoDB. ``sidecar/pending.py`` (Waiter, claim), the answers in
+thread writes to MongoDB. ``sidecar/pending.py`` (Waiter, claim, the answers),
 ``sidecar/mirror.py`` and ``Daemon.on_shim``."""
 
 from __future__ import annotations
