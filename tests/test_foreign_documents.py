@@ -78,7 +78,7 @@ def test_the_daemon_starts_beside_foreign_documents_and_says_what_it_skipped(leg
 def test_an_unexpected_start_up_failure_is_logged_and_shown(data_dir, running, monkeypatch, caplog):
     from sidecar.mirror import Mirror
 
-    def broken(self):
+    def broken(self, checksum=False):
         raise RuntimeError("boom in reconcile")
     monkeypatch.setattr(Mirror, "reconcile", broken)
     d = running(wait_ready=False)
