@@ -169,6 +169,23 @@ def _translate(rel: str, exc: OSError) -> SourceError:
     return SourceError("io_error", f"{rel}: {exc.strerror or exc.__class__.__name__}")
 
 
+def _open_regular(dir_fd: int, name: str, rel: str) -> tuple[int, os.stat_result]:
+    """``name`` in ``dir_fd`` opened without following a symlink, and its fstat; a
+    ``SourceError`` unless it is a regular file (the descriptor is then closed)."""
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _translate(rel, exc) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError("not_regular", f"{rel}: not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
     """Read one file's exact bytes. Retries when the file changes while being read."""
     try:
@@ -178,14 +195,8 @@ def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
     try:
         for _ in range(attempts):
             read_at = time.time_ns()  # before the open: a write after it is racy (sidecar/quick.py)
+            fd, before = _open_regular(dir_fd, name, rel)
             try:
-                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-            except OSError as exc:
-                raise _translate(rel, exc) from None
-            try:
-                before = os.fstat(fd)
-                if not stat.S_ISREG(before.st_mode):
-                    raise SourceError("not_regular", f"{rel}: not a regular file")
                 chunks = []
                 while True:
                     chunk = os.read(fd, 1 << 20)
@@ -249,14 +260,8 @@ class Prober:
     def probe(self, rel: str) -> FileStat:
         """Raises ``SourceError`` (``vanished``, ``symlink``, ``not_regular``...) as a read would."""
         dir_fd, dir_ino, name = self._parent(rel)
+        fd, st = _open_regular(dir_fd, name, rel)
         try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-        except OSError as exc:
-            raise _translate(rel, exc) from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise SourceError("not_regular", f"{rel}: not a regular file")
             gen = inode_generation(fd, st.st_dev)
         finally:
             os.close(fd)

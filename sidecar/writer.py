@@ -31,7 +31,7 @@ class Writer:
         self.state = state
         self.status = status  # sidecar.status.Status of a daemon, or None (sync)
         self._writing = pending.writing if pending is not None else contextlib.nullcontext
-        self.outbox = EventOutbox(store, status, self._writing if pending is not None else None)
+        self.outbox = EventOutbox(store, status, pending.writing if pending is not None else None)
 
     def write(self, ops: list[Op], source: str, problems: list[Problem], now: datetime,
               summarize_inserts: bool = False) -> tuple[ApplyResult, list[dict]]:

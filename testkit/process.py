@@ -112,12 +112,7 @@ class DaemonProcess:
             if on_poll is not None:
                 on_poll()
             return r is not None and r.status == 200
-        try:
-            wait_for(ready, timeout, 0.05, "the daemon process to be ready")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
-        took = time.monotonic() - self.started_at
-        self.phases.setdefault("ready", took)
+        took = self._wait(ready, timeout, "the daemon process to be ready", "ready")
         if reconciled:
             self.wait_reconciled(timeout)
         return took
@@ -128,12 +123,16 @@ class DaemonProcess:
             self._alive()
             r = self.get("/memory/status", timeout=5)
             return r is not None and r.status == 200 and r.json()["sidecar"]["last_reconcile_at"] is not None
+        return self._wait(done, timeout, "the start-up reconcile", "reconciled")
+
+    def _wait(self, predicate, timeout: float, what: str, phase: str) -> float:
+        """``wait_for`` with the daemon's log in the failure; notes ``phase`` in ``phases``."""
         try:
-            wait_for(done, timeout, 0.05, "the start-up reconcile")
+            wait_for(predicate, timeout, 0.05, what)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.log_tail()}") from None
         took = time.monotonic() - self.started_at
-        self.phases.setdefault("reconciled", took)
+        self.phases.setdefault(phase, took)
         return took
 
     def wait_parity(self, timeout: float = 20.0) -> dict:
