@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
     from .lease import LeaseHeld
+    from .localindex import StateDirUnusable
     from .restore import RestoreRefused
     from .source import DataDirMissing, check_root
     from .store import MongoConfigError, MongoUnavailable
@@ -193,6 +194,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _one_shot(args, config)
     except DataDirMissing as exc:
         print(f"memory-sidecar: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except StateDirUnusable as exc:
+        print(f"memory-sidecar: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RestoreRefused as exc:
         print(f"memory-sidecar: {exc}", file=sys.stderr)

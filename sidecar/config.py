@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The built-in ignore globs (temp files of atomic writers and editors, the
@@ -91,6 +91,9 @@ class Config(BaseSettings):
     # full reconcile that reads and hashes every file (no quick check) and repairs and
     # reports drift on either side. 0 = off (sync --checksum does the same on demand).
     sidecar_verify_interval: float = Field(default=0.0, ge=0)
+    # Where the per-file state (sidecar/localindex.py) spills: a private SQLite file,
+    # unlinked once open. Empty = the system's temp dir. Not the data dir.
+    sidecar_state_dir: str = ""
     sidecar_log_format: Literal["text", "json"] = "text"
     sidecar_log_level: str = "INFO"
 
@@ -113,6 +116,18 @@ class Config(BaseSettings):
         if value != "majority" and not value.isdigit():
             raise ValueError("must be 'majority' or a number of nodes")
         return value
+
+    @model_validator(mode="after")
+    def _state_dir_outside_data_dir(self) -> Config:
+        # The state file is private and unlinked at once, but a dir inside the data
+        # dir would still be watched, walked and mirrored.
+        if self.sidecar_state_dir:
+            state = Path(self.sidecar_state_dir).expanduser().absolute()
+            data = self.data_dir
+            for a, b in ((state, data), (state.resolve(), data.resolve())):
+                if a == b or b in a.parents:
+                    raise ValueError("SIDECAR_STATE_DIR must not be the data dir or inside it (RUNTIME_DATA_DIR)")
+        return self
 
     # --- derived -----------------------------------------------------------
     @property

@@ -44,7 +44,7 @@ from .frames import answer_each, deliver
 from .pending import Pending, Waiter
 from .retry import Stopped
 from .source import exists
-from .state import MirrorState, Op
+from .state import MirrorState, Op, count_files
 from .status import ReconcileProgress
 from .store import MongoUnavailable
 
@@ -61,7 +61,7 @@ class ReconcileInterrupted(Stopped):
 
 def live_files(state: MirrorState) -> int:
     """The files MongoDB holds (its live manifests): the total a reconcile expects."""
-    return sum(1 for fs in state.files.values() if not fs.deleted)
+    return count_files(state)[0]
 
 
 def timed_load(rows: Iterable[Any], writing: Callable[[], Any], check: Callable[[], None]) -> Iterator[Any]:

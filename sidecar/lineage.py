@@ -29,8 +29,13 @@ again, so a writer that read the file before the heal cannot "remove" them.
 from __future__ import annotations
 
 import itertools
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
 
 from .source import FileRead
+
+if TYPE_CHECKING:
+    from .localindex import LocalIndex
 
 
 def _mark(read: FileRead) -> int:
@@ -40,10 +45,12 @@ def _mark(read: FileRead) -> int:
 
 
 class Lineage:
-    def __init__(self) -> None:
-        self._marks: dict[str, int] = {}
-        self._dirs: dict[str, int] = {}
-        self._dir_objs: dict[int, int] = {}  # a handful of directories: one int object each
+    """``index``: keep the per-file marks in a table of the local index
+    (sidecar/localindex.py) instead of a dict (the daemon: 500k files)."""
+
+    def __init__(self, index: LocalIndex | None = None) -> None:
+        # rel -> (mark, directory inode)
+        self._marks: MutableMapping[str, tuple[int, int]] = index.map("lineage") if index is not None else {}
         self._hub_keys: dict[str, frozenset[str]] = {}
         # rel -> sequence number of the last break not yet followed by a read.
         # Written by the watcher's thread, read by the writer's (single dict ops).
@@ -67,10 +74,14 @@ class Lineage:
     def same(self, read: FileRead) -> bool:
         """True when ``read`` is the file this daemon last observed at that path
         (same inode, same directory inode, no create/delete/rename since)."""
-        return read.ino != 0 and read.rel not in self._breaks and self._marks.get(read.rel) == _mark(read)
+        if read.ino == 0 or read.rel in self._breaks:
+            return False
+        held = self._marks.get(read.rel)
+        return held is not None and held[0] == _mark(read)
 
     def dir_ino(self, rel: str) -> int | None:
-        return self._dirs.get(rel)
+        held = self._marks.get(rel)
+        return held[1] if held is not None else None
 
     def hub_keys(self, rel: str) -> frozenset[str]:
         return self._hub_keys.get(rel, frozenset())
@@ -86,18 +97,15 @@ class Lineage:
         brk = self._breaks.get(read.rel)
         if brk is not None and (token is None or brk == token):
             self._breaks.pop(read.rel, None)
-        self._marks[read.rel] = _mark(read)
-        self._dirs[read.rel] = self._dir_objs.setdefault(read.dir_ino, read.dir_ino)
+        self._marks[read.rel] = (_mark(read), read.dir_ino)
         if hub_keys is not None and not keep_keys:
             self._hub_keys[read.rel] = hub_keys
 
     def forget(self, rel: str) -> None:
         self._marks.pop(rel, None)
-        self._dirs.pop(rel, None)
         self._hub_keys.pop(rel, None)
 
     def forget_all(self) -> None:
         self._breaks.clear()
         self._marks.clear()
-        self._dirs.clear()
         self._hub_keys.clear()

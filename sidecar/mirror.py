@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 
 from . import frames, quick
 from .config import Config
@@ -23,6 +24,7 @@ from .fullpass import FullPass, live_files, timed_load
 from .heal import Healer
 from .incarnation import Incarnation
 from .lease import LeaseHeld
+from .localindex import LocalIndex
 from .model import utcnow
 from .pending import Pending, Waiter
 from .removals import Removals
@@ -56,7 +58,10 @@ class Mirror:
         self.pending = pending
         self.state = state
         self.book = book if book is not None else DivergenceBook()
-        self.rec = Reconciler(config)
+        # The per-file state out of the heap (sidecar/localindex.py): the mirror state's
+        # files and episodes, the lineage, a scan's quick-check records and paths seen.
+        self.index = LocalIndex(config.sidecar_state_dir or None)
+        self.rec = Reconciler(config, self.index, wants_resolved=lambda rel: self.book.get(rel) is not None)
         self.healer = Healer(config.data_dir, store, self._observe_own)
         self.writer = Writer(config, store, state, status, pending)
         self.refill = Refill(store, config.data_dir, self.healer)
@@ -331,14 +336,11 @@ class Mirror:
         try:
             with self.pending.writing():  # the writer waits on it as on a write
                 self.incarnation.load()  # before the state: a restore after it shows
-            book = quick.Book(self.rec.cfg, read_all=checksum)  # quick-check records, for this reconcile only
-            fresh = build_state(book.collect(timed_load(self.store.iter_state(), self.pending.writing,
-                                                        run.check_stop)))
+            book = quick.Book(self.rec.cfg, read_all=checksum, entries=self.index.map("quick"))  # this reconcile's
+            self.state.replace(build_state(book.collect(timed_load(self.store.iter_state(), self.pending.writing,
+                                                                   run.check_stop)), self.index))
             for item in self.store.foreign_skipped:  # written by others, in a shape it cannot use
                 self.status.problem(f"mongodb:{item['collection']}:{item['_id']}", "foreign_document", item["reason"])
-            self.state.hubs, self.state.episodes = fresh.hubs, fresh.episodes
-            self.state.snapshots, self.state.files = fresh.snapshots, fresh.files
-            self.state.max_version = fresh.max_version
             self.removals.note_root()
             self.rec.drain()
             self._touched = set()
@@ -346,8 +348,11 @@ class Mirror:
             # hashes=False: only problems and present paths are used here, and every
             # file's hash held for the whole scan was the start-up's memory peak.
             # chunk=1: ``run`` gets each file's ops (it writes them in chunks; sidecar/fullpass.py).
-            ops, view = self.rec.scan(self.state, "reconcile", hashes=False, progress=run.checked,
-                                      flush=run.add, chunk=1, book=book)
+            try:
+                ops, view = self.rec.scan(self.state, "reconcile", hashes=False, progress=run.checked,
+                                          flush=run.add, chunk=1, book=book)
+            finally:
+                book.release()
             self.last_scan = book.report(view.files_read, view.files_quick_checked)
             book.log_drift(self.status.error)
             del book
@@ -355,8 +360,11 @@ class Mirror:
             problem_paths = {p.path for p in view.problems}
             # A file caught mid-write gets the same re-check as on the event path.
             transient = {p.path: time.monotonic() for p in view.problems if p.reason in TRANSIENT}
-            self._write(run.ops + ops, view.problems, [r for r in view.present if r not in problem_paths],
-                        "reconcile", transient)
+            try:
+                self._write(run.ops + ops, view.problems, (r for r in view.present if r not in problem_paths),
+                            "reconcile", transient)
+            finally:
+                view.release()
             touched = self._touched
         finally:
             self._touched = None
@@ -369,7 +377,7 @@ class Mirror:
         if self.on_reconciled is not None:
             self.on_reconciled()
 
-    def _write(self, ops: list[Op], problems: list[Problem], good: list[str], source: str,
+    def _write(self, ops: list[Op], problems: list[Problem], good: Iterable[str], source: str,
                taken: dict[str, float]) -> None:
         now = utcnow()
         _, events = self.writer.write(ops, source, problems, now, summarize_inserts=source == "reconcile")
@@ -410,9 +418,9 @@ class Mirror:
         held, resolved, _ = self.rec.drain()
         touched = self._touched
         for rel, keys in resolved:
+            if touched is not None and self.book.get(rel) is not None:
+                touched.add(rel)  # only what the book holds is ever looked up
             self.book.resolve(rel, keys)
-            if touched is not None:
-                touched.add(rel)
         events: list[dict] = []
         mongo = self.config.memory_store_backend == "mongo"
         for div in held:

@@ -37,7 +37,9 @@ written by anyone): an invalid one means "read the file".
 Memory: the per-file record is not kept in the long-lived ``MirrorState``. A
 ``Book`` is built beside it from the state's rows (``collect``) for one scan,
 24 bytes per file (8-byte digests of the stat data, the documents' hash and the
-bytes' hash), emptied as the scan takes its entries, and dropped after it.
+bytes' hash), emptied as the scan takes its entries, and dropped after it; in
+the daemon and ``sync`` its entries are a table of the local index
+(sidecar/localindex.py), not a dict.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import logging
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .classify import Kind
@@ -182,10 +184,12 @@ class Book:
     which reads found drift (a file the quick check would have skipped whose bytes
     or documents differ from the record)."""
 
-    def __init__(self, cfg: str, read_all: bool = False) -> None:
+    def __init__(self, cfg: str, read_all: bool = False, entries: MutableMapping[str, bytes] | None = None) -> None:
         self.cfg = cfg
         self.read_all = read_all
-        self._entries: dict[str, bytes] = {}  # rel -> 24-byte value; b"": recorded, not trusted
+        # rel -> 24-byte value; b"": recorded, not trusted. A dict, or a table of the
+        # local index (sidecar/localindex.py), dropped with the book (``release``).
+        self._entries: MutableMapping[str, bytes] = entries if entries is not None else {}
         self._raw: dict[str, tuple[str, ...]] = {}  # the few files with stored-raw reasons
         self.counts: Counter[str] = Counter()
         self.drift: list[dict[str, Any]] = []
@@ -194,22 +198,33 @@ class Book:
     def collect(self, rows: Iterable[Any]) -> Iterator[Any]:
         """Pass ``Store.iter_state``'s rows through, keeping each manifest's record."""
         now = wall_ns()
-        for row in rows:
-            raw = getattr(row, "stat", None)
-            if raw is not None:
-                rec = parse(raw)
-                if rec is None:
-                    self.counts["records_invalid"] += 1
-                elif rec["cfg"] != self.cfg or racy(rec, now):
-                    self._entries[row.rel] = b""
-                else:
-                    self._entries[row.rel] = _value(rec)
-                    if rec.get("raw"):
-                        self._raw[row.rel] = tuple(rec["raw"])
-            yield row
+        try:
+            for row in rows:
+                raw = getattr(row, "stat", None)
+                if raw is not None:
+                    rec = parse(raw)
+                    if rec is None:
+                        self.counts["records_invalid"] += 1
+                    elif rec["cfg"] != self.cfg or racy(rec, now):
+                        self._entries[row.rel] = b""
+                    else:
+                        self._entries[row.rel] = _value(rec)
+                        if rec.get("raw"):
+                            self._raw[row.rel] = tuple(rec["raw"])
+                yield row
+        except BaseException:
+            self.release()  # a load cut short: no scan will take the records
+            raise
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def release(self) -> None:
+        """The scan is over: drop what is left of the records."""
+        drop = getattr(self._entries, "drop", None)
+        if drop is not None:
+            drop()
+        self._entries = {}
 
     def trusted(self, rel: str) -> bool:
         """Whether a probe of ``rel`` could spare its read (else it is read at once)."""

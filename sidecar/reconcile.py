@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from .classify import Kind, classify, episode_path, hub_type_of, is_ignored
 from .config import Config
@@ -33,6 +34,9 @@ from .names import FILES, HUBS
 from . import quick
 from .parse import BadInput, loads
 from .source import DataDirMissing, FileRead, Prober, SourceError, Skipped, exists, read_file, walk
+
+if TYPE_CHECKING:
+    from .localindex import LocalIndex
 
 # Sources whose reads follow an event the daemon saw (a write it watched):
 # only these can carry a removal as an edit of the lineage they continue.
@@ -80,6 +84,13 @@ class SourceView:
     files_quick_checked: int = 0  # files the quick check found unchanged, not read (sidecar/quick.py)
     hashes: bool = True
     paths: bool = True  # record ``present`` (what deletion detection needs; parity does not)
+
+    def release(self) -> None:
+        """Drop ``present`` when it is a table of the local index."""
+        drop = getattr(self.present, "drop", None)
+        if drop is not None:
+            drop()
+        self.present = set()
 
     def saw(self, rel: str) -> None:
         if self.paths:
@@ -131,12 +142,20 @@ def _hub_keys_on_disk(read: FileRead) -> list[str]:
 
 
 class Reconciler:
-    def __init__(self, config: Config) -> None:
+    """``index``: the local index (sidecar/localindex.py) the per-file memory of a
+    scan goes to (lineage, the paths seen); None: dicts and sets (tests, small jobs).
+    ``wants_resolved(rel)``: whether a file seen present is worth reporting in
+    ``resolved`` (the daemon: only paths it holds a divergence for, not 500k)."""
+
+    def __init__(self, config: Config, index: LocalIndex | None = None,
+                 wants_resolved: Callable[[str], bool] | None = None) -> None:
         self.config = config
         self.root = config.data_dir
+        self.index = index
+        self.wants_resolved = wants_resolved or (lambda rel: True)
         self.redact = frozenset(k.lower() for k in config.sidecar_redact_keys)
         self.memo = HubMemo()
-        self.lineage = Lineage()
+        self.lineage = Lineage(index)
         self.clock = Clock()
         self.max_removals = config.sidecar_max_removals
         self.cfg = quick.fingerprint(self.redact)  # what a quick-check record is only valid under
@@ -265,7 +284,12 @@ class Reconciler:
             self.own_writes.pop(plan.rel, None)  # the writer has written since
         self.lineage.observe(read, keys, keep_keys=keep, token=token)
         if plan.kind is not Kind.HUB:
-            self.resolved.append((plan.rel, None))  # present: not a missing file any more
+            self.present_again(plan.rel)
+
+    def present_again(self, rel: str) -> None:
+        """``rel`` is on disk: not a missing file any more."""
+        if self.wants_resolved(rel):
+            self.resolved.append((rel, None))
 
     def file_gone(self, rel: str, state: MirrorState, source: str) -> None:
         """A file MongoDB holds is not on disk. Held unless the daemon watched it go."""
@@ -329,11 +353,17 @@ class Reconciler:
         ``state`` was built from): a file they say is unchanged is not read."""
         self.clock.observe(state.max_version)
         view = SourceView(hashes=hashes, paths=not view_only)
+        if self.index is not None and not view_only:
+            view.present = self.index.set("present")
         skipped_dirs: list[str] = []
         no_root: list[DataDirMissing] = []
-        with Prober(self.root) as prober:
-            ops = self._scan_files(state, source, view, skipped_dirs, no_root, progress, flush, chunk,
-                                   view_only, None if view_only else book, prober)
+        try:
+            with Prober(self.root) as prober:
+                ops = self._scan_files(state, source, view, skipped_dirs, no_root, progress, flush, chunk,
+                                       view_only, None if view_only else book, prober)
+        except BaseException:
+            view.release()
+            raise
         if no_root:
             # No data dir to look at (missing, or a symlink that is not followed):
             # nothing can be told about any file, least of all that it is gone.
@@ -402,7 +432,7 @@ class Reconciler:
         view.files_quick_checked += 1
         view.saw(rel)
         self.lineage.observe(st, token=token)
-        self.resolved.append((rel, None))  # present: not a missing file any more
+        self.present_again(rel)
         if view.hashes:
             _view_from_state(rel, state, view, book)
         return True

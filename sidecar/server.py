@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import __version__
 from .config import Config
 from .status import Status
+from .state import count_files
 
 
 class DaemonView(Protocol):
@@ -136,11 +137,10 @@ def _mirrored(daemon: Any) -> dict[str, int] | None:
     state = getattr(daemon, "state", None)
     if state is None:
         return None
-    # list(): one C-level copy under the GIL, safe while the writer changes the dicts.
-    files = list(state.files.values())
+    live, deleted = count_files(state)
     return {
-        "files": sum(1 for f in files if not f.deleted),
-        "deleted_files_recorded": sum(1 for f in files if f.deleted),
+        "files": live,
+        "deleted_files_recorded": deleted,
         "hub_entries": sum(len(entries) for entries in list(state.hubs.values())),
         "hubs": len(state.hubs),
         "episodes": len(state.episodes),

@@ -18,7 +18,8 @@ it and are dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
@@ -28,6 +29,7 @@ from .model import parse_iso
 from .names import EPISODES, FILES, HUBS, SNAPSHOTS
 
 if TYPE_CHECKING:
+    from .localindex import LocalIndex
     from .store import ApplyResult
 
 
@@ -76,6 +78,27 @@ def intern_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
         shared = _FORMATS.setdefault(key, dict(fmt))  # atomic: two threads share the winner
         _SHARED.add(id(shared))
     return shared
+
+
+# A format as a small int, for the local index (sidecar/localindex.py): 0 is None.
+_FORMAT_LIST: list[dict[str, Any] | None] = [None]
+_FORMAT_IDS: dict[int, int] = {}  # id() of a shared dict -> its index in _FORMAT_LIST
+_FORMAT_LOCK = threading.Lock()
+
+
+def format_number(fmt: dict[str, Any] | None) -> int:
+    """The number of a format (``intern_format``'s shared dict), stable for the process."""
+    fmt = intern_format(fmt)
+    if fmt is None:
+        return 0
+    number = _FORMAT_IDS.get(id(fmt))
+    if number is None:
+        with _FORMAT_LOCK:
+            number = _FORMAT_IDS.get(id(fmt))
+            if number is None:
+                _FORMAT_LIST.append(fmt)
+                number = _FORMAT_IDS[id(fmt)] = len(_FORMAT_LIST) - 1
+    return number
 
 
 class HubState:
@@ -149,12 +172,49 @@ class FileState:
             return NotImplemented
         return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
 
+    def encode(self) -> tuple:
+        """As the local index keeps it (``decode_file`` is the inverse). A value
+        read from a foreign document that is not of a plain type is kept as a
+        marker str that equals no hash (it is only ever compared)."""
+        head = (_plain(self._sha), _plain_int(self.version), _plain(self.kind), bool(self.deleted),
+                _plain(self.doc_id), format_number(self.fmt))
+        return head if self._content is self._sha else head + (_plain(self._content),)
+
     __hash__ = None
 
     def __repr__(self) -> str:
         return (f"FileState(sha256={self.sha256!r}, version={self.version!r}, kind={self.kind!r}, "
                 f"deleted={self.deleted!r}, doc_id={self.doc_id!r}, fmt={self.fmt!r}, "
                 f"content_sha={self.content_sha!r})")
+
+
+def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind is bytes or kind is str or value is None:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    return f"<{kind.__name__}>"
+
+
+def _plain_int(value: Any) -> Any:
+    if value is None or type(value) is int:
+        return value
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def encode_episode(value: tuple) -> tuple:
+    return (_plain(value[0]), _plain_int(value[1]))
+
+
+def decode_file(row: tuple) -> FileState:
+    """A ``FileState.encode`` tuple back as the object."""
+    fs = FileState.__new__(FileState)
+    fs._sha, fs.version, kind, fs.deleted, fs.doc_id, fmt = row[:6]
+    fs.kind = _KINDS.get(kind, kind)
+    fs.fmt = _FORMAT_LIST[fmt]
+    fs._content = row[6] if len(row) > 6 else fs._sha
+    return fs
 
 
 @dataclass
@@ -165,10 +225,11 @@ class MirrorState:
 
     hubs: dict[str, dict[str, HubState]] = field(default_factory=dict)
     # run_id -> (packed content hash, version)
-    episodes: dict[str, tuple[bytes | str | None, int | None]] = field(default_factory=dict)
+    episodes: MutableMapping[str, tuple[bytes | str | None, int | None]] = field(default_factory=dict)
     # content hash (hex) -> (packed hash, its timestamp as an instant or None)
     snapshots: dict[str, tuple[bytes | str | None, datetime | None]] = field(default_factory=dict)
-    files: dict[str, FileState] = field(default_factory=dict)
+    # dicts, or (the daemon, ``sync``) tables of the local index (``build_state(rows, index)``)
+    files: MutableMapping[str, FileState] = field(default_factory=dict)
     # The largest _sidecar.version MongoDB held when loaded: every version handed
     # out after it is larger (sidecar/clock.py).
     max_version: int = 0
@@ -178,6 +239,21 @@ class MirrorState:
         and failed ones change nothing)."""
         for op in result.applied:
             apply_to_state(self, op)
+
+    def replace(self, fresh: MirrorState) -> None:
+        """Become ``fresh`` (a reload from MongoDB; the writer holds this object),
+        dropping the local-index tables held so far."""
+        old = MirrorState(files=self.files, episodes=self.episodes)
+        self.hubs, self.episodes, self.snapshots, self.files = fresh.hubs, fresh.episodes, fresh.snapshots, fresh.files
+        self.max_version = fresh.max_version
+        old.release()
+
+    def release(self) -> None:
+        """Drop the local index's tables of this state (a fresh one replaced it)."""
+        for table in (self.files, self.episodes):
+            drop = getattr(table, "drop", None)
+            if drop is not None:
+                drop()
 
 
 @dataclass(slots=True)
@@ -225,10 +301,12 @@ def apply_to_state(state: MirrorState, op: Op) -> None:
             prev = state.files.get(op.id)
             if prev:
                 prev.deleted = True
+                state.files[op.id] = prev  # a table of the local index keeps a copy
         elif op.action == "track":
             prev = state.files.get(op.id)
             if prev:
                 prev.sha256, prev.version = op.after, op.version
+                state.files[op.id] = prev
         elif op.action == "stat":
             pass  # a manifest's quick-check record: not kept in the state
         else:
@@ -282,9 +360,16 @@ class FileRow(NamedTuple):
 Row = Union[HubRow, EpisodeRow, SnapshotRow, FileRow]
 
 
-def build_state(rows: Iterable[Row]) -> MirrorState:
+BUILD_CHUNK = 5000  # rows per transaction when the state goes to a local index
+
+
+def build_state(rows: Iterable[Row], index: LocalIndex | None = None) -> MirrorState:
     """The mirror state of what MongoDB holds (``Store.iter_state``'s rows): the
-    baseline every diff starts from."""
+    baseline every diff starts from. With ``index``, the files and episodes (one
+    per file: the bulk of it) go to new tables of that local index
+    (sidecar/localindex.py) instead of dicts."""
+    if index is not None:
+        return _build_indexed(rows, index)
     state = MirrorState()
     # An episode file's manifest names its run_id, already a key of
     # state.episodes, and usually has the same version: keep one object for
@@ -324,6 +409,46 @@ def build_state(rows: Iterable[Row]) -> MirrorState:
     return state
 
 
+def _build_indexed(rows: Iterable[Row], index: LocalIndex) -> MirrorState:
+    files = index.map("files", FileState.encode, decode_file, tag=lambda fs: fs.deleted)
+    episodes = index.map("episodes", encode_episode, None)
+    state = MirrorState(files=files, episodes=episodes)
+    top = 0
+    file_rows: list[tuple[str, FileState]] = []
+    episode_rows: list[tuple[str, tuple]] = []
+    try:
+        for row in rows:
+            kind = type(row)
+            version = getattr(row, "version", None)
+            if isinstance(version, int) and not isinstance(version, bool) and version > top:
+                top = version
+            if kind is HubRow:
+                hub = state.hubs.get(row.hub_type)
+                if hub is None:
+                    hub = state.hubs[row.hub_type] = {}
+                hub[row.key] = HubState(row.digest, row.pos, row.version)
+            elif kind is EpisodeRow:
+                episode_rows.append((row.run_id, (row.digest, row.version)))
+                if len(episode_rows) >= BUILD_CHUNK:
+                    episodes.update_many(episode_rows)
+                    episode_rows = []
+            elif kind is SnapshotRow:
+                state.snapshots[row.snapshot_id] = (row.digest, row.instant)
+            else:
+                file_rows.append((row.rel, FileState(row.sha256, row.version, row.kind, row.deleted, row.doc_id,
+                                                     row.fmt, row.content_sha)))
+                if len(file_rows) >= BUILD_CHUNK:
+                    files.update_many(file_rows)
+                    file_rows = []
+        episodes.update_many(episode_rows)
+        files.update_many(file_rows)
+    except BaseException:
+        state.release()  # a load cut short (MongoDB lost, a stop) leaves no table behind
+        raise
+    state.max_version = top
+    return state
+
+
 def state_rows(state: MirrorState) -> Iterator[Row]:
     """A mirror state as the rows ``Store.iter_state`` reads from MongoDB."""
     for hub_type, entries in state.hubs.items():
@@ -335,6 +460,19 @@ def state_rows(state: MirrorState) -> Iterator[Row]:
         yield SnapshotRow(snap_id, digest, instant)
     for rel, fs in state.files.items():
         yield FileRow(rel, fs._sha, fs.version, fs.kind, fs.deleted, fs.doc_id, fs.fmt, fs._content)
+
+
+def count_files(state: MirrorState) -> tuple[int, int]:
+    """(live manifests, manifests of deleted files): without decoding each one when
+    the files are a table of the local index."""
+    files = state.files
+    counted = getattr(files, "count_tagged", None)
+    if counted is not None:
+        deleted = counted()
+        return len(files) - deleted, deleted
+    values = list(files.values())  # one C-level copy under the GIL, safe while the writer changes it
+    deleted = sum(1 for f in values if f.deleted)
+    return len(values) - deleted, deleted
 
 
 def count_ops(ops: list[Op]) -> dict[str, int]:

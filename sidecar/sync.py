@@ -20,6 +20,7 @@ from tqdm import tqdm
 from . import parity, quick
 from .config import Config
 from .names import EPISODES, FILES, HUBS, SNAPSHOTS
+from .localindex import LocalIndex
 from .state import Op, build_state, count_ops
 from .events import note_event
 from .model import utcnow
@@ -98,10 +99,21 @@ def run_sync(config: Config, store: Store, *, dry_run: bool = False, report_path
 
 def _sync(config: Config, store: Store, root: Path, started: float, dry_run: bool,
           report_path: Path | None, lease, timers: Timers, checksum: bool = False) -> tuple[dict[str, Any], int]:
-    rec = Reconciler(config)
-    book = quick.Book(rec.cfg, read_all=checksum)
+    # The per-file state out of the heap, as the daemon keeps it (sidecar/localindex.py).
+    index = LocalIndex(config.sidecar_state_dir or None)
+    try:
+        return _sync_indexed(config, store, root, started, dry_run, report_path, lease, timers, checksum, index)
+    finally:
+        index.close()
+
+
+def _sync_indexed(config: Config, store: Store, root: Path, started: float, dry_run: bool,
+                  report_path: Path | None, lease, timers: Timers, checksum: bool,
+                  index: LocalIndex) -> tuple[dict[str, Any], int]:
+    rec = Reconciler(config, index)
+    book = quick.Book(rec.cfg, read_all=checksum, entries=index.map("quick"))
     with timers.time("load_state"):
-        state = build_state(book.collect(store.iter_state()))
+        state = build_state(book.collect(store.iter_state()), index)
     bar = _progress(None, "scanning")  # the file count is only known once walked
 
     def progress(rel: str) -> None:
