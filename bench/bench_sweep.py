@@ -202,8 +202,10 @@ def table(result: dict[str, Any]) -> None:
         walls = ", ".join(f"{name} {s['wall_seconds']} s" for name, s in r.get("steps", {}).items())
         extra = (f"generate {r.get('generate_s')} s, parity {r.get('parity_s')} s (all_match "
                  f"{r.get('parity_all_match')}), RSS target {r.get('target_mib')} MiB: {r.get('verdict_rss')} / "
-                 f"peak {r.get('verdict_peak')}; latency lost {r.get('lost')}, machine busy "
-                 f"{r.get('machine_busy_pct')}% of one core")
+                 f"peak {r.get('verdict_peak')}")
+        if "latency" in r.get("steps", {}):
+            extra += (f"; latency: lost {r.get('lost')}, writer late p99 {r.get('writer_late_p99_ms')} ms, machine "
+                      f"busy {r.get('machine_busy_pct')}% of one core (200% = both cores)")
         print(f"  {r['size']}: wall {walls}; {extra}" + (f"; FAILED: {'; '.join(bad)}" if bad else ""))
 
 
