@@ -386,11 +386,41 @@ def fmt(v: Any, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
+def prefill_files(data_dir: Path, args) -> dict[str, Any] | None:
+    """``--prefill N``: N more files beside the rotation's, the shape bench_memory.py generates
+    (episode skeletons and run files, ``--prefill-episode-share`` episodes), written before the
+    daemon starts: the per-event cost with a large data dir (issue 13 point 5)."""
+    if not args.prefill:
+        return None
+    from bench_memory import write_bulk  # here, not at the top: bench_memory imports this module
+    n_ep = int(args.prefill * args.prefill_episode_share)
+    t0 = time.monotonic()
+    write_bulk(data_dir, n_ep, args.prefill - n_ep, random.Random(args.seed + 101),
+               corpus.datetime(2026, 2, 1, tzinfo=corpus.timezone.utc))
+    took = time.monotonic() - t0
+    print(f"prefilled {args.prefill} files ({n_ep} episodes, {args.prefill - n_ep} runs) in {took:.1f} s", flush=True)
+    return {"files": args.prefill, "episodes": n_ep, "runs": args.prefill - n_ep, "write_seconds": round(took, 1)}
+
+
+def wait_reconciled(daemon: DaemonProcess, timeout: float) -> float:
+    """Until the start-up reconcile is done and nothing is pending; seconds since the daemon started."""
+    from bench_memory import is_reconciled
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited ({daemon.proc.returncode}):\n{daemon.log_tail()}")
+        resp = daemon.get("/memory/status")
+        if resp is not None and resp.status == 200 and is_reconciled(resp.json().get("sidecar", {})):
+            return time.monotonic() - daemon.started_at
+        time.sleep(0.2)
+    raise RuntimeError(f"the start-up reconcile was not done after {timeout} s")
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
 def run(args) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-latency-", dir=args.data_root))
     data_dir = work / "data" / "system"
     data_dir.mkdir(parents=True)
     server = TestServer.in_dir(work)
@@ -401,6 +431,7 @@ def run(args) -> dict[str, Any]:
     try:
         plan = make_plan(args)
         seed_files(data_dir, plan)
+        prefill = prefill_files(data_dir, args)
         hub_bytes = (data_dir / "structured_hubs" / f"{HUB_FILES[0]}.json").stat().st_size
         ep_bytes = statistics.fmean((data_dir / "episodes" / f"skeleton_{r}.json").stat().st_size
                                     for r in plan["episode_ids"][:50])
@@ -413,6 +444,11 @@ def run(args) -> dict[str, Any]:
         daemon.start()
         startup_s = daemon.wait_ready(timeout=600)
         print(f"daemon ready in {startup_s:.2f} s", flush=True)
+        reconciled_s = None
+        if args.prefill:
+            # Measure the steady state: the start-up reconcile of the prefilled files done, nothing pending.
+            reconciled_s = wait_reconciled(daemon, args.prefill_timeout)
+            print(f"start-up reconcile done, nothing pending, {reconciled_s:.1f} s after start", flush=True)
 
         ready, stop = ctx.Event(), ctx.Event()
         obs_path = work / "observer.json"
@@ -527,8 +563,15 @@ def run(args) -> dict[str, Any]:
                          "learners": args.learners, "hub_share": args.hub_share, "observer": args.observer,
                          "episode_file_bytes": round(ep_bytes), "hub_file_bytes": hub_bytes,
                          "daemon_log_level": args.daemon_log_level, "daemon_env": args.daemon_env,
-                         "profile": args.profile},
+                         "profile": args.profile, "prefill": args.prefill,
+                         "prefill_episode_share": args.prefill_episode_share},
             "startup_seconds": round(startup_s, 3),
+            "prefill": prefill,
+            "reconciled_seconds": round(reconciled_s, 2) if reconciled_s is not None else None,
+            # Daemon (and server) CPU over the measured window per measured write: the per-event cost.
+            "cpu_ms_per_write": {k: (round(1000 * (cpu1[k] - cpu0[k]) / len(measured), 3)
+                                     if measured and cpu0[k] is not None and cpu1[k] is not None else None)
+                                 for k in ("daemon", "server")},
             "latency_ms": {k: summary(v) for k, v in lat.items()},
             # lost = documents that never got their last write (data missing after the drain);
             # unobserved = writes the observer never saw visible (a measurement gap; 0 with a
@@ -621,6 +664,11 @@ def report(r: dict[str, Any]) -> None:
     print(f"daemon /metrics sidecar_bulk_write_seconds (measured window): {b['flushes']} flushes, mean "
           f"{fmt(b['mean_ms'])} ms, p50 <= {fmt(b['p50_le_ms'])} ms, p90 <= {fmt(b['p90_le_ms'])} ms, "
           f"p99 <= {fmt(b['p99_le_ms'])} ms (bucket bounds); {b['documents_written']} documents written")
+    cw = r.get("cpu_ms_per_write") or {}
+    print(f"CPU per measured write: daemon {cw.get('daemon')} ms, server {cw.get('server')} ms")
+    if r.get("prefill"):
+        print(f"prefill: {r['prefill']['files']} files; start-up reconcile done {r['reconciled_seconds']} s after "
+              "start (the measurement began after it)")
     rss = r["daemon_rss_kib"]
     print(f"daemon RSS during the run: max {fmt((rss['max_during_run'] or 0) / 1024)} MiB, "
           f"VmHWM {rss['after'].get('VmHWM', 0) / 1024:.1f} MiB; start-up {r['startup_seconds']} s")
@@ -654,6 +702,16 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--old-mtime", action="store_true",
                     help="every write is a prepared file renamed into place with a 2020 mtime (issue 11)")
+    ap.add_argument("--prefill", type=int, default=0, metavar="N",
+                    help="N more files (bench_memory's episode skeletons and run files) in the data dir before "
+                         "the daemon starts; the measurement starts once its start-up reconcile is done and "
+                         "nothing is pending (default 0: none, and no such wait)")
+    ap.add_argument("--prefill-episode-share", type=float, default=0.9,
+                    help="episodes vs runs among the prefilled files (default 0.9, issue 13's 500k shape)")
+    ap.add_argument("--prefill-timeout", type=float, default=3600.0,
+                    help="max seconds to wait for the start-up reconcile of the prefilled files")
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="where the temp work dir goes (default: the system temp dir; e.g. /dev/shm)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
     ap.add_argument("--profile", action="store_true",
                     help="print the daemon's own stage timers (/memory/status stages; always in the JSON)")
