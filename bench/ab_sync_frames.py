@@ -24,7 +24,6 @@ d = Daemon(cfg)
 loop = asyncio.new_event_loop()
 stop = None
 def run():
-    global stop
     asyncio.set_event_loop(loop)
     async def main():
         global stop

@@ -1,7 +1,7 @@
 """Warm restart at N files: seconds to /readyz 200, to the start-up reconcile done, daemon CPU,
 and bytes the daemon read (/proc/<pid>/io rchar, read_bytes) until the reconcile was done.
 The daemon is ``python -m sidecar run`` from whatever PYTHONPATH selects (A/B of two checkouts)."""
-import json, os, shutil, subprocess, sys, tempfile, time, urllib.request
+import json, os, shutil, subprocess, sys, time, urllib.request
 from pathlib import Path
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 sys.path.append(str(ROOT)); sys.path.append(str(ROOT / "bench"))

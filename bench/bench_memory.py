@@ -303,6 +303,11 @@ def start_measured(daemon: DaemonProcess, timeout: float = 7200) -> dict[str, An
     out.update(reconciled_seconds=round(done_s, 2), cpu_seconds_to_reconciled=round(cpu, 2) if cpu is not None else None,
                io_at_reconciled=proc_io(daemon.pid), rss_at_reconciled_mib=rss(daemon.pid),
                reconcile=side.get("reconcile"), phases_first_seen_s={k: round(v, 2) for k, v in daemon.phases.items()})
+    # The daemon's own count of what its reconcile read from the data dir (quick check: files
+    # read / quick-checked, bytes read); rchar also counts its local state file and sockets.
+    scan = side.get("last_scan") or {}
+    out["scan"] = {k: scan.get(k) for k in ("files_read", "files_quick_checked", "bytes_read", "clean",
+                                            "unrecorded", "untrusted", "changed", "mongo_changed")}
     # Keep readable timelines: at most ~40 points.
     out["rss_timeline_mib"] = samples[::max(1, len(samples) // 40)]
     out["reconcile_progress"] = progress[::max(1, len(progress) // 40)]
@@ -652,17 +657,22 @@ def report(r: dict[str, Any]) -> None:
               f"(<= {t:.0f}: {r['verdict_parity_with_child']}; shared libraries counted twice; anonymous memory "
               f"only: {p.get('daemon_plus_child_anon_peak_mib')} MiB)")
     print()
-    print(f"{'start-up':<24}{'ready s':>9}{'done s':>9}{'CPU s':>8}{'read MiB':>10}   phases first seen (s)")
+    print(f"{'start-up':<24}{'ready s':>9}{'done s':>9}{'CPU s':>8}{'read MiB':>10}{'data MiB':>10}"
+          f"{'files rd':>9}   phases first seen (s)")
     warms = r.get("warm_restarts") or [w]
     for label, s in (("empty dir", r["baseline_empty_dir"]["startup"]), ("cold (empty database)", c),
                      *((f"warm restart {i + 1}", x) for i, x in enumerate(warms))):
         read = (s.get("read_until_reconciled_mib") or {}).get("rchar_minus_empty_dir")
+        scan = s.get("scan") or {}
+        data = round(scan["bytes_read"] / 2**20, 2) if isinstance(scan.get("bytes_read"), int) else None
         print(f"{label:<24}{s['ready_seconds']:>9}{fmt(s.get('reconciled_seconds')):>9}"
-              f"{fmt(s.get('cpu_seconds_to_reconciled')):>8}{fmt(read):>10}   "
+              f"{fmt(s.get('cpu_seconds_to_reconciled')):>8}{fmt(read):>10}{fmt(data):>10}"
+              f"{fmt(scan.get('files_read')):>9}   "
               + ", ".join(f"{k} {v}" for k, v in s["phases_first_seen_s"].items()))
     print("  done = the start-up reconcile finished and nothing pending; CPU = daemon CPU until then; read = rchar "
-          "until then minus the empty-dir daemon's (imports): data-dir files, MongoDB answers, the bench's "
-          "HTTP polls, inotify")
+          "until then minus the empty-dir daemon's (imports): data-dir files, the local state file's pages "
+          "(sidecar/localindex.py), the bench's HTTP polls, inotify; data = bytes of data-dir files the "
+          "reconcile read (the daemon's own count, /memory/status last_scan), files rd = files it read")
     rb = w.get("read_until_reconciled_mib") or {}
     print(f"  warm restart /proc/<pid>/io: rchar {rb.get('rchar_raw')} MiB raw ({rb.get('empty_dir_rchar')} MiB for "
           f"the empty-dir daemon), read_bytes {rb.get('read_bytes')} MiB "

@@ -84,6 +84,7 @@ def memory_row(m: dict[str, Any]) -> dict[str, Any]:
         "warm_ready_s": w["ready_seconds"], "warm_done_s": w.get("reconciled_seconds"),
         "warm_cpu_s": w.get("cpu_seconds_to_reconciled"),
         "warm_read_mib": (w.get("read_until_reconciled_mib") or {}).get("rchar_minus_empty_dir"),
+        "warm_data_mib": data_mib(w),
         **warm2_row(m),
         "rss_empty_mib": m["baseline_empty_dir"]["rss_mib"]["VmRSS"],
         "rss_cold_mib": c["rss_after_settle_mib"]["VmRSS"], "rss_burst_mib": b["rss_after_mib"]["VmRSS"],
@@ -97,6 +98,12 @@ def memory_row(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def data_mib(start: dict[str, Any]) -> float | None:
+    """Bytes of data-dir files the start-up reconcile read (the daemon's count, /memory/status last_scan)."""
+    n = (start.get("scan") or {}).get("bytes_read")
+    return round(n / 2**20, 2) if isinstance(n, int) else None
+
+
 def warm2_row(m: dict[str, Any]) -> dict[str, Any]:
     """The last warm restart, when there were two or more (the quick check alone: the first one re-read
     the files the burst touched, racily clean)."""
@@ -107,6 +114,7 @@ def warm2_row(m: dict[str, Any]) -> dict[str, Any]:
     return {"warm2_ready_s": w["ready_seconds"], "warm2_done_s": w.get("reconciled_seconds"),
             "warm2_cpu_s": w.get("cpu_seconds_to_reconciled"),
             "warm2_read_mib": (w.get("read_until_reconciled_mib") or {}).get("rchar_minus_empty_dir"),
+            "warm2_data_mib": data_mib(w),
             "rss_warm2_mib": w["rss_after_settle_mib"]["VmRSS"]}
 
 
@@ -179,8 +187,9 @@ COLUMNS = [  # (header, key, width)
     ("files", "size", 8), ("cold s", "cold_done_s", 8), ("warm rdy s", "warm_ready_s", 11),
     ("warm done s", "warm_done_s", 12), ("RSS cold", "rss_cold_mib", 9), ("burst", "rss_burst_mib", 7),
     ("parity", "rss_parity_mib", 7), ("warm", "rss_warm_mib", 7), ("VmHWM", "vmhwm_max_mib", 7),
-    ("+child", "parity_with_child_mib", 7), ("read MiB", "warm_read_mib", 9), ("w2 rdy s", "warm2_ready_s", 9),
-    ("w2 done s", "warm2_done_s", 10), ("w2 read", "warm2_read_mib", 8), ("p50 ms", "lat_p50_ms", 8),
+    ("+child", "parity_with_child_mib", 7), ("read MiB", "warm_read_mib", 9), ("data MiB", "warm_data_mib", 9),
+    ("w2 rdy s", "warm2_ready_s", 9), ("w2 done s", "warm2_done_s", 10), ("w2 read", "warm2_read_mib", 8),
+    ("w2 data", "warm2_data_mib", 8), ("p50 ms", "lat_p50_ms", 8),
     ("p99 ms", "lat_p99_ms", 8), ("CPU ms/w", "daemon_cpu_ms_per_write", 9),
 ]
 
@@ -191,7 +200,9 @@ def table(result: dict[str, Any]) -> None:
     print("issue 13 sweep: cold s = cold start until the start-up reconcile is done and nothing is pending; warm = "
           "restart on the same files and database (ready = /readyz 200, done = reconcile done); RSS = daemon VmRSS "
           "(MiB) after each state; VmHWM = highest peak of any state; +child = daemon + /parity child peak; "
-          "read = warm restart rchar until done minus an empty-dir daemon's (MiB); w2 = a second warm restart "
+          "read = warm restart rchar until done minus an empty-dir daemon's (MiB: data-dir files, the local state "
+          "file's pages, sockets' polls); data = data-dir bytes the reconcile read (the daemon's own count); "
+          "w2 = a second warm restart "
           "(the first re-reads what the burst touched: racily clean); p50/p99 = close -> visible at "
           f"{result['settings']['rate']:g} writes/s; CPU ms/w = daemon CPU per write")
     print("".join(f"{h:>{w}}" for h, _, w in COLUMNS))

@@ -121,6 +121,7 @@ class _Table:
     def __init__(self, index: LocalIndex, table: str) -> None:
         self.index = index
         self.table = table
+        self.dropped = False
         self._get = f"SELECT v FROM {table} WHERE k=?"
         self._put = f"INSERT OR REPLACE INTO {table} (k, v, t) VALUES (?, ?, ?)"
         self._del = f"DELETE FROM {table} WHERE k=?"
@@ -129,27 +130,39 @@ class _Table:
         self._first = f"SELECT k, v FROM {table} ORDER BY k LIMIT {CHUNK}"
         self._next = f"SELECT k, v FROM {table} WHERE k>? ORDER BY k LIMIT {CHUNK}"
 
+    def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """One statement; a table already dropped (a state replaced while the status
+        server was still counting it) reads as empty and takes no writes."""
+        with self.index.lock:
+            if self.dropped:
+                return []
+            return self.index.execute(sql, args)
+
     def __len__(self) -> int:
-        return self.index.execute(self._len)[0][0]
+        rows = self._run(self._len)
+        return rows[0][0] if rows else 0
 
     def __contains__(self, key: object) -> bool:
         if type(key) is not str:
             return False
-        return bool(self.index.execute(self._has, (key,)))
+        return bool(self._run(self._has, (key,)))
 
     def _rows(self) -> Iterator[tuple[str, Any]]:
-        rows = self.index.execute(self._first)
+        rows = self._run(self._first)
         while rows:
             yield from rows
             if len(rows) < CHUNK:
                 return
-            rows = self.index.execute(self._next, (rows[-1][0],))
+            rows = self._run(self._next, (rows[-1][0],))
 
     def clear(self) -> None:
-        self.index.execute(f"DELETE FROM {self.table}")
+        self._run(f"DELETE FROM {self.table}")
 
     def drop(self) -> None:
-        self.index.drop(self.table)
+        with self.index.lock:
+            if not self.dropped:
+                self.dropped = True
+                self.index.drop(self.table)
 
 
 class DiskMap(_Table, MutableMapping[str, V], Generic[V]):
@@ -165,7 +178,7 @@ class DiskMap(_Table, MutableMapping[str, V], Generic[V]):
     def __getitem__(self, key: str) -> V:
         if type(key) is not str:
             raise KeyError(key)
-        rows = self.index.execute(self._get, (key,))
+        rows = self._run(self._get, (key,))
         if not rows:
             raise KeyError(key)
         return self._decode(marshal.loads(rows[0][0]))
@@ -173,28 +186,28 @@ class DiskMap(_Table, MutableMapping[str, V], Generic[V]):
     def get(self, key: str, default: Any = None) -> Any:
         if type(key) is not str:
             return default
-        rows = self.index.execute(self._get, (key,))
+        rows = self._run(self._get, (key,))
         return self._decode(marshal.loads(rows[0][0])) if rows else default
 
     def __setitem__(self, key: str, value: V) -> None:
         if type(key) is not str:
             raise TypeError(f"DiskMap keys are str, not {type(key).__name__}")
-        self.index.execute(self._put, (key, _dump(self._encode(value)), 1 if self._tag(value) else 0))
+        self._run(self._put, (key, _dump(self._encode(value)), 1 if self._tag(value) else 0))
 
     def __delitem__(self, key: str) -> None:
         with self.index.lock:
             if key not in self:
                 raise KeyError(key)
-            self.index.execute(self._del, (key,))
+            self._run(self._del, (key,))
 
     def pop(self, key: str, *default: Any) -> Any:
         with self.index.lock:
-            rows = self.index.execute(self._get, (key,)) if type(key) is str else []
+            rows = self._run(self._get, (key,)) if type(key) is str else []
             if not rows:
                 if default:
                     return default[0]
                 raise KeyError(key)
-            self.index.execute(self._del, (key,))
+            self._run(self._del, (key,))
         return self._decode(marshal.loads(rows[0][0]))
 
     def __iter__(self) -> Iterator[str]:
@@ -213,11 +226,14 @@ class DiskMap(_Table, MutableMapping[str, V], Generic[V]):
     def update_many(self, pairs: Any) -> None:
         """Many ``key, value`` pairs in one transaction (building a state)."""
         encode, tag = self._encode, self._tag
-        self.index.executemany(self._put, ((k, _dump(encode(v)), 1 if tag(v) else 0) for k, v in pairs))
+        with self.index.lock:
+            if not self.dropped:
+                self.index.executemany(self._put, ((k, _dump(encode(v)), 1 if tag(v) else 0) for k, v in pairs))
 
     def count_tagged(self) -> int:
         """How many values ``tag`` flagged."""
-        return self.index.execute(f"SELECT count(*) FROM {self.table} WHERE t=1")[0][0]
+        rows = self._run(f"SELECT count(*) FROM {self.table} WHERE t=1")
+        return rows[0][0] if rows else 0
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, MutableMapping):
@@ -236,11 +252,15 @@ class DiskSet(_Table, MutableSet[str]):
             yield k
 
     def add(self, value: str) -> None:
-        self.index.execute(self._put, (value, None, None))
+        self._run(self._put, (value, None, None))
+
+    def fill_from(self, other: _Table) -> None:
+        """Add every key of another table of the same index (one statement)."""
+        self._run(f"INSERT OR IGNORE INTO {self.table} (k) SELECT k FROM {other.table}")
 
     def discard(self, value: str) -> None:
         if type(value) is str:
-            self.index.execute(self._del, (value,))
+            self._run(self._del, (value,))
 
     def __repr__(self) -> str:
         return f"DiskSet({self.table}, {len(self)} entries)"

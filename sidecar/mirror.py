@@ -353,7 +353,7 @@ class Mirror:
                                           flush=run.add, chunk=1, book=book)
             finally:
                 book.release()
-            self.last_scan = book.report(view.files_read, view.files_quick_checked)
+            self.status.last_scan = self.last_scan = book.report(view.files_read, view.files_quick_checked, view.bytes_read)
             book.log_drift(self.status.error)
             del book
             self.rec.held = run.settle_served(self.rec.held, self.config.data_dir)

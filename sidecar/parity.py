@@ -9,10 +9,12 @@ name keys and paths, never values.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Mapping, MutableSet
 from typing import Any
 
 from .classify import Kind, episode_path, hub_path
+from .localindex import DiskMap, DiskSet
 from .reconcile import SourceView
 from .state import EpisodeRow, HubRow, MirrorState, SnapshotRow, pack_hash, state_rows, unpack_hash
 from .store import Store
@@ -22,8 +24,16 @@ SAMPLE = 20  # keys listed per category; counts are always complete
 GENERIC_KINDS = [Kind.RUN.value, Kind.JOBS.value, Kind.OTHER.value, Kind.EPISODE_COPY.value]
 
 
-def checksum(pairs: dict[str, Any]) -> str:
-    return _checksum_sorted((key, pairs[key]) for key in sorted(pairs))
+def checksum(pairs: Mapping[str, Any]) -> str:
+    return _checksum_sorted(_sorted_items(pairs))
+
+
+def _sorted_items(pairs: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """In key order; a table of the local index already iterates so (SQLite's
+    binary order of UTF-8 is code point order, as ``sorted``)."""
+    if isinstance(pairs, DiskMap):
+        return pairs.items()
+    return ((key, pairs[key]) for key in sorted(pairs))
 
 
 def _checksum_sorted(items: Iterable[tuple[str, Any]]) -> str:
@@ -43,9 +53,13 @@ class _Tally:
     state for the length of the request. A key seen twice counts once, the last
     value wins (as the dicts it replaces did)."""
 
-    def __init__(self, source: dict[str, str]) -> None:
+    def __init__(self, source: Mapping[str, Any]) -> None:
         self.source = source
-        self.unseen = set(source)
+        if isinstance(source, DiskMap):  # 450k episodes: the keys not seen yet stay out of the heap too
+            self.unseen: MutableSet[str] = source.index.set("unseen")
+            self.unseen.fill_from(source)
+        else:
+            self.unseen = set(source)
         self.different: dict[str, str] = {}
         self.outside: set[str] = set()
 
@@ -60,34 +74,38 @@ class _Tally:
             self.outside.add(key)
 
     def result(self, retained: Callable[[str], bool] = lambda key: False) -> dict:
-        source = self.source
-        missing = sorted(self.unseen)
+        source, unseen = self.source, self.unseen
+        missing = len(unseen)
+        missing_sample = list(itertools.islice(unseen, SAMPLE)) if isinstance(unseen, DiskSet) \
+            else sorted(unseen)[:SAMPLE]
         extra = sorted(k for k in self.outside if not retained(k))
         different = sorted(self.different)
-        return {
+        out = {
             "entries": len(source),
-            "documents": len(source) - len(self.unseen) + len(self.outside),
-            "missing": {"count": len(missing), "keys": missing[:SAMPLE]},
+            "documents": len(source) - missing + len(self.outside),
+            "missing": {"count": missing, "keys": missing_sample},
             "extra": {"count": len(extra), "keys": extra[:SAMPLE]},
             "different": {"count": len(different), "keys": different[:SAMPLE]},
             "retained_deleted": len(self.outside) - len(extra),
             "checksum_source": checksum(source),
             # MongoDB's values for the keys both sides have, in key order.
             "checksum_mongo": _checksum_sorted(
-                (k, self.different.get(k, source[k])) for k in sorted(source) if k not in self.unseen),
+                (k, self.different.get(k, v)) for k, v in _sorted_items(source) if k not in unseen),
             "match": not (missing or extra or different),
-            "_keys": set(missing) | set(extra) | set(different),
+            # every key that differs (the three are disjoint), for _split_pending
+            "_keys": (missing + len(extra) + len(different), lambda: itertools.chain(unseen, extra, different)),
         }
+        return out
 
 
 def _split_pending(result: dict, pending: set[str] | None, path_of) -> None:
     """Keep "not mirrored yet" (its file is queued) apart from a real mismatch."""
-    keys = result.pop("_keys")
+    count, keys = result.pop("_keys")
     if pending is None:
         return
-    waiting = sum(1 for k in keys if path_of(k) in pending)
+    waiting = sum(1 for k in keys() if path_of(k) in pending) if pending else 0
     result["pending"] = waiting
-    result["mismatch"] = len(keys) - waiting
+    result["mismatch"] = count - waiting
 
 
 def compute(store: Store, view: SourceView, pending: set[str] | None = None,

@@ -32,18 +32,22 @@ def compute(config: Config, pending: set[str] | None, store: Any = None) -> dict
     """The report, computed in this process (with ``store`` if given: the daemon's
     fallback reuses its own client instead of opening another)."""
     from . import parity
+    from .localindex import LocalIndex
     from .state import MirrorState
     from .reconcile import Reconciler
     from .store import Store
 
     own = store is None
     store = Store(config) if own else store
+    # The view's hashes (one per file) out of the heap, as the daemon's state (sidecar/localindex.py).
+    index = LocalIndex(config.sidecar_state_dir or None)
     try:
-        _, view = Reconciler(config).scan(MirrorState(), "parity", view_only=True)
+        _, view = Reconciler(config, index).scan(MirrorState(), "parity", view_only=True)
         report = parity.compute(store, view, pending=pending)
         report["bad_input"] = [p.as_dict() for p in view.problems[:200]]
         return report
     finally:
+        index.close()
         if own:
             store.close()
 

@@ -289,11 +289,11 @@ class Book:
             if count is not None:
                 count("drift")
 
-    def report(self, files_read: int = 0, files_quick_checked: int = 0) -> dict[str, Any]:
+    def report(self, files_read: int = 0, files_quick_checked: int = 0, bytes_read: int = 0) -> dict[str, Any]:
         """What the scan did (counts by verdict) and the drift it found: paths and
         document ids, never a value."""
         out: dict[str, Any] = {"checksum": self.read_all, "files_read": files_read,
-                               "files_quick_checked": files_quick_checked}
+                               "files_quick_checked": files_quick_checked, "bytes_read": bytes_read}
         out.update({k: self.counts.get(k, 0) for k in (CLEAN, UNRECORDED, UNTRUSTED, CHANGED, MONGO_CHANGED,
             "records_invalid", "records_refreshed")})
         out["drift"] = {"count": self.counts.get("drift", 0), "items": list(self.drift)}

@@ -82,15 +82,17 @@ class SourceView:
     fresh_volume: bool = False
     files_read: int = 0  # files whose content was read
     files_quick_checked: int = 0  # files the quick check found unchanged, not read (sidecar/quick.py)
+    bytes_read: int = 0  # of the data dir's files, by this scan
     hashes: bool = True
     paths: bool = True  # record ``present`` (what deletion detection needs; parity does not)
 
     def release(self) -> None:
         """Drop ``present`` when it is a table of the local index."""
-        drop = getattr(self.present, "drop", None)
-        if drop is not None:
-            drop()
-        self.present = set()
+        for table in (self.present, self.episodes, self.files):
+            drop = getattr(table, "drop", None)
+            if drop is not None:
+                drop()
+        self.present, self.episodes, self.files = set(), {}, {}
 
     def saw(self, rel: str) -> None:
         if self.paths:
@@ -187,6 +189,7 @@ class Reconciler:
             read = read or read_file(self.root, rel)
             if view is not None:
                 view.files_read += 1
+                view.bytes_read += read.size
             if book is not None and not view_only:
                 book.verdict(rel, read, state)  # what the quick check would have said (drift)
         except DataDirMissing as exc:
@@ -353,8 +356,11 @@ class Reconciler:
         ``state`` was built from): a file they say is unchanged is not read."""
         self.clock.observe(state.max_version)
         view = SourceView(hashes=hashes, paths=not view_only)
-        if self.index is not None and not view_only:
-            view.present = self.index.set("present")
+        if self.index is not None:  # the per-file part of the view out of the heap too
+            if not view_only:
+                view.present = self.index.set("present")
+            if hashes:
+                view.episodes, view.files = self.index.map("view_episodes"), self.index.map("view_files")
         skipped_dirs: list[str] = []
         no_root: list[DataDirMissing] = []
         try:

@@ -151,6 +151,9 @@ class Status:
         self.mongo_error: str | None = None
         self.last_sync_at: str | None = None
         self.last_reconcile_at: str | None = None
+        # The last full reconcile's quick check (sidecar/quick.py ``Book.report``): files and
+        # bytes read, files quick-checked, counts by verdict, drift (paths, never values).
+        self.last_scan: dict | None = None
         self.restored_files = 0
         # Why the data dir cannot be watched now (missing, a symlink), or None.
         self.root_problem: str | None = None
@@ -339,6 +342,7 @@ class Status:
             "write_inflight_seconds": round(float(self._write_inflight_s), 3),
             "last_sync_at": self.last_sync_at,
             "last_reconcile_at": self.last_reconcile_at,
+            "last_scan": self.last_scan,
             "restored_files": self.restored_files,
             "stale_refused": self.stale_refused,
             "errors_by_kind": errors,

@@ -156,7 +156,7 @@ def _sync_indexed(config: Config, store: Store, root: Path, started: float, dry_
     with timers.time("report"):
         report = build_report(config, store, view, result, dry_run, ops, state)
     report["divergences"] = _summary(held)
-    report["quick_check"] = book.report(view.files_read, view.files_quick_checked)
+    report["quick_check"] = book.report(view.files_read, view.files_quick_checked, view.bytes_read)
     report["blobs_collected"] = blobs_collected
     report["stages"] = timers.snapshot()  # seconds per step (sidecar/timers.py)
     report["duration_s"] = round(time.monotonic() - started, 3)

@@ -24,7 +24,7 @@ from sidecar.cli import main
 from sidecar.lineage import Lineage
 from sidecar.localindex import CHUNK, DiskMap, DiskSet, LocalIndex, StateDirUnusable
 from sidecar.source import FileRead
-from sidecar.state import (EpisodeRow, FileRow, HubRow, Op, SnapshotRow, apply_to_state, build_state, count_files,
+from sidecar.state import (EpisodeRow, FileRow, FileState, HubRow, Op, SnapshotRow, apply_to_state, build_state, count_files,
                            pack_hash, state_rows)
 from sidecar.names import FILES
 
@@ -264,3 +264,45 @@ def test_sync_keeps_its_state_in_the_index_and_leaves_nothing(make_config, data_
     report, code = run_sync(make_config(sidecar_state_dir=str(state_dir)), store)
     assert code == 0 and report["parity"]["all_match"]
     assert os.listdir(state_dir) == []
+
+
+def test_parity_of_a_view_on_the_index_equals_the_one_in_dicts(index):
+    from sidecar import parity
+    from sidecar.reconcile import SourceView
+
+    def view(on_index: bool) -> SourceView:
+        v = SourceView()
+        if on_index:
+            v.episodes, v.files = index.map("view_episodes"), index.map("view_files")
+        for i in range(50):
+            v.episodes[f"r{i:03d}"] = pack_hash(h(f"e{i}"))
+            v.files[f"runs/run_{i:03d}.json"] = pack_hash(h(f"f{i}"))
+        return v
+
+    mongo = [EpisodeRow(f"r{i:03d}", pack_hash(h(f"e{i}" if i % 10 else "changed")), 1) for i in range(5, 60)]
+    mongo += [FileRow(f"runs/run_{i:03d}.json", None, 1, "run", False, None, None, pack_hash(h(f"f{i}")))
+              for i in range(0, 50, 2)]
+    state_heap, state_disk = build_state(mongo), build_state(mongo, index)
+    pending = {"episodes/skeleton_r001.json", "runs/run_001.json"}
+    heap = parity.compute(None, view(False), pending=pending, state=state_heap)
+    disk = parity.compute(None, view(True), pending=pending, state=state_disk)
+    assert disk == heap
+    ep = disk["kinds"]["episodes"]
+    assert (ep["missing"]["count"], ep["extra"]["count"], ep["different"]["count"]) == (5, 10, 4)
+    assert ep["missing"]["keys"] == ["r000", "r001", "r002", "r003", "r004"]
+    assert ep["pending"] == 1 and ep["mismatch"] == 18
+    assert not disk["parity"]["all_match"]
+
+
+def test_a_table_dropped_under_a_reader_reads_as_empty(index):
+    """The status server may still hold the files of a state a reload just replaced."""
+    state = build_state(rows_with_foreign_values(), index)
+    files, present = state.files, index.set("present")
+    present.add("a")
+    state.release()
+    present.drop()
+    assert len(files) == 0 and files.get("runs/a.json") is None and "runs/a.json" not in files
+    assert list(files.items()) == [] and count_files(state) == (0, 0)
+    files["x"] = FileState(h("x"), 1, "other")  # a late write goes nowhere, without an error
+    files.update_many([("z", FileState(None, 2, "other"))])
+    assert len(present) == 0 and list(present) == []
