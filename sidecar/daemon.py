@@ -246,11 +246,15 @@ class Daemon:
     def _writer_failed(self, exc: BaseException) -> None:
         """A flush ended on an unexpected error (the writer thread ends with it). Before the
         first full reconcile was done (in file mode it runs there) that is the start-up
-        failing, shown as such; later it is logged with its traceback."""
+        failing, shown as such; later the daemon is not ready and /healthz says 503, so
+        the liveness probe restarts it (nothing is lost: the files are on disk, and the
+        restart's reconcile mirrors what this process did not)."""
         if self.status.last_reconcile_at is None:
             self._failed(exc)
-        else:
-            log.error("the writer thread failed", exc_info=exc)
+            return
+        log.error("the writer thread failed; nothing is mirrored until a restart", exc_info=exc)
+        self.status.writer_failed = self.config.scrub(f"{type(exc).__name__}: {exc}")[:300]
+        self.status.set_ready(False)
 
     def _connect(self) -> None:
         self.status.phase = "connecting"

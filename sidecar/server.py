@@ -52,11 +52,16 @@ def memory_status(config: Config, status: Status) -> dict[str, Any]:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    failed = request.app[DAEMON].status.writer_failed
+    if failed:  # nothing is mirrored any more: the liveness probe restarts the process
+        return web.json_response({"status": "writer_failed", "reason": failed}, status=503)
     return web.json_response({"status": "ok"})
 
 
 def readiness(status: Status) -> tuple[bool, str | None]:
     """What ``/readyz`` answers: ready, or not with the reason."""
+    if status.writer_failed:
+        return False, "the writer failed (restart needed): " + status.writer_failed
     if status.root_problem:
         return False, status.root_problem
     if status.lease_problem:

@@ -158,6 +158,9 @@ class Status:
         # Why the data dir cannot be watched now (missing, a symlink), or None.
         self.root_problem: str | None = None
         self.lease_problem: str | None = None
+        # The writer thread ended on an unexpected error after start-up (e.g. the local
+        # state file's disk full): not ready, and /healthz 503 so the liveness probe restarts it.
+        self.writer_failed: str | None = None
         self.startup_error: str | None = None  # an unexpected start-up failure (logged with its traceback)  # another writer holds the lease (sidecar/lease.py)
         self.error_counts: PlainCounter[str] = PlainCounter()
         self.problems: dict[str, dict[str, Any]] = {}
@@ -337,6 +340,7 @@ class Status:
             "root_problem": self.root_problem,
             "lease_problem": self.lease_problem,
             "startup_error": self.startup_error,
+            "writer_failed": self.writer_failed,
             "pending": int(self._pending_count),
             "lag_seconds": round(float(self._lag_s), 3),
             "write_inflight_seconds": round(float(self._write_inflight_s), 3),

@@ -63,6 +63,10 @@ class RunningDaemon:
                  what="the start-up reconcile")
 
     def stop(self, timeout: float = 60.0) -> None:
+        """Stop it (again: nothing more; the fixture stops what a test already stopped)."""
+        if self._thread.ident is not None and not self._thread.is_alive() and self._loop is not None \
+                and self._loop.is_closed():
+            return
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)

@@ -306,3 +306,26 @@ def test_a_table_dropped_under_a_reader_reads_as_empty(index):
     files["x"] = FileState(h("x"), 1, "other")  # a late write goes nowhere, without an error
     files.update_many([("z", FileState(None, 2, "other"))])
     assert len(present) == 0 and list(present) == []
+
+
+@pytest.mark.integration
+def test_a_state_file_that_fails_under_the_writer_is_a_restart_not_a_silent_outage(data_dir, running, store):
+    """The local state file failing (its disk full, here: its connection closed) after a
+    write was acknowledged ends the writer thread: the daemon must say so (/readyz and
+    /healthz 503, the reason) instead of staying ready while nothing is mirrored; the
+    restart's reconcile then mirrors what the failed one did not."""
+    (data_dir / "runs").mkdir(parents=True, exist_ok=True)
+    (data_dir / "runs" / "run_a.json").write_text('{"run_id": "a"}')
+    d = running(wait_reconciled=True)
+    assert d.get("/healthz").status == 200
+    d.daemon.mirror.index.close()  # every later statement raises sqlite3.ProgrammingError
+    (data_dir / "runs" / "run_b.json").write_text('{"run_id": "b"}')
+    wait_for(lambda: d.daemon.status.writer_failed, 10, what="the writer to report its failure")
+    ready, health = d.get("/readyz"), d.get("/healthz")
+    assert ready.status == 503 and "writer failed" in ready.json()["reason"]
+    assert health.status == 503 and health.json()["status"] == "writer_failed"
+    d.stop()
+    # (the sqlite error may or may not come after MongoDB took run_b: the restart decides)
+    running(wait_reconciled=True)
+    doc = store.db[store.files_name].find_one({"_id": "runs/run_b.json"})
+    assert doc is not None and doc.get("deleted_at") is None
