@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import stat
 import struct
@@ -351,16 +352,36 @@ def _skipped_dir(rel: str, exc: OSError) -> Skipped:
     return Skipped(rel, "io_error", f"{rel}: {exc.strerror}")
 
 
+# A directory of up to this many entries is walked in name order; a larger one (Mentorix's
+# episodes/: one file per agent run, never deleted) in the order the filesystem lists it:
+# sorting 450k entries held ~90 MiB of DirEntry objects for the whole scan of that directory.
+SORTED_UP_TO = 10_000
+
+
+def _entries(fd: int) -> Iterator[os.DirEntry]:
+    with os.scandir(fd) as it:
+        head = list(itertools.islice(it, SORTED_UP_TO + 1))
+        if len(head) <= SORTED_UP_TO:
+            yield from sorted(head, key=lambda e: e.name)
+            return
+        yield from head
+        del head
+        yield from it
+
+
 def _list_dir(fd: int, prefix: str, ignore: tuple[str, ...]):
     """Yield one directory's files and skipped entries; return its subdirectory names."""
+    entries = _entries(fd)
     try:
-        with os.scandir(fd) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        first = next(entries, None)
     except OSError as exc:
         yield Skipped(prefix or ".", "io_error", f"{prefix or '.'}: {exc.strerror}")
         return []
     subdirs = []
-    for entry in entries:
+    for entry in itertools.chain((first,) if first is not None else (), _guarded(entries, prefix)):
+        if isinstance(entry, Skipped):
+            yield entry
+            break
         rel = f"{prefix}/{entry.name}" if prefix else entry.name
         if is_ignored(rel, ignore) or is_ignored(rel + "/", ignore):
             continue
@@ -372,7 +393,15 @@ def _list_dir(fd: int, prefix: str, ignore: tuple[str, ...]):
             yield rel
         else:
             yield Skipped(rel, "not_regular", f"{rel}: not a regular file")
-    return subdirs
+    return sorted(subdirs)
+
+
+def _guarded(entries: Iterator[os.DirEntry], prefix: str) -> Iterator[os.DirEntry | Skipped]:
+    """The rest of a directory's listing; an error reading it ends it as a ``Skipped``."""
+    try:
+        yield from entries
+    except OSError as exc:
+        yield Skipped(prefix or ".", "io_error", f"{prefix or '.'}: {exc.strerror}")
 
 
 def parent_ino(root: Path, rel: str) -> int | None:

@@ -480,3 +480,30 @@ def test_root_removed_in_place_marks_nothing_deleted(data_dir, running):
     reconcile_now(d)
     quiesce(d)
     assert db.memory_files.count_documents({"deleted_at": {"$ne": None}}) == 0
+
+
+def test_a_large_directory_is_walked_in_listing_order_each_file_once(tmp_path, monkeypatch):
+    """A directory over ``SORTED_UP_TO`` entries is not sorted (450k DirEntry objects held
+    for the whole scan were the 500k start-up's memory peak): every file still comes
+    exactly once, its subdirectories are still walked (in name order), and a small
+    directory is still walked in name order."""
+    from sidecar import source
+
+    monkeypatch.setattr(source, "SORTED_UP_TO", 5)
+    root = tmp_path / "root"
+    big = root / "episodes"
+    big.mkdir(parents=True)
+    names = [f"skeleton_{i:03d}.json" for i in range(40)]
+    for name in names:
+        (big / name).write_text("{}")
+    for sub in ("b", "a"):
+        (big / sub).mkdir()
+        (big / sub / "x.json").write_text("{}")
+    (root / "small").mkdir()
+    for name in ("c.json", "a.json", "b.json"):
+        (root / "small" / name).write_text("{}")
+    got = [i for i in walk(root, ()) if isinstance(i, str)]
+    assert len(got) == len(set(got)) == 40 + 2 + 3
+    assert {g for g in got if g.count("/") == 1 and g.startswith("episodes/")} == {f"episodes/{n}" for n in names}
+    assert got.index("episodes/a/x.json") < got.index("episodes/b/x.json")
+    assert [g for g in got if g.startswith("small/")] == ["small/a.json", "small/b.json", "small/c.json"]
