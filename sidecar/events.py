@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from .names import EPISODES, FILES, HUBS, SNAPSHOTS
+from .source import printable
 from .state import Op
 from .store import MongoUnavailable
 
@@ -76,6 +77,7 @@ def build_events(
 
 def note_event(event_type: str, rel: str, source: str, now: datetime, **extra: object) -> dict:
     """A non-write event: refused wipe, restored file, bad input seen..."""
+    rel = printable(rel)  # a name that is not valid UTF-8 cannot go into a BSON string
     doc = {"event_type": event_type, "entity_key": f"{FILES}:{rel}", "path": rel,
            "before": None, "after": None, "created_at": now, "source": source}
     doc.update(extra)

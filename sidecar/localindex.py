@@ -75,13 +75,13 @@ class LocalIndex:
         with self.lock:
             self._seq += 1
             name = f"{prefix}_{self._seq}"
-            self._conn.execute(f"CREATE TABLE {name} (k TEXT PRIMARY KEY, v, t INTEGER) WITHOUT ROWID")
+            self._conn.execute(f"CREATE TABLE {name} (k BLOB PRIMARY KEY, v, t INTEGER) WITHOUT ROWID")
         return name
 
     def map(self, prefix: str, encode: Callable[[Any], Any] | None = None,
             decode: Callable[[Any], Any] | None = None, tag: Callable[[Any], bool] | None = None) -> DiskMap[Any]:
         """A new, empty map (its own table). ``tag(value)``: a flag kept beside each
-        value, so ``count_tagged`` counts without decoding every value."""
+        value, so ``counts`` counts without decoding every value."""
         return DiskMap(self, self._table(prefix), encode, decode, tag)
 
     def set(self, prefix: str) -> DiskSet:
@@ -117,6 +117,17 @@ def _dump(value: Any) -> bytes:
     return marshal.dumps(value)
 
 
+def _key(key: str) -> bytes:
+    """A key as stored: its UTF-8 bytes, a name that is not valid UTF-8 (Linux hands it over
+    with lone surrogates, which SQLite cannot take as text) included. Byte order is code
+    point order, as ``sorted`` (for valid UTF-8)."""
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _str(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
 class _Table:
     def __init__(self, index: LocalIndex, table: str) -> None:
         self.index = index
@@ -145,7 +156,7 @@ class _Table:
     def __contains__(self, key: object) -> bool:
         if type(key) is not str:
             return False
-        return bool(self._run(self._has, (key,)))
+        return bool(self._run(self._has, (_key(key),)))
 
     def _rows(self) -> Iterator[tuple[str, Any]]:
         rows = self._run(self._first)
@@ -178,7 +189,7 @@ class DiskMap(_Table, MutableMapping[str, V], Generic[V]):
     def __getitem__(self, key: str) -> V:
         if type(key) is not str:
             raise KeyError(key)
-        rows = self._run(self._get, (key,))
+        rows = self._run(self._get, (_key(key),))
         if not rows:
             raise KeyError(key)
         return self._decode(marshal.loads(rows[0][0]))
@@ -186,38 +197,38 @@ class DiskMap(_Table, MutableMapping[str, V], Generic[V]):
     def get(self, key: str, default: Any = None) -> Any:
         if type(key) is not str:
             return default
-        rows = self._run(self._get, (key,))
+        rows = self._run(self._get, (_key(key),))
         return self._decode(marshal.loads(rows[0][0])) if rows else default
 
     def __setitem__(self, key: str, value: V) -> None:
         if type(key) is not str:
             raise TypeError(f"DiskMap keys are str, not {type(key).__name__}")
-        self._run(self._put, (key, _dump(self._encode(value)), 1 if self._tag(value) else 0))
+        self._run(self._put, (_key(key), _dump(self._encode(value)), 1 if self._tag(value) else 0))
 
     def __delitem__(self, key: str) -> None:
         with self.index.lock:
             if key not in self:
                 raise KeyError(key)
-            self._run(self._del, (key,))
+            self._run(self._del, (_key(key),))
 
     def pop(self, key: str, *default: Any) -> Any:
         with self.index.lock:
-            rows = self._run(self._get, (key,)) if type(key) is str else []
+            rows = self._run(self._get, (_key(key),)) if type(key) is str else []
             if not rows:
                 if default:
                     return default[0]
                 raise KeyError(key)
-            self._run(self._del, (key,))
+            self._run(self._del, (_key(key),))
         return self._decode(marshal.loads(rows[0][0]))
 
     def __iter__(self) -> Iterator[str]:
         for k, _ in self._rows():
-            yield k
+            yield _str(k)
 
     def items(self) -> Iterator[tuple[str, V]]:  # type: ignore[override]
         decode = self._decode
         for k, v in self._rows():
-            yield k, decode(marshal.loads(v))
+            yield _str(k), decode(marshal.loads(v))
 
     def values(self) -> Iterator[V]:  # type: ignore[override]
         for _, v in self.items():
@@ -228,12 +239,13 @@ class DiskMap(_Table, MutableMapping[str, V], Generic[V]):
         encode, tag = self._encode, self._tag
         with self.index.lock:
             if not self.dropped:
-                self.index.executemany(self._put, ((k, _dump(encode(v)), 1 if tag(v) else 0) for k, v in pairs))
+                self.index.executemany(self._put, ((_key(k), _dump(encode(v)), 1 if tag(v) else 0)
+                                                   for k, v in pairs))
 
-    def count_tagged(self) -> int:
-        """How many values ``tag`` flagged."""
-        rows = self._run(f"SELECT count(*) FROM {self.table} WHERE t=1")
-        return rows[0][0] if rows else 0
+    def counts(self) -> tuple[int, int]:
+        """(entries, how many of them ``tag`` flagged), in one statement."""
+        rows = self._run(f"SELECT count(*), coalesce(sum(t), 0) FROM {self.table}")
+        return (rows[0][0], rows[0][1]) if rows else (0, 0)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, MutableMapping):
@@ -249,10 +261,10 @@ class DiskSet(_Table, MutableSet[str]):
 
     def __iter__(self) -> Iterator[str]:
         for k, _ in self._rows():
-            yield k
+            yield _str(k)
 
     def add(self, value: str) -> None:
-        self._run(self._put, (value, None, None))
+        self._run(self._put, (_key(value), None, None))
 
     def fill_from(self, other: _Table) -> None:
         """Add every key of another table of the same index (one statement)."""
@@ -260,7 +272,7 @@ class DiskSet(_Table, MutableSet[str]):
 
     def discard(self, value: str) -> None:
         if type(value) is str:
-            self._run(self._del, (value,))
+            self._run(self._del, (_key(value),))
 
     def __repr__(self) -> str:
         return f"DiskSet({self.table}, {len(self)} entries)"

@@ -187,8 +187,17 @@ def _open_regular(dir_fd: int, name: str, rel: str) -> tuple[int, os.stat_result
     return fd, st
 
 
+def printable(rel: str) -> str:
+    """A path as it may be logged, stored or shown: a name that is not valid UTF-8 (Linux
+    hands it over with lone surrogates) with those bytes as ``\\udcXX`` escapes."""
+    return rel.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def read_file(root: Path, rel: str, attempts: int = 3) -> FileRead:
-    """Read one file's exact bytes. Retries when the file changes while being read."""
+    """Read one file's exact bytes. Retries when the file changes while being read.
+    A name that is not valid UTF-8 is refused (``bad_name``): MongoDB keys are UTF-8."""
+    if printable(rel) != rel:
+        raise SourceError("bad_name", f"{printable(rel)}: file name is not valid UTF-8; not mirrored")
     try:
         dir_fd, name = _open_parent(root, rel)
     except OSError as exc:
@@ -297,7 +306,9 @@ class Skipped:
 
 
 def walk(root: Path, ignore: tuple[str, ...], under: str = "") -> Iterator[str | Skipped]:
-    """Yield the relative paths of regular files under root, sorted, never following links.
+    """Yield the relative paths of regular files under root, never following links: each
+    directory's files in name order (one of more than ``SORTED_UP_TO`` entries in the
+    order the filesystem lists it, see there), then its subdirectories in name order.
 
     Symlinks and special files are yielded as ``Skipped`` so callers can report them.
     The walk goes by directory fds (each one opened with ``O_NOFOLLOW`` relative
@@ -355,6 +366,10 @@ def _skipped_dir(rel: str, exc: OSError) -> Skipped:
 # A directory of up to this many entries is walked in name order; a larger one (Mentorix's
 # episodes/: one file per agent run, never deleted) in the order the filesystem lists it:
 # sorting 450k entries held ~90 MiB of DirEntry objects for the whole scan of that directory.
+# Its listing then stays open while the scan reads it (minutes at 450k): a file replaced by
+# a rename meanwhile may be missed by some filesystems' listings (btrfs, tmpfs); a file a
+# full reconcile does not see is never a deletion, only a held "missing file" divergence,
+# cleared by the file's next write (or its watch event served during the scan).
 SORTED_UP_TO = 10_000
 
 

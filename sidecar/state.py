@@ -466,10 +466,10 @@ def count_files(state: MirrorState) -> tuple[int, int]:
     """(live manifests, manifests of deleted files): without decoding each one when
     the files are a table of the local index."""
     files = state.files
-    counted = getattr(files, "count_tagged", None)
-    if counted is not None:
-        deleted = counted()
-        return len(files) - deleted, deleted
+    counts = getattr(files, "counts", None)
+    if counts is not None:
+        total, deleted = counts()  # one statement: never a count of one table less another's
+        return total - deleted, deleted
     values = list(files.values())  # one C-level copy under the GIL, safe while the writer changes it
     deleted = sum(1 for f in values if f.deleted)
     return len(values) - deleted, deleted

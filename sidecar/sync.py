@@ -110,7 +110,7 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
 def _sync_indexed(config: Config, store: Store, root: Path, started: float, dry_run: bool,
                   report_path: Path | None, lease, timers: Timers, checksum: bool,
                   index: LocalIndex) -> tuple[dict[str, Any], int]:
-    rec = Reconciler(config, index)
+    rec = Reconciler(config, index, wants_resolved=lambda rel: False)  # sync holds no divergence book
     book = quick.Book(rec.cfg, read_all=checksum, entries=index.map("quick"))
     with timers.time("load_state"):
         state = build_state(book.collect(store.iter_state()), index)

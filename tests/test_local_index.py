@@ -329,3 +329,83 @@ def test_a_state_file_that_fails_under_the_writer_is_a_restart_not_a_silent_outa
     running(wait_reconciled=True)
     doc = store.db[store.files_name].find_one({"_id": "runs/run_b.json"})
     assert doc is not None and doc.get("deleted_at") is None
+
+
+# --- names that are not valid UTF-8 (found by review: sqlite3 cannot bind lone surrogates) ------
+
+NON_UTF8 = b"caf\xe9.txt"  # a latin-1 name: os.fsdecode gives "caf\udce9.txt"
+
+
+def write_non_utf8(data_dir) -> str:
+    with open(os.path.join(os.fsencode(data_dir), NON_UTF8), "wb") as f:
+        f.write(b"hello")
+    return os.fsdecode(NON_UTF8)
+
+
+def test_the_index_takes_a_name_that_is_not_utf8_as_a_key(index):
+    m, s = index.map("t"), index.set("present")
+    rel = os.fsdecode(NON_UTF8)
+    m[rel] = 1
+    s.add(rel)
+    assert m[rel] == 1 and rel in m and rel in s and list(m) == [rel] and list(s) == [rel]
+    assert m.pop(rel) == 1 and rel not in m
+
+
+@pytest.mark.parametrize("on_index", [False, True], ids=["dicts", "local-index"])
+def test_a_name_that_is_not_utf8_is_bad_input_in_a_scan_and_a_parity_scan(make_config, data_dir, tmp_path,
+                                                                           on_index):
+    from sidecar import quick
+    from sidecar.reconcile import Reconciler
+    from sidecar.state import MirrorState
+
+    (data_dir / "ok.txt").write_text("ok")
+    rel = write_non_utf8(data_dir)
+    idx = LocalIndex(tmp_path / "state") if on_index else None
+    rec = Reconciler(make_config(), idx)
+    ops, view = rec.scan(MirrorState(), "reconcile", book=quick.Book(rec.cfg, entries=idx.map("q") if idx else None))
+    assert "ok.txt" in {op.id for op in ops} and rel not in {op.id for op in ops}
+    assert [(p.path, p.reason) for p in view.problems] == [(rel, "bad_name")]
+    assert "\udce9" not in view.problems[0].message  # printable: logged and stored as an escape
+    _, pview = Reconciler(make_config(), idx).scan(MirrorState(), "parity", view_only=True)
+    assert "ok.txt" in pview.files and [p.reason for p in pview.problems] == ["bad_name"]
+
+
+@pytest.mark.integration
+def test_sync_and_the_daemon_report_a_name_that_is_not_utf8_and_go_on(make_config, data_dir, store, running):
+    from sidecar.sync import run_sync
+
+    (data_dir / "runs").mkdir(parents=True, exist_ok=True)
+    (data_dir / "runs" / "run_a.json").write_text('{"run_id": "a"}')
+    write_non_utf8(data_dir)
+    report, _ = run_sync(make_config(), store)
+    assert report["bad_input"]["by_reason"] == {"bad_name": 1}
+    assert store.db[store.files_name].find_one({"_id": "runs/run_a.json"}) is not None
+    d = running(wait_reconciled=True)
+    (data_dir / "runs" / "run_b.json").write_text('{"run_id": "b"}')
+    with open(os.path.join(os.fsencode(data_dir), b"runs", b"r\xff.json"), "wb") as f:
+        f.write(b"{}")  # a watched write of another such name
+    wait_for(lambda: store.db[store.files_name].find_one({"_id": "runs/run_b.json"}), 10, what="run_b mirrored")
+    wait_for(lambda: any(p["reason"] == "bad_name" and p["path"].startswith("runs/")
+                         for p in d.get("/memory/status").json()["sidecar"]["problems"]), 10,
+             what="the watched bad name reported")
+    assert d.daemon.status.writer_failed is None and d.get("/healthz").status == 200
+
+
+def test_counts_while_the_state_is_swapped_are_never_negative(index):
+    rows = [FileRow(f"runs/r{i}.json", None, 1, "run", i < 3, None, None, None) for i in range(200)]
+    state = build_state(rows, index)
+    stop, seen = threading.Event(), []
+
+    def count() -> None:
+        while not stop.is_set():
+            seen.append(count_files(state))
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        for _ in range(50):
+            state.replace(build_state(rows, index))
+    finally:
+        stop.set()
+        t.join(10)
+    assert seen and all(live >= 0 and deleted >= 0 for live, deleted in seen)
+    assert count_files(state) == (197, 3)
