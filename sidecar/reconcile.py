@@ -337,7 +337,9 @@ class Reconciler:
     def _walk(self, no_root: list[DataDirMissing]):
         """The data dir's files; a root that cannot be opened ends the walk, noted in ``no_root``."""
         try:
-            yield from walk(self.root, self.config.ignore_globs)
+            # a large directory's listing goes to the local index, sorted there (sidecar/source.py)
+            spill = (lambda: self.index.map("listing")) if self.index is not None else None
+            yield from walk(self.root, self.config.ignore_globs, spill=spill)
         except DataDirMissing as exc:
             no_root.append(exc)
 

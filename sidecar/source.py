@@ -20,9 +20,10 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .classify import is_ignored
 
@@ -305,10 +306,11 @@ class Skipped:
     message: str
 
 
-def walk(root: Path, ignore: tuple[str, ...], under: str = "") -> Iterator[str | Skipped]:
+def walk(root: Path, ignore: tuple[str, ...], under: str = "",
+         spill: Spill | None = None) -> Iterator[str | Skipped]:
     """Yield the relative paths of regular files under root, never following links: each
-    directory's files in name order (one of more than ``SORTED_UP_TO`` entries in the
-    order the filesystem lists it, see there), then its subdirectories in name order.
+    directory's files in name order, then its subdirectories in name order. ``spill``:
+    where a large directory's listing is kept (see ``SORTED_UP_TO``).
 
     Symlinks and special files are yielded as ``Skipped`` so callers can report them.
     The walk goes by directory fds (each one opened with ``O_NOFOLLOW`` relative
@@ -333,7 +335,7 @@ def walk(root: Path, ignore: tuple[str, ...], under: str = "") -> Iterator[str |
     prefix: str | None = under
     try:
         while prefix is not None:
-            subdirs = yield from _list_dir(fd, prefix, ignore)
+            subdirs = yield from _list_dir(fd, prefix, ignore, spill)
             stack.append((prefix, fd, iter(subdirs)))
             fd, prefix = -1, None
             while stack and prefix is None:
@@ -363,30 +365,57 @@ def _skipped_dir(rel: str, exc: OSError) -> Skipped:
     return Skipped(rel, "io_error", f"{rel}: {exc.strerror}")
 
 
-# A directory of up to this many entries is walked in name order; a larger one (Mentorix's
-# episodes/: one file per agent run, never deleted) in the order the filesystem lists it:
-# sorting 450k entries held ~90 MiB of DirEntry objects for the whole scan of that directory.
-# Its listing then stays open while the scan reads it (minutes at 450k): a file replaced by
-# a rename meanwhile may be missed by some filesystems' listings (btrfs, tmpfs); a file a
-# full reconcile does not see is never a deletion, only a held "missing file" divergence,
-# cleared by the file's next write (or its watch event served during the scan).
+# A directory of up to this many entries is listed in memory and walked in name order. A
+# larger one (Mentorix's episodes/: one file per agent run, never deleted; 450k DirEntry
+# objects sorted in memory held ~90 MiB for the whole scan of it) is listed into ``spill()``,
+# a table of the local index (sidecar/localindex.py) that keeps it sorted on disk, and walked
+# from there in name order: which also keeps a scan's lookups of the state in key order
+# (its B-tree pages read once each, not once per file). Without ``spill`` (a walk of a few
+# files: the watcher's, tests) it is walked in the order the filesystem lists it, the
+# listing open meanwhile.
 SORTED_UP_TO = 10_000
+SPILL_BATCH = 5000
+Spill = Callable[[], Any]  # a new, empty DiskMap: ``update_many``, ``items`` in key order, ``drop``
 
 
-def _entries(fd: int) -> Iterator[os.DirEntry]:
-    with os.scandir(fd) as it:
-        head = list(itertools.islice(it, SORTED_UP_TO + 1))
-        if len(head) <= SORTED_UP_TO:
-            yield from sorted(head, key=lambda e: e.name)
-            return
-        yield from head
-        del head
-        yield from it
+def _kind(entry: os.DirEntry) -> str:
+    if entry.is_symlink():
+        return "l"
+    if entry.is_dir(follow_symlinks=False):
+        return "d"
+    return "f" if entry.is_file(follow_symlinks=False) else "o"
 
 
-def _list_dir(fd: int, prefix: str, ignore: tuple[str, ...]):
+def _entries(fd: int, spill: Spill | None) -> Iterator[tuple[str, str]]:
+    """One directory's (name, kind) in name order (see ``SORTED_UP_TO``)."""
+    table = None
+    try:
+        with os.scandir(fd) as it:
+            head = [(e.name, _kind(e)) for e in itertools.islice(it, SORTED_UP_TO + 1)]
+            if len(head) <= SORTED_UP_TO:
+                head.sort()
+            elif spill is None:
+                yield from head
+                del head
+                for e in it:
+                    yield e.name, _kind(e)
+                return
+            else:
+                table = spill()
+                table.update_many(head)
+                del head
+                while batch := [(e.name, _kind(e)) for e in itertools.islice(it, SPILL_BATCH)]:
+                    table.update_many(batch)
+        # the directory is closed: the listing is the one taken now, as a sorted list would be
+        yield from (head if table is None else table.items())
+    finally:
+        if table is not None:
+            table.drop()
+
+
+def _list_dir(fd: int, prefix: str, ignore: tuple[str, ...], spill: Spill | None = None):
     """Yield one directory's files and skipped entries; return its subdirectory names."""
-    entries = _entries(fd)
+    entries = _entries(fd, spill)
     try:
         first = next(entries, None)
     except OSError as exc:
@@ -397,21 +426,22 @@ def _list_dir(fd: int, prefix: str, ignore: tuple[str, ...]):
         if isinstance(entry, Skipped):
             yield entry
             break
-        rel = f"{prefix}/{entry.name}" if prefix else entry.name
+        name, kind = entry
+        rel = f"{prefix}/{name}" if prefix else name
         if is_ignored(rel, ignore) or is_ignored(rel + "/", ignore):
             continue
-        if entry.is_symlink():
+        if kind == "l":
             yield Skipped(rel, "symlink", f"{rel}: symlink not followed")
-        elif entry.is_dir(follow_symlinks=False):
-            subdirs.append(entry.name)
-        elif entry.is_file(follow_symlinks=False):
+        elif kind == "d":
+            subdirs.append(name)
+        elif kind == "f":
             yield rel
         else:
             yield Skipped(rel, "not_regular", f"{rel}: not a regular file")
     return sorted(subdirs)
 
 
-def _guarded(entries: Iterator[os.DirEntry], prefix: str) -> Iterator[os.DirEntry | Skipped]:
+def _guarded(entries: Iterator[tuple[str, str]], prefix: str) -> Iterator[tuple[str, str] | Skipped]:
     """The rest of a directory's listing; an error reading it ends it as a ``Skipped``."""
     try:
         yield from entries

@@ -482,14 +482,19 @@ def test_root_removed_in_place_marks_nothing_deleted(data_dir, running):
     assert db.memory_files.count_documents({"deleted_at": {"$ne": None}}) == 0
 
 
-def test_a_large_directory_is_walked_in_listing_order_each_file_once(tmp_path, monkeypatch):
-    """A directory over ``SORTED_UP_TO`` entries is not sorted (450k DirEntry objects held
-    for the whole scan were the 500k start-up's memory peak): every file still comes
-    exactly once, its subdirectories are still walked (in name order), and a small
+@pytest.mark.parametrize("spilled", [False, True], ids=["streamed", "spilled"])
+def test_a_large_directory_is_walked_each_file_once(tmp_path, monkeypatch, spilled):
+    """A directory over ``SORTED_UP_TO`` entries is not sorted in memory (450k DirEntry objects
+    held for the whole scan were the 500k start-up's memory peak): spilled into a table of the
+    local index (the daemon's and sync's scans) it is walked in name order from there, the
+    table dropped after; without one (the watcher's small walks) in listing order. Either way
+    every file comes exactly once and subdirectories are walked in name order; a small
     directory is still walked in name order."""
     from sidecar import source
+    from sidecar.localindex import LocalIndex
 
     monkeypatch.setattr(source, "SORTED_UP_TO", 5)
+    monkeypatch.setattr(source, "SPILL_BATCH", 7)
     root = tmp_path / "root"
     big = root / "episodes"
     big.mkdir(parents=True)
@@ -499,11 +504,21 @@ def test_a_large_directory_is_walked_in_listing_order_each_file_once(tmp_path, m
     for sub in ("b", "a"):
         (big / sub).mkdir()
         (big / sub / "x.json").write_text("{}")
+    os.symlink(tmp_path, big / "zlink")
     (root / "small").mkdir()
     for name in ("c.json", "a.json", "b.json"):
         (root / "small" / name).write_text("{}")
-    got = [i for i in walk(root, ()) if isinstance(i, str)]
+    index = LocalIndex(tmp_path / "state")
+    spill = (lambda: index.map("listing")) if spilled else None
+    items = list(walk(root, (), spill=spill))
+    got = [i for i in items if isinstance(i, str)]
+    assert [(i.rel, i.reason) for i in items if not isinstance(i, str)] == [("episodes/zlink", "symlink")]
     assert len(got) == len(set(got)) == 40 + 2 + 3
-    assert {g for g in got if g.count("/") == 1 and g.startswith("episodes/")} == {f"episodes/{n}" for n in names}
+    top = [g for g in got if g.count("/") == 1 and g.startswith("episodes/")]
+    assert set(top) == {f"episodes/{n}" for n in names}
+    if spilled:
+        assert top == sorted(top)
+        assert index.tables() == []  # the listing's table is dropped once walked
     assert got.index("episodes/a/x.json") < got.index("episodes/b/x.json")
     assert [g for g in got if g.startswith("small/")] == ["small/a.json", "small/b.json", "small/c.json"]
+    index.close()
