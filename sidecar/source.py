@@ -415,14 +415,8 @@ def _entries(fd: int, spill: Spill | None) -> Iterator[tuple[str, str]]:
 
 def _list_dir(fd: int, prefix: str, ignore: tuple[str, ...], spill: Spill | None = None):
     """Yield one directory's files and skipped entries; return its subdirectory names."""
-    entries = _entries(fd, spill)
-    try:
-        first = next(entries, None)
-    except OSError as exc:
-        yield Skipped(prefix or ".", "io_error", f"{prefix or '.'}: {exc.strerror}")
-        return []
     subdirs = []
-    for entry in itertools.chain((first,) if first is not None else (), _guarded(entries, prefix)):
+    for entry in _guarded(_entries(fd, spill), prefix):
         if isinstance(entry, Skipped):
             yield entry
             break
@@ -442,7 +436,8 @@ def _list_dir(fd: int, prefix: str, ignore: tuple[str, ...], spill: Spill | None
 
 
 def _guarded(entries: Iterator[tuple[str, str]], prefix: str) -> Iterator[tuple[str, str] | Skipped]:
-    """The rest of a directory's listing; an error reading it ends it as a ``Skipped``."""
+    """A directory's listing; an error reading it (at the open or part-way) ends it as a
+    ``Skipped`` of the directory, so nothing under it is taken for gone."""
     try:
         yield from entries
     except OSError as exc:

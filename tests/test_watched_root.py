@@ -522,3 +522,51 @@ def test_a_large_directory_is_walked_each_file_once(tmp_path, monkeypatch, spill
     assert got.index("episodes/a/x.json") < got.index("episodes/b/x.json")
     assert [g for g in got if g.startswith("small/")] == ["small/a.json", "small/b.json", "small/c.json"]
     index.close()
+
+
+@pytest.mark.parametrize("when", ["at_open", "part_way"])
+def test_a_directory_that_cannot_be_listed_is_skipped_whole(tmp_path, monkeypatch, when):
+    """An error listing a directory (at the open, or part-way through a large one) yields
+    one ``Skipped`` for that directory, so nothing under it is taken for gone; the other
+    directories are walked as ever."""
+    from sidecar import source
+
+    monkeypatch.setattr(source, "SORTED_UP_TO", 2)
+    root = tmp_path / "root"
+    for d in ("runs", "episodes"):
+        (root / d).mkdir(parents=True)
+        for i in range(5):
+            (root / d / f"{i}.json").write_text("{}")
+    real = os.scandir
+
+    class Failing:
+        def __init__(self, it):
+            self.it, self.n = it, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.it.close()
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            self.n += 1
+            if self.n > 3:
+                raise OSError(5, "Input/output error")
+            return next(self.it)
+
+    def scandir(fd):
+        if isinstance(fd, int) and os.readlink(f"/proc/self/fd/{fd}").endswith("/runs"):
+            if when == "at_open":
+                raise OSError(5, "Input/output error")
+            return Failing(real(fd))
+        return real(fd)
+    monkeypatch.setattr(source.os, "scandir", scandir)
+    items = list(walk(root, ()))
+    skipped = [(i.rel, i.reason) for i in items if not isinstance(i, str)]
+    assert skipped == [("runs", "io_error")]
+    assert sorted(i for i in items if isinstance(i, str) and i.startswith("episodes/")) == \
+        [f"episodes/{i}.json" for i in range(5)]
