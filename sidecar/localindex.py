@@ -39,6 +39,7 @@ V = TypeVar("V")
 
 CACHE_KIB = 4096  # SQLite's page cache for the whole index
 CHUNK = 2000  # rows per statement when iterating
+BATCH = 5000  # rows a caller hands over at once (``put_many``: one transaction each)
 
 
 class StateDirUnusable(RuntimeError):
@@ -111,6 +112,12 @@ class LocalIndex:
     def close(self) -> None:
         with self.lock:
             self._conn.close()
+
+
+def put_many(mapping: MutableMapping[str, Any], pairs: list[tuple[str, Any]]) -> None:
+    """``pairs`` into a dict or a ``DiskMap`` (one transaction there)."""
+    if pairs:
+        getattr(mapping, "update_many", mapping.update)(pairs)
 
 
 def _dump(value: Any) -> bytes:

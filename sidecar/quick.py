@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .classify import Kind
+from .localindex import BATCH, put_many
 from .model import LAYOUT
 
 if TYPE_CHECKING:
@@ -198,6 +199,7 @@ class Book:
     def collect(self, rows: Iterable[Any]) -> Iterator[Any]:
         """Pass ``Store.iter_state``'s rows through, keeping each manifest's record."""
         now = wall_ns()
+        batch: list[tuple[str, bytes]] = []  # handed over BATCH at a time: one transaction each
         try:
             for row in rows:
                 raw = getattr(row, "stat", None)
@@ -206,12 +208,16 @@ class Book:
                     if rec is None:
                         self.counts["records_invalid"] += 1
                     elif rec["cfg"] != self.cfg or racy(rec, now):
-                        self._entries[row.rel] = b""
+                        batch.append((row.rel, b""))
                     else:
-                        self._entries[row.rel] = _value(rec)
+                        batch.append((row.rel, _value(rec)))
                         if rec.get("raw"):
                             self._raw[row.rel] = tuple(rec["raw"])
+                    if len(batch) >= BATCH:
+                        put_many(self._entries, batch)
+                        batch = []
                 yield row
+            put_many(self._entries, batch)  # the rows are all through: before any scan takes one
         except BaseException:
             self.release()  # a load cut short: no scan will take the records
             raise

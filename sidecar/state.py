@@ -10,8 +10,8 @@ many times a file changes before a flush, it yields at most one op per document
 Memory: at 50k files the state is most of the daemon's memory (~0.8 KiB per
 file, bench/README.md), so what it holds is kept small: hashes as 32-byte
 digests (``pack_hash``), ``__slots__`` objects, one shared str per kind, one
-shared dict per format, one shared str/int per run_id and version that a
-manifest repeats. The typed rows (``HubRow``...) are transient: they carry one
+shared dict per format; in the daemon and ``sync`` the per-file part (files,
+episodes) lives out of the heap (sidecar/localindex.py). The typed rows (``HubRow``...) are transient: they carry one
 document from MongoDB (or one entry of a state, ``state_rows``) to whoever reads
 it and are dropped.
 """
@@ -28,8 +28,9 @@ from .classify import Kind
 from .model import parse_iso
 from .names import EPISODES, FILES, HUBS, SNAPSHOTS
 
+from .localindex import BATCH, LocalIndex, put_many
+
 if TYPE_CHECKING:
-    from .localindex import LocalIndex
     from .store import ApplyResult
 
 
@@ -360,59 +361,20 @@ class FileRow(NamedTuple):
 Row = Union[HubRow, EpisodeRow, SnapshotRow, FileRow]
 
 
-BUILD_CHUNK = 5000  # rows per transaction when the state goes to a local index
-
-
 def build_state(rows: Iterable[Row], index: LocalIndex | None = None) -> MirrorState:
     """The mirror state of what MongoDB holds (``Store.iter_state``'s rows): the
     baseline every diff starts from. With ``index``, the files and episodes (one
     per file: the bulk of it) go to new tables of that local index
-    (sidecar/localindex.py) instead of dicts."""
-    if index is not None:
-        return _build_indexed(rows, index)
-    state = MirrorState()
-    # An episode file's manifest names its run_id, already a key of
-    # state.episodes, and usually has the same version: keep one object for
-    # each (at 50k files, 35k duplicate strs and ints: ~3.6 MB).
-    run_ids: dict[str, str] = {}
-    top = 0
-
-    def seen(version: Any) -> None:
-        nonlocal top
-        if isinstance(version, int) and not isinstance(version, bool) and version > top:
-            top = version
-    for row in rows:
-        kind = type(row)
-        if kind is HubRow:
-            hub = state.hubs.get(row.hub_type)
-            if hub is None:
-                hub = state.hubs[row.hub_type] = {}
-            hub[row.key] = HubState(row.digest, row.pos, row.version)
-            seen(row.version)
-        elif kind is EpisodeRow:
-            state.episodes[row.run_id] = (row.digest, row.version)
-            seen(row.version)
-            run_ids[row.run_id] = row.run_id
-        elif kind is SnapshotRow:
-            state.snapshots[row.snapshot_id] = (row.digest, row.instant)
-        else:
-            doc_id, version = row.doc_id, row.version
-            if doc_id is not None and row.kind == Kind.EPISODE.value:
-                doc_id = run_ids.get(doc_id, doc_id)
-                episode = state.episodes.get(doc_id)
-                if episode is not None and episode[1] == version:
-                    version = episode[1]
-            state.files[row.rel] = FileState(row.sha256, version, row.kind, row.deleted, doc_id,
-                                             row.fmt, row.content_sha)
-            seen(version)
-    state.max_version = top
-    return state
-
-
-def _build_indexed(rows: Iterable[Row], index: LocalIndex) -> MirrorState:
-    files = index.map("files", FileState.encode, decode_file, tag=lambda fs: fs.deleted)
-    episodes = index.map("episodes", encode_episode, None)
-    state = MirrorState(files=files, episodes=episodes)
+    (sidecar/localindex.py) instead of dicts; a load cut short leaves none behind."""
+    if index is None:
+        state = MirrorState()
+    else:
+        state = MirrorState(files=index.map("files", FileState.encode, decode_file, tag=lambda fs: fs.deleted),
+                            episodes=index.map("episodes", encode_episode, None))
+    # In dicts, an episode file's manifest names its run_id, already a key of
+    # state.episodes, usually with the same version: one object for each (at 50k
+    # files, 35k duplicate strs and ints: ~3.6 MB). A local index keeps no objects.
+    run_ids: dict[str, str] | None = {} if index is None else None
     top = 0
     file_rows: list[tuple[str, FileState]] = []
     episode_rows: list[tuple[str, tuple]] = []
@@ -429,19 +391,29 @@ def _build_indexed(rows: Iterable[Row], index: LocalIndex) -> MirrorState:
                 hub[row.key] = HubState(row.digest, row.pos, row.version)
             elif kind is EpisodeRow:
                 episode_rows.append((row.run_id, (row.digest, row.version)))
-                if len(episode_rows) >= BUILD_CHUNK:
-                    episodes.update_many(episode_rows)
+                if run_ids is not None:
+                    run_ids[row.run_id] = row.run_id
+                if len(episode_rows) >= BATCH:
+                    put_many(state.episodes, episode_rows)
                     episode_rows = []
             elif kind is SnapshotRow:
                 state.snapshots[row.snapshot_id] = (row.digest, row.instant)
             else:
-                file_rows.append((row.rel, FileState(row.sha256, row.version, row.kind, row.deleted, row.doc_id,
+                doc_id, version = row.doc_id, row.version
+                if run_ids is not None and doc_id is not None and row.kind == Kind.EPISODE.value:
+                    put_many(state.episodes, episode_rows)  # (episodes come first: they are all in)
+                    episode_rows = []
+                    doc_id = run_ids.get(doc_id, doc_id)
+                    episode = state.episodes.get(doc_id)
+                    if episode is not None and episode[1] == version:
+                        version = episode[1]
+                file_rows.append((row.rel, FileState(row.sha256, version, row.kind, row.deleted, doc_id,
                                                      row.fmt, row.content_sha)))
-                if len(file_rows) >= BUILD_CHUNK:
-                    files.update_many(file_rows)
+                if len(file_rows) >= BATCH:
+                    put_many(state.files, file_rows)
                     file_rows = []
-        episodes.update_many(episode_rows)
-        files.update_many(file_rows)
+        put_many(state.episodes, episode_rows)
+        put_many(state.files, file_rows)
     except BaseException:
         state.release()  # a load cut short (MongoDB lost, a stop) leaves no table behind
         raise
