@@ -114,6 +114,14 @@ class LocalIndex:
             self._conn.close()
 
 
+def drop_tables(*tables: Any) -> None:
+    """Drop each of ``tables`` that is a table of a local index (dicts and sets are left
+    to the garbage collector)."""
+    for table in tables:
+        if isinstance(table, _Table):
+            table.drop()
+
+
 def put_many(mapping: MutableMapping[str, Any], pairs: list[tuple[str, Any]]) -> None:
     """``pairs`` into a dict or a ``DiskMap`` (one transaction there)."""
     if pairs:

@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .classify import Kind
-from .localindex import BATCH, put_many
+from .localindex import BATCH, drop_tables, put_many
 from .model import LAYOUT
 
 if TYPE_CHECKING:
@@ -227,9 +227,7 @@ class Book:
 
     def release(self) -> None:
         """The scan is over: drop what is left of the records."""
-        drop = getattr(self._entries, "drop", None)
-        if drop is not None:
-            drop()
+        drop_tables(self._entries)
         self._entries = {}
 
     def trusted(self, rel: str) -> bool:

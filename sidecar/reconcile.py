@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from .classify import Kind, classify, episode_path, hub_type_of, is_ignored
 from .config import Config
@@ -34,9 +33,7 @@ from .names import FILES, HUBS
 from . import quick
 from .parse import BadInput, loads
 from .source import DataDirMissing, FileRead, Prober, SourceError, Skipped, exists, read_file, walk
-
-if TYPE_CHECKING:
-    from .localindex import LocalIndex
+from .localindex import LocalIndex, drop_tables
 
 # Sources whose reads follow an event the daemon saw (a write it watched):
 # only these can carry a removal as an edit of the lineage they continue.
@@ -87,11 +84,8 @@ class SourceView:
     paths: bool = True  # record ``present`` (what deletion detection needs; parity does not)
 
     def release(self) -> None:
-        """Drop ``present`` when it is a table of the local index."""
-        for table in (self.present, self.episodes, self.files):
-            drop = getattr(table, "drop", None)
-            if drop is not None:
-                drop()
+        """Drop the view's tables of the local index (paths seen, hashes)."""
+        drop_tables(self.present, self.episodes, self.files)
         self.present, self.episodes, self.files = set(), {}, {}
 
     def saw(self, rel: str) -> None:

@@ -28,7 +28,7 @@ from .classify import Kind
 from .model import parse_iso
 from .names import EPISODES, FILES, HUBS, SNAPSHOTS
 
-from .localindex import BATCH, LocalIndex, put_many
+from .localindex import BATCH, LocalIndex, drop_tables, put_many
 
 if TYPE_CHECKING:
     from .store import ApplyResult
@@ -251,10 +251,7 @@ class MirrorState:
 
     def release(self) -> None:
         """Drop the local index's tables of this state (a fresh one replaced it)."""
-        for table in (self.files, self.episodes):
-            drop = getattr(table, "drop", None)
-            if drop is not None:
-                drop()
+        drop_tables(self.files, self.episodes)
 
 
 @dataclass(slots=True)
