@@ -380,13 +380,11 @@ class Daemon:
             self.pending.mark(event.path, 0.0)
             raise RuntimeError("not ready")
         if event.ack and (not self.status.mongo_connected or self.status.lease_problem
-                          or self.status.write_stalled() or self.status.reconcile.stage == "loading"):
+                          or self.status.write_stalled()):
             # The daemon knows MongoDB cannot acknowledge now (the last write or ping
-            # failed, a write is stalled, another writer holds the lease, or a full
-            # reconcile is still loading what MongoDB holds: a minute at 500k files, and
-            # nothing is written before it ends): say so at once instead of holding the
-            # API until its timeout. The file is queued and mirrored as soon as it can be;
-            # the shim's breaker stops waiting.
+            # failed, a write is stalled, another writer holds the lease): say so at
+            # once instead of holding the API until its timeout. The file is queued
+            # and mirrored when MongoDB is back; the shim's breaker stops waiting.
             self.pending.mark(event.path, 0.0)
             self.status.shim_events.labels(status="not_durable").inc()
             return "not_durable"

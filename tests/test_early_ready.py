@@ -359,37 +359,3 @@ def test_a_stop_during_the_reconcile_ends_it_and_the_next_start_completes_it(dat
         again.wait_parity(WAIT_S)
     finally:
         again.stop()
-
-
-def test_a_sync_frame_while_the_state_loads_is_not_durable_at_once_then_mirrored(data_dir, make_config, store,
-                                                                                 daemon_config):
-    """Nothing is written before a full reconcile has loaded what MongoDB holds (a minute at
-    500k files): a sync frame then is answered ``not_durable`` at once (the shim's breaker
-    stops waiting) instead of at its timeout, and the file is mirrored once the load ends."""
-    write_notes(data_dir, 0)
-    run_sync(make_config(), store)
-    d = RunningDaemon(daemon_config())
-    loading, release = threading.Event(), threading.Event()
-    rows = d.daemon.store.iter_state
-
-    def slow_rows():
-        loading.set()
-        release.wait(WAIT_S)
-        yield from rows()
-    d.daemon.store.iter_state = slow_rows
-    try:
-        d.start(wait_ready=True, wait_reconciled=False)
-        assert loading.wait(WAIT_S)
-        rel, data = note(3), body(3, 9)
-        (data_dir / rel).write_bytes(data)
-        replies: dict = {}
-        sync_frame(d, rel, data, replies).join(WAIT_S)
-        reply = replies[rel]
-        assert isinstance(reply, dict) and reply["status"] == "not_durable", reply
-        assert metrics(d).get('sidecar_shim_events_total{status="not_durable"}', 0) >= 1
-        release.set()
-        d.wait_reconciled(WAIT_S)
-        wait_for(lambda: mirrored_sha(d, rel) == sha(data), WAIT_S, what="the frame's bytes in MongoDB")
-    finally:
-        release.set()
-        d.stop()
