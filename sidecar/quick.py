@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import struct
 import time
 from collections import Counter
@@ -173,6 +174,26 @@ def parse(raw: Any) -> dict | None:
     return raw
 
 
+def record_key(raw: Any, cfg: str) -> tuple[bytes, int] | None:
+    """(the stat key, the moment) of a record read from MongoDB that the quick check
+    trusts (valid, made under ``cfg``, not racily clean), else None. Whether its moment
+    is in the future is the caller's to ask, at the time it compares."""
+    rec = parse(raw)
+    if rec is None or rec["cfg"] != cfg or racy(rec, rec["at"]):
+        return None
+    return _value(rec)[:8], rec["at"]
+
+
+def stat_key(st: FileRead | FileStat) -> bytes:
+    """What of a file's stat data a record keeps (compared with ``clean_key``)."""
+    return _stat_key(st.size, st.mtime_ns, st.ctime_ns, st.ino, st.dev)
+
+
+def lstat_key(st: os.stat_result) -> bytes:
+    """The same key, of ``os.stat`` data (``source.Prober.lstat``)."""
+    return _stat_key(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
 def _value(rec: dict) -> bytes:
     return (_stat_key(rec["size"], rec["mtime_ns"], rec["ctime_ns"], rec["ino"], rec["dev"])
             + (_hex8(rec.get("docs")) or b"\0" * 8) + _hex8(rec["sha256"]))
@@ -249,7 +270,7 @@ class Book:
             return UNRECORDED
         if not entry:
             return UNTRUSTED
-        if _stat_key(st.size, st.mtime_ns, st.ctime_ns, st.ino, st.dev) != entry[:8]:
+        if stat_key(st) != entry[:8]:
             return CHANGED
         fs = state.files.get(rel)
         if fs is None or fs.deleted:

@@ -268,6 +268,18 @@ class Prober:
                 raise
         return self._dir[1], self._dir[2], name
 
+    def lstat(self, rel: str) -> os.stat_result:
+        """The stat data of ``rel`` without opening it (a link is not followed): what the
+        sync checkpoint compares. ``SourceError`` when gone or not a regular file."""
+        dir_fd, _, name = self._parent(rel)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            raise _translate(rel, exc) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError("not_regular", f"{printable(rel)} is not a regular file")
+        return st
+
     def probe(self, rel: str) -> FileStat:
         """Raises ``SourceError`` (``vanished``, ``symlink``, ``not_regular``...) as a read would."""
         dir_fd, dir_ino, name = self._parent(rel)

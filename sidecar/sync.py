@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from . import parity, quick
+from . import checkpoint, parity, quick
 from .config import Config
 from .names import EPISODES, FILES, HUBS, SNAPSHOTS
 from .localindex import LocalIndex
@@ -110,6 +110,18 @@ def _sync(config: Config, store: Store, root: Path, started: float, dry_run: boo
 def _sync_indexed(config: Config, store: Store, root: Path, started: float, dry_run: bool,
                   report_path: Path | None, lease, timers: Timers, checksum: bool,
                   index: LocalIndex) -> tuple[dict[str, Any], int]:
+    # Nothing changed on either side since the last clean sync: its parity stands
+    # (sidecar/checkpoint.py). --checksum always reads everything; --dry-run writes
+    # nothing, not even the checkpoint's fence, so it checks in full.
+    outcome = checkpoint.Outcome(None, "--checksum reads everything" if checksum else "--dry-run checks in full")
+    if not checksum and not dry_run:
+        with timers.time("checkpoint"):
+            outcome = checkpoint.check(config, store, root, index)
+        if outcome.report is not None:
+            return _unchanged(config, store, outcome, started, report_path, timers)
+        log.info("full sync: %s", outcome.reason)
+    # The point the next checkpoint starts from, taken before anything is read.
+    point = None if dry_run else outcome.point or checkpoint.now_point(store)
     rec = Reconciler(config, index, wants_resolved=lambda rel: False)  # sync holds no divergence book
     book = quick.Book(rec.cfg, read_all=checksum, entries=index.map("quick"))
     with timers.time("load_state"):
@@ -158,12 +170,53 @@ def _sync_indexed(config: Config, store: Store, root: Path, started: float, dry_
     report["divergences"] = _summary(held)
     report["quick_check"] = book.report(view.files_read, view.files_quick_checked, view.bytes_read)
     report["blobs_collected"] = blobs_collected
+    not_saved = "--dry-run" if dry_run else "no change-stream point"
+    if point is not None and not dry_run:
+        not_saved = "not clean (a mismatch, refused or failed writes, held, bad or foreign input)"
+        if checkpoint.clean(report, result, held, view, store, blobs_collected):
+            point, not_saved = checkpoint.accounted(store, point, result.applied if result else [])
+            if point is not None:
+                not_saved = checkpoint.save(config, store, point, report)
+    report["checkpoint"] = {"used": False, "reason": outcome.reason, "saved": not not_saved,
+                            **({"not_saved": not_saved} if not_saved else {})}
     report["stages"] = timers.snapshot()  # seconds per step (sidecar/timers.py)
     report["duration_s"] = round(time.monotonic() - started, 3)
     path = report_path or root / REPORT_REL
     _write_report(path, report)
     report["report_path"] = str(path)
     return report, (0 if report["parity"]["all_match"] else 1)
+
+
+def _unchanged(config: Config, store: Store, outcome: checkpoint.Outcome, started: float,
+               report_path: Path | None, timers: Timers) -> tuple[dict[str, Any], int]:
+    """The report of a sync that found nothing changed since the checkpoint: its
+    parity, no file read, nothing written (sidecar/checkpoint.py); the checkpoint
+    moves on to the point just asked."""
+    report: dict[str, Any] = {
+        "generated_at": utcnow().isoformat(),
+        "dry_run": False,
+        "data_dir": str(config.data_dir),
+        "db_name": config.mongodb_db_name,
+    }
+    report.update(outcome.report or {})
+    report["writes"] = writes_summary(None)
+    report["bad_input"] = {"count": 0, "by_reason": {}, "items": []}
+    report["fresh_volume"] = False
+    report["foreign_documents"] = []
+    report["divergences"] = _summary([])
+    book = quick.Book(quick.fingerprint(config.sidecar_redact_keys))
+    book.counts[quick.CLEAN] = outcome.files
+    report["quick_check"] = book.report(0, outcome.files, 0)
+    report["blobs_collected"] = 0
+    checkpoint.move_on(config, store, outcome)
+    report["checkpoint"] = {"used": True, "since": outcome.since.isoformat() if outcome.since else None,
+                            "reason": None, "saved": outcome.point is not None}
+    report["stages"] = timers.snapshot()
+    report["duration_s"] = round(time.monotonic() - started, 3)
+    path = report_path or Path(config.data_dir) / REPORT_REL
+    _write_report(path, report)
+    report["report_path"] = str(path)
+    return report, 0
 
 
 def build_report(config: Config, store: Store, view: SourceView, result: ApplyResult | None,

@@ -31,6 +31,7 @@ STAGES = {
     "queue_wait": "from a path's first change to the flush that took it",
     "reconcile": "one full reconcile",
     "ensure_indexes": "index creation at start (sync)",
+    "checkpoint": "asking whether anything changed since the last clean sync (sidecar/checkpoint.py)",
     "load_state": "reading the mirror state from MongoDB",
     "scan": "the walk + read + plan + diff of every file (sync, reconcile)",
     "report": "the parity report (sync)",

@@ -118,6 +118,15 @@ def store(config):
 
 
 @pytest.fixture
+def exact_clock(monkeypatch):
+    """The quick check's racy margin off (sidecar/quick.py): a filesystem whose timestamps
+    are exact, so a file written a moment before a scan may be trusted by the next one."""
+    from sidecar import quick
+
+    monkeypatch.setattr(quick, "RACY_NS", 0)
+
+
+@pytest.fixture
 def db(store):
     """The raw pymongo database the sidecar writes to."""
     return store.db

@@ -24,22 +24,25 @@ import pytest
 from deletion_helpers import HUB, keys_in_mongo, write_in_place
 from testkit.daemon import RunningDaemon
 from testkit.measure import wait_for
-from sidecar import quick, source
+from sidecar import checkpoint, quick, source
 from sidecar.cli import main
 from sidecar.source import FileStat, probe_file, read_file
 from sidecar.state import MirrorState, FileState, Op
 from sidecar.sync import run_sync
+
+@pytest.fixture(autouse=True)
+def full_syncs(monkeypatch):
+    """Every sync here goes the full way: these tests are about the quick check inside it.
+    The checkpoint that answers a warm sync before it (nothing changed on either side)
+    is tests/test_sync_checkpoint.py's."""
+    monkeypatch.setattr(checkpoint, "check", lambda *a, **k: checkpoint.Outcome(None, "off in these tests"))
+
 
 EPISODE = "episodes/skeleton_r1.json"
 RUN = "runs/run_a.json"
 OTHER = "notes/todo.txt"
 FILES = [HUB, EPISODE, "episodes/skeleton_r2.json", RUN, "runs/run_b.json", OTHER]
 NON_HUB = len(FILES) - 1
-
-
-@pytest.fixture
-def exact_clock(monkeypatch):
-    monkeypatch.setattr(quick, "RACY_NS", 0)
 
 
 def seed(root: Path) -> None:
