@@ -12,25 +12,30 @@ after the point, for the next sync to see.
 The next sync asks two questions before loading anything:
 
 * MongoDB: did any collection of the database change after that point (one
-  change-stream aggregate resumed from it; the lease, this checkpoint and the
-  audit trail excepted)? An insert, update, replace, delete, drop, rename or a
-  dropped database all count, whoever made them. "Nothing" is proven, not read
-  from an empty batch: a fence document is written once the stream is open and
-  the stream read up to the fence's own event (``Store.change_point``).
-* the data dir: is every file one a live manifest names, with the stat data
-  (size, mtime_ns, ctime_ns, inode, device) its quick-check record holds and a
-  record the quick check trusts now (not racily clean, not from the future, the
-  same settings), and no file more, none less, nothing skipped?
+  change-stream aggregate resumed from it; the lease, this checkpoint, its
+  listing and the audit trail excepted)? An insert, update, replace, delete,
+  drop, rename or a dropped database all count, whoever made them. "Nothing" is
+  proven, not read from an empty batch: a fence document is written once the
+  stream is open and the stream read up to the fence's own event
+  (``ChangeFeed.changes_until_fence``).
+* the data dir: is every file one the checkpoint's listing names (the live
+  manifests and their quick-check records, read when it was saved: unchanged
+  since, as no event says otherwise), with that stat data (size, mtime_ns,
+  ctime_ns, inode, device, one ``lstat`` each), and no file more, none less,
+  nothing skipped? A record the quick check would not trust (racily clean, made
+  under other settings) keeps the checkpoint from being saved; one from the
+  future (the clock went back) keeps it from being used.
 
 When both answers are "nothing changed", the checkpoint's parity is still the
 truth: the sync reports it without reading a file or a document, writes
-nothing, and moves the checkpoint on to the point it asked at. Anything else is
-the full sync (sidecar/sync.py), with the reason in the report's
-``checkpoint``: an event, a history the server no longer keeps, a server
-without change streams (a standalone ``mongod``), another deployment, a server
-clock behind the checkpoint's, a file new, gone,
-changed or racy, a setting changed, a checkpoint in a shape we cannot use
-(someone else may have written it). Nothing here ever writes data or decides a
+nothing (the fence and the moved checkpoint are bookkeeping; the blob GC waits
+for the next full sync), and moves the checkpoint on to the point it asked at.
+Anything else is the full sync (sidecar/sync.py), with the reason in the
+report's ``checkpoint``: an event, a history the server no longer keeps, a
+server without change streams (a standalone ``mongod``), another deployment, a
+server clock behind the checkpoint's, a file new, gone, changed or racy, a
+setting or the version changed, a checkpoint in a shape we cannot use (someone
+else may have written it). Nothing here ever writes data or decides a
 deletion: the worst a wrong "changed" costs is the full sync's time.
 """
 
@@ -41,11 +46,11 @@ import json
 import logging
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import bson
@@ -55,17 +60,17 @@ from .config import Config
 from .localindex import BATCH, LocalIndex, drop_tables, put_many
 from .model import utcnow
 from .names import EPISODES, FILES, HUBS, SNAPSHOTS
-from .source import Prober, Skipped, SourceError, walk
 from .changefeed import ChangeFeed, ChangesUnknown
+from .source import Prober, Skipped, SourceError, walk
 from .store import Store
 
 log = logging.getLogger("sidecar.checkpoint")
 
 # Bumped whenever what a checkpoint vouches for changes meaning: older ones are then not used.
 FORMAT = 1
-# The report sections a checkpoint carries (sync.build_report's parity part).
 # A listing decompresses to at most this (500k files: ~30 MB).
 LISTING_MAX = 1 << 30
+# The report sections a checkpoint carries (sync.build_report's parity part).
 PARITY_KEYS = ("source_counts", "mongo_counts", "checksums", "parity", "kinds", "stored_raw")
 # A sync that wrote more documents than this leaves no checkpoint: reading that many of
 # its own events back costs about what the next sync's full check does (36k events ~2 s
@@ -95,7 +100,7 @@ def settings_fingerprint(config: Config) -> str:
 
 @dataclass
 class Point:
-    """Where MongoDB's change stream stood (``Store.change_point``) and the server's clock then."""
+    """Where MongoDB's change stream stood (``ChangeFeed.change_point``) and the server's clock then."""
 
     token: Any
     set_name: str | None
