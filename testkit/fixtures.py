@@ -127,6 +127,18 @@ def exact_clock(monkeypatch):
 
 
 @pytest.fixture
+def change_streams(store):
+    """Skip unless the server has change streams (a replica set: SecantusDB advertises one;
+    a standalone ``mongod`` behind MONGODB_TEST_URL has none, and the sync checkpoint is then off)."""
+    from sidecar.changefeed import ChangeFeed, ChangesUnknown
+
+    try:
+        ChangeFeed(store).change_point()
+    except ChangesUnknown as exc:
+        pytest.skip(f"the server has no change streams: {exc}")
+
+
+@pytest.fixture
 def db(store):
     """The raw pymongo database the sidecar writes to."""
     return store.db

@@ -29,7 +29,9 @@ RUN = "runs/run_a.json"
 OTHER = "notes/todo.txt"
 FILES = 5
 
-pytestmark = pytest.mark.integration
+# The checkpoint needs change streams: on a server without them every sync is a full one
+# (test_a_server_without_change_streams_syncs_in_full shows it, by refusing them here).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("change_streams")]
 
 
 def seed(root) -> None:
