@@ -1,0 +1,422 @@
+"""Attacks on the sync checkpoint (sidecar/checkpoint.py): each test changes one side
+another way, or breaks a sync at an awkward moment, and checks the next sync never
+reports the checkpoint's parity when something changed, and loses nothing.
+
+A test marked xfail(strict=True) demonstrates a hole: the product is wrong there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import bson
+import pytest
+
+from deletion_helpers import HUB, keys_in_mongo, write_in_place
+from sidecar import checkpoint
+from sidecar.changefeed import ChangeFeed
+from sidecar.store import Store
+from sidecar.sync import run_sync
+from test_sync_checkpoint import EPISODE, FILES, OTHER, RUN, checkpointed, seed, used
+
+pytestmark = pytest.mark.integration
+
+
+class Crash(BaseException):
+    """What a kill -9 leaves: the process stops there (not an Exception: nothing catches it)."""
+
+
+def truth(config, store) -> dict:
+    """What a sync that reads every file says (never the checkpoint)."""
+    report, _ = run_sync(config, store, checksum=True)
+    assert not used(report)
+    return report
+
+
+# --- MongoDB side ---------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="BROKEN: a setpos UpdateOne that matches nothing is acknowledged "
+                                       "without an event, so accounted() counts a foreign delete of that hub "
+                                       "entry as the sync's own write; the checkpoint then hides the loss")
+def test_a_foreign_delete_of_a_hub_entry_the_sync_only_repositions_is_not_hidden(data_dir, config, store, db,
+                                                                                 exact_clock, monkeypatch):
+    """A sync that only moves a hub entry (``setpos``, an UpdateOne) sends a write that
+    MongoDB acknowledges without an event when the document is gone. Someone deleting
+    that entry while the sync runs makes exactly one event on it: ``accounted`` counts
+    it as the sync's own, the checkpoint moves past the deletion, and every later sync
+    reports parity while MongoDB has lost the entry."""
+    checkpointed(data_dir, config, store)
+    write_in_place(data_dir, HUB, {"l1": {"score": 1}, "l0": {"score": 0}, "l2": {"score": 2}})  # reordered
+    apply = Store.apply
+
+    def delete_then_apply(self, ops):
+        if any(op.action == "setpos" for op in ops):
+            db.memory_hubs.delete_one({"item_key": "l0"})  # Mentorix, an admin, a TTL: anyone
+        return apply(self, ops)
+
+    monkeypatch.setattr(Store, "apply", delete_then_apply)
+    during, _ = run_sync(config, store)
+    monkeypatch.setattr(Store, "apply", apply)
+    assert during["writes"]["positions_updated"] >= 1
+    after, _ = run_sync(config, store)
+    # The entry is gone from MongoDB: a sync must not vouch for parity from the checkpoint.
+    assert not (used(after) and keys_in_mongo(db) != {"l0", "l1", "l2"}), (
+        after["checkpoint"], keys_in_mongo(db))
+
+
+
+def test_a_foreign_write_after_the_fence_is_seen_by_the_next_sync(data_dir, config, store, db, exact_clock,
+                                                                 monkeypatch):
+    """Between the check's fence and its walk of the disk (the report of "unchanged" is
+    right for the moment it asked): the checkpoint moved on must not cover it."""
+    checkpointed(data_dir, config, store)
+    disk = checkpoint._disk_unchanged
+
+    def write_then_walk(*a, **k):
+        db.episodic_memory.update_one({"run_id": "r1"}, {"$set": {"status": "behind its back"}})
+        return disk(*a, **k)
+
+    monkeypatch.setattr(checkpoint, "_disk_unchanged", write_then_walk)
+    first, _ = run_sync(config, store)
+    monkeypatch.setattr(checkpoint, "_disk_unchanged", disk)
+    assert used(first)  # true at the point it asked
+    after, code = run_sync(config, store)
+    assert not used(after) and after["writes"]["episodes_upserted"] == 1 and code == 0
+    assert db.episodic_memory.find_one({"run_id": "r1"})["status"] == "aaaa"
+
+
+def test_a_foreign_write_between_a_changed_check_and_the_full_load_is_not_covered(data_dir, config, store, db,
+                                                                                  exact_clock, monkeypatch):
+    """The check found the disk changed: the full sync starts from the check's point;
+    a write landing before its load is after that point and not one of its writes."""
+    checkpointed(data_dir, config, store)
+    write_in_place(data_dir, RUN, {"run_id": "a", "status": "bbbb"})
+    iter_state = Store.iter_state
+
+    def write_then_load(self):
+        db.memory_hubs.update_one({"item_key": "l2"}, {"$set": {"payload": {"score": 99}}})
+        return iter_state(self)
+
+    monkeypatch.setattr(Store, "iter_state", write_then_load)
+    during, _ = run_sync(config, store)
+    monkeypatch.setattr(Store, "iter_state", iter_state)
+    assert not used(during)
+    after, code = run_sync(config, store)
+    assert code == 0 and after["parity"]["all_match"]
+    final, _ = run_sync(config, store)
+    assert used(final)
+    assert final["parity"] == truth(config, store)["parity"]
+
+
+def test_a_foreign_no_op_write_changes_nothing_and_the_checkpoint_still_holds(data_dir, config, store, db,
+                                                                             exact_clock):
+    checkpointed(data_dir, config, store)
+    doc = db.episodic_memory.find_one({"run_id": "r1"})
+    db.episodic_memory.update_one({"_id": doc["_id"]}, {"$set": {"status": doc["status"]}})  # no change
+    report, code = run_sync(config, store)
+    assert code == 0
+    assert report["parity"] == truth(config, store)["parity"]
+
+
+def test_a_foreign_write_to_another_meta_document_is_bookkeeping(data_dir, config, store, db, exact_clock):
+    checkpointed(data_dir, config, store)
+    db.memory_sidecar_meta.insert_one({"_id": "someone_elses", "x": 1})
+    report, code = run_sync(config, store)
+    assert code == 0 and used(report)
+    assert report["parity"] == truth(config, store)["parity"]
+
+
+def test_a_collection_renamed_onto_a_mirrored_name_is_a_change(data_dir, config, store, db, exact_clock):
+    checkpointed(data_dir, config, store)
+    db.scratch.insert_one({"_id": "x", "hub_type": "learner_preferences", "item_key": "zz"})
+    db.scratch.rename("memory_hubs", dropTarget=True)  # every mirrored hub entry replaced
+    report, code = run_sync(config, store)
+    assert not used(report), report["checkpoint"]
+    assert {"l0", "l1", "l2"} <= keys_in_mongo(db)
+
+
+def test_a_collection_renamed_away_from_a_mirrored_name_is_a_change(data_dir, config, store, db, exact_clock):
+    checkpointed(data_dir, config, store)
+    db.memory_hubs.rename("memory_events_old")  # out of a mirrored name
+    report, code = run_sync(config, store)
+    assert not used(report), report["checkpoint"]
+    assert keys_in_mongo(db) == {"l0", "l1", "l2"}
+
+
+def test_a_tombstone_or_blob_written_by_someone_else_is_a_change(data_dir, config, store, db, exact_clock):
+    checkpointed(data_dir, config, store)
+    db.memory_tombstones.insert_one({"_id": "stray", "coll": "memory_hubs"})
+    report, _ = run_sync(config, store)
+    assert not used(report)
+
+
+# --- a sync killed at an awkward moment -------------------------------------------------
+
+@pytest.mark.parametrize("where", ["after_writes", "after_listing_upload", "after_checkpoint_write"])
+def test_a_sync_killed_before_its_checkpoint_is_whole_leaves_the_next_one_right(data_dir, config, store, db,
+                                                                               exact_clock, monkeypatch, where):
+    checkpointed(data_dir, config, store)
+    write_in_place(data_dir, EPISODE, {"run_id": "r1", "status": "cccc"})
+    write_in_place(data_dir, RUN, {"run_id": "a", "status": "cccc"})
+
+    def crash(*a, **k):
+        raise Crash(where)
+
+    if where == "after_writes":
+        monkeypatch.setattr(checkpoint, "save", crash)
+    elif where == "after_listing_upload":
+        monkeypatch.setattr(checkpoint, "_write", crash)
+    else:
+        monkeypatch.setattr(ChangeFeed, "drop_listings", crash)
+    with pytest.raises(Crash):
+        run_sync(config, store)
+    monkeypatch.undo()
+    import sidecar.quick as quick
+    monkeypatch.setattr(quick, "RACY_NS", 0)
+    db.memory_sidecar_meta.delete_many({"_id": "writer_lease"})  # a kill -9 leaves it; its TTL frees it
+    # Someone changes MongoDB while nobody runs: a checkpoint must not vouch for it.
+    db.memory_hubs.update_one({"item_key": "l1"}, {"$set": {"payload": {"score": 77}}})
+    report, code = run_sync(config, store)
+    assert not used(report) and code == 0 and report["writes"]["hubs_upserted"] >= 1
+    assert db.episodic_memory.find_one({"run_id": "r1"})["status"] == "cccc"
+    final, _ = run_sync(config, store)
+    assert used(final) and final["parity"] == truth(config, store)["parity"]
+
+
+def test_a_sync_killed_by_sigkill_mid_write_then_the_next_is_right(data_dir, config, store, db, exact_clock,
+                                                                  tmp_path):
+    """A real ``kill -9`` of ``python -m sidecar sync`` while it writes: the next sync
+    goes the full way (its writes are events after the old checkpoint's point)."""
+    import signal
+    import subprocess
+    import sys
+
+    checkpointed(data_dir, config, store)
+    for i in range(30):
+        write_in_place(data_dir, f"runs/run_{i:03d}.json", {"run_id": f"k{i}", "status": "x" * 50})
+    gate = tmp_path / "gate"
+    code = (
+        "import os, sys, time, signal\n"
+        "from sidecar import checkpoint\n"
+        "from sidecar.store import Store\n"
+        "apply = Store.apply\n"
+        "def stop_after(self, ops):\n"
+        "    out = apply(self, ops)\n"
+        f"    open({str(gate)!r}, 'w').close()\n"
+        "    os.kill(os.getpid(), signal.SIGSTOP)\n"  # held here for the parent's SIGKILL
+        "    return out\n"
+        "Store.apply = stop_after\n"
+        "from sidecar.cli import main\n"
+        "sys.argv = ['memory-sidecar', 'sync']\n"
+        "main()\n"
+    )
+    env = {**os.environ, "RUNTIME_DATA_DIR": str(data_dir), "MONGODB_URL": config.mongodb_url.get_secret_value(),
+           "MONGODB_DB_NAME": config.mongodb_db_name, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        from testkit.measure import wait_for
+        wait_for(lambda: gate.exists() or proc.poll() is not None, timeout=60)
+        assert gate.exists(), proc.stderr.read().decode()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    db.memory_sidecar_meta.delete_many({"_id": "writer_lease"})  # a kill -9 leaves it; its TTL frees it
+    report, code = run_sync(config, store)
+    assert not used(report) and code == 0 and report["parity"]["all_match"]
+    final, _ = run_sync(config, store)
+    assert used(final) and final["parity"] == truth(config, store)["parity"]
+
+
+# --- ACCOUNT_MAX -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("writes,saved", [(0, True), (1, False)])
+def test_account_max_is_a_bound_on_the_writes_accounted_for(data_dir, config, store, db, exact_clock,
+                                                           monkeypatch, writes, saved):
+    """``writes`` documents over the limit: exactly at it is accounted, one more is not."""
+    seed(data_dir)
+    cold, _ = run_sync(config, store)
+    assert cold["checkpoint"]["saved"]
+    for i in range(3):
+        write_in_place(data_dir, f"runs/run_m{i}.json", {"run_id": f"m{i}"})
+    # 3 files written: each a manifest write (and nothing else for a run file).
+    sent = 3
+    monkeypatch.setattr(checkpoint, "ACCOUNT_MAX", sent - 1 + (1 - writes))
+    report, _ = run_sync(config, store)
+    assert report["checkpoint"]["saved"] is saved, report["checkpoint"]
+    if not saved:
+        assert "more than" in report["checkpoint"]["not_saved"]
+    db.memory_hubs.update_one({"item_key": "l0"}, {"$set": {"payload": {"score": 5}}})
+    after, code = run_sync(config, store)
+    assert not used(after) and code == 0 and after["writes"]["hubs_upserted"] == 1
+
+
+# --- the data dir ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("change", ["hard_link", "file_to_directory", "directory_renamed", "data_dir_copied",
+                                    "truncate_rewrite_same_size_mtime"])
+def test_a_change_on_disk_is_never_reported_from_the_checkpoint(data_dir, make_config, store, db, exact_clock,
+                                                               tmp_path, change):
+    config = make_config()
+    checkpointed(data_dir, config, store)
+    path = data_dir / RUN
+    if change == "hard_link":
+        os.link(path, data_dir / "runs" / "run_hard.json")
+    elif change == "file_to_directory":
+        path.unlink()
+        path.mkdir()
+        (path / "inner.txt").write_bytes(b"x")
+    elif change == "directory_renamed":
+        (data_dir / "notes").rename(data_dir / "notes2")
+    elif change == "data_dir_copied":  # the data dir replaced by a copy with the same names (cp -a, mv)
+        copy = data_dir.parent / (data_dir.name + ".copy")
+        shutil.copytree(data_dir, copy, copy_function=shutil.copy2)
+        write_in_place(copy, RUN, {"run_id": "a", "status": "zzzz"})
+        os.utime(copy / RUN, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns))
+        shutil.rmtree(data_dir)
+        copy.rename(data_dir)
+    elif change == "truncate_rewrite_same_size_mtime":
+        before = os.stat(path)
+        with open(path, "r+b") as f:
+            data = f.read()
+            f.seek(0)
+            f.truncate()
+            f.write(data.replace(b"aaaa", b"eeee"))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(path).st_size == before.st_size and os.stat(path).st_ino == before.st_ino
+    report, _ = run_sync(config, store)
+    assert not used(report), report["checkpoint"]
+    if change in ("data_dir_copied", "truncate_rewrite_same_size_mtime"):
+        assert report["writes"]["files_upserted"] >= 1
+
+
+def test_a_data_dir_that_is_a_symlink_is_refused_not_followed(data_dir, make_config, store, tmp_path):
+    """Swapping a symlinked data dir for a copy cannot fool the checkpoint: such a data
+    dir is refused outright (never followed)."""
+    from sidecar.source import DataDirMissing
+
+    link = tmp_path / "dd_link"
+    link.symlink_to(data_dir)
+    seed(data_dir)
+    with pytest.raises(DataDirMissing):
+        run_sync(make_config(runtime_data_dir=link), store)
+
+
+def test_an_ignored_file_added_does_not_invalidate_the_checkpoint(data_dir, make_config, store, db,
+                                                                 exact_clock):
+    config = make_config(sidecar_ignore=["scratch/*"])
+    checkpointed(data_dir, config, store)
+    (data_dir / "scratch").mkdir()
+    (data_dir / "scratch" / "tmp.bin").write_bytes(b"not mirrored")
+    report, code = run_sync(config, store)
+    assert code == 0 and used(report)
+    assert report["parity"] == truth(config, store)["parity"]
+
+
+def test_a_file_whose_name_is_not_utf8_after_a_checkpoint_is_a_clear_full_sync(data_dir, config, store, db,
+                                                                               exact_clock):
+    checkpointed(data_dir, config, store)
+    with open(os.path.join(os.fsencode(data_dir / "runs"), b"run_\xff.json"), "wb") as f:
+        f.write(b'{"run_id": "nonutf"}')
+    report, _ = run_sync(config, store)  # never a crash
+    assert not used(report)
+
+
+def test_files_removed_or_emptied_after_a_checkpoint_are_seen(data_dir, config, store, db, exact_clock):
+    checkpointed(data_dir, config, store)
+    (data_dir / RUN).unlink()
+    (data_dir / EPISODE).write_bytes(b"")  # the file damaged
+    report, _ = run_sync(config, store)
+    assert not used(report)
+
+
+# --- the checkpoint's own data -----------------------------------------------------------
+
+CORRUPT = pytest.mark.xfail(strict=True, raises=Exception,
+                            reason="BROKEN: a listing chunk of another length raises gridfs CorruptGridFile, "
+                                   "which Store._mongo_errors turns into MongoUnavailable: every sync fails "
+                                   "('MongoDB unavailable') instead of 'checkpoint unusable' and a full sync")
+
+
+@pytest.mark.parametrize("forged", [pytest.param("chunk_garbage", marks=CORRUPT),
+                                    pytest.param("chunk_truncated", marks=CORRUPT), "chunk_same_length_garbage",
+                                    "files_count_lies",
+                                    "listing_swapped_with_consistent_sha", "listing_of_another_length"])
+def test_a_listing_corrupted_or_replaced_is_a_full_sync(data_dir, config, store, db, exact_clock, forged):
+    import hashlib
+
+    checkpointed(data_dir, config, store)
+    meta = db.memory_sidecar_meta
+    doc = meta.find_one({"_id": "sync_checkpoint"})
+    chunks = db["memory_sidecar_checkpoint.chunks"]
+    if forged == "chunk_garbage":
+        chunks.update_many({}, {"$set": {"data": bson.Binary(b"\x00garbage")}})
+    elif forged == "chunk_truncated":
+        chunk = chunks.find_one({"files_id": doc["listing_id"]})
+        chunks.update_one({"_id": chunk["_id"]}, {"$set": {"data": bson.Binary(chunk["data"][:5])}})
+    elif forged == "chunk_same_length_garbage":
+        chunk = chunks.find_one({"files_id": doc["listing_id"]})
+        chunks.update_one({"_id": chunk["_id"]}, {"$set": {"data": bson.Binary(b"\xff" * len(chunk["data"]))}})
+    elif forged == "files_count_lies":
+        meta.update_one({"_id": doc["_id"]}, {"$set": {"files": doc["files"] - 1}})
+    else:
+        # A listing that names one file fewer (or a garbage one), its sha256 made to match.
+        feed = ChangeFeed(store)
+        entries = list(checkpoint._unpack(feed.get_listing(doc["listing_id"])))
+        if forged == "listing_swapped_with_consistent_sha":
+            entries = [e for e in entries if e[0] != RUN]
+            files = len(entries)
+        else:
+            files = doc["files"]
+            entries = entries[:-1]
+        data = checkpoint._pack(entries)
+        new_id = feed.put_listing(data)
+        meta.update_one({"_id": doc["_id"]}, {"$set": {"listing_id": new_id, "files": files,
+                                                       "listing_sha256": hashlib.sha256(data).hexdigest()}})
+    write_in_place(data_dir, RUN, {"run_id": "a", "status": "hidden?"})
+    report, code = run_sync(config, store)
+    assert not used(report) and code == 0 and report["writes"]["files_upserted"] == 1
+
+
+# --- other commands between syncs ---------------------------------------------------------
+
+def test_a_dry_run_after_a_checkpoint_changes_nothing_and_the_next_sync_still_uses_it(data_dir, config, store,
+                                                                                     db, exact_clock):
+    checkpointed(data_dir, config, store)
+    dry, _ = run_sync(config, store, dry_run=True)
+    assert not used(dry)
+    report, code = run_sync(config, store)
+    assert code == 0 and used(report)
+
+
+def test_divergences_accept_after_a_checkpoint_is_seen(data_dir, config, store, db, exact_clock):
+    from sidecar.sync import run_divergences
+
+    checkpointed(data_dir, config, store)
+    write_in_place(data_dir, HUB, {"l0": {"score": 0}, "l1": {"score": 1}})  # l2 removed from the file
+    held, _ = run_sync(config, store)
+    assert held["divergences"]["count"] >= 1 and not held["checkpoint"]["saved"]
+    accepted, code = run_divergences(config, store, accept_all=True)
+    assert code == 0 and accepted["accepted"]
+    report, code = run_sync(config, store)
+    assert not used(report) and code == 0 and keys_in_mongo(db) == {"l0", "l1"}
+    final, _ = run_sync(config, store)
+    assert final["parity"] == truth(config, store)["parity"]
+
+
+def test_two_syncs_back_to_back_with_the_lease_held_by_another_refuse_cleanly(data_dir, config, store, db,
+                                                                             exact_clock):
+    from sidecar.lease import Lease, LeaseHeld
+
+    checkpointed(data_dir, config, store)
+    other = Lease(store, "daemon", 60, host="another-host")
+    other.acquire()
+    try:
+        with pytest.raises(LeaseHeld):
+            run_sync(config, store)
+    finally:
+        other.release()
+    report, code = run_sync(config, store)
+    assert code == 0 and used(report)
