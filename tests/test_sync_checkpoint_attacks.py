@@ -235,6 +235,7 @@ def test_a_sync_killed_before_its_checkpoint_is_whole_leaves_the_next_one_right(
     assert db.episodic_memory.find_one({"run_id": "r1"})["status"] == "cccc"
     final, _ = run_sync(config, store)
     assert used(final) and final["parity"] == truth(config, store)["parity"]
+    assert db["memory_sidecar_checkpoint.files"].count_documents({}) == 1  # an orphan listing dropped
 
 
 def test_a_sync_killed_by_sigkill_mid_write_then_the_next_is_right(data_dir, config, store, db, exact_clock,
@@ -285,25 +286,26 @@ def test_a_sync_killed_by_sigkill_mid_write_then_the_next_is_right(data_dir, con
 
 # --- ACCOUNT_MAX -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("writes,saved", [(0, True), (1, False)])
+@pytest.mark.parametrize("limit,saved", [(3, True), (2, False)])
 def test_account_max_is_a_bound_on_the_writes_accounted_for(data_dir, config, store, db, exact_clock,
-                                                           monkeypatch, writes, saved):
-    """``writes`` documents over the limit: exactly at it is accounted, one more is not."""
-    seed(data_dir)
-    cold, _ = run_sync(config, store)
-    assert cold["checkpoint"]["saved"]
+                                                           monkeypatch, limit, saved):
+    """A sync of 3 new run files sends 3 manifest writes: exactly ``ACCOUNT_MAX`` of them
+    are accounted for (checkpoint saved), one more than it is not; and either way a
+    change made after it is seen by the next sync."""
+    checkpointed(data_dir, config, store)
     for i in range(3):
         write_in_place(data_dir, f"runs/run_m{i}.json", {"run_id": f"m{i}"})
-    # 3 files written: each a manifest write (and nothing else for a run file).
-    sent = 3
-    monkeypatch.setattr(checkpoint, "ACCOUNT_MAX", sent - 1 + (1 - writes))
+    monkeypatch.setattr(checkpoint, "ACCOUNT_MAX", limit)
     report, _ = run_sync(config, store)
+    assert report["writes"]["total"] == 3
     assert report["checkpoint"]["saved"] is saved, report["checkpoint"]
     if not saved:
-        assert "more than" in report["checkpoint"]["not_saved"]
+        assert "more than 2 writes" in report["checkpoint"]["not_saved"]
     db.memory_hubs.update_one({"item_key": "l0"}, {"$set": {"payload": {"score": 5}}})
     after, code = run_sync(config, store)
     assert not used(after) and code == 0 and after["writes"]["hubs_upserted"] == 1
+    final, _ = run_sync(config, store)
+    assert used(final) and final["parity"] == truth(config, store)["parity"]
 
 
 # --- the data dir ----------------------------------------------------------------------
@@ -375,6 +377,21 @@ def test_a_file_whose_name_is_not_utf8_after_a_checkpoint_is_a_clear_full_sync(d
         f.write(b'{"run_id": "nonutf"}')
     report, _ = run_sync(config, store)  # never a crash
     assert not used(report)
+
+
+@pytest.mark.parametrize("how", ["force", "missing_only"])
+def test_a_restore_into_the_data_dir_after_a_checkpoint_is_seen(data_dir, config, store, db, exact_clock, how):
+    from sidecar.restore import restore
+
+    checkpointed(data_dir, config, store)
+    write_in_place(data_dir, EPISODE, {"run_id": "r1", "status": "edited, not yet synced"})
+    (data_dir / RUN).unlink()
+    restore(store, data_dir, force=True, missing_only=how == "missing_only")
+    report, code = run_sync(config, store)
+    assert not used(report), report["checkpoint"]
+    assert code == 0 and report["parity"] == truth(config, store)["parity"]
+    expected = "edited, not yet synced" if how == "missing_only" else "aaaa"
+    assert db.episodic_memory.find_one({"run_id": "r1"})["status"] == expected
 
 
 def test_files_removed_or_emptied_after_a_checkpoint_are_seen(data_dir, config, store, db, exact_clock):
