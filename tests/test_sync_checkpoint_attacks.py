@@ -162,6 +162,35 @@ def test_a_foreign_write_between_a_changed_check_and_the_full_load_is_not_covere
     assert final["parity"] == truth(config, store)["parity"]
 
 
+def test_a_foreign_write_between_the_stream_opening_and_the_fence_is_seen(data_dir, config, store, db,
+                                                                         exact_clock, monkeypatch):
+    checkpointed(data_dir, config, store)
+    stream = ChangeFeed._stream
+    from contextlib import contextmanager
+
+    done = []
+
+    @contextmanager
+    def write_once_open(self, since):
+        with stream(self, since) as s:
+            if since is not None and not done:  # the check's stream only
+                done.append(db.memory_hubs.delete_one({"item_key": "l1"}).deleted_count)
+            yield s
+
+    monkeypatch.setattr(ChangeFeed, "_stream", write_once_open)
+    report, code = run_sync(config, store)
+    assert not used(report) and report["checkpoint"]["reason"].startswith("MongoDB changed")
+    assert done == [1] and code == 0 and keys_in_mongo(db) == {"l0", "l1", "l2"}
+
+
+def test_a_foreign_write_to_the_audit_trail_is_not_a_change_of_the_mirror(data_dir, config, store, db,
+                                                                          exact_clock):
+    checkpointed(data_dir, config, store)
+    db.memory_events.insert_one({"kind": "someone_elses"})
+    report, code = run_sync(config, store)
+    assert code == 0 and used(report) and report["parity"] == truth(config, store)["parity"]
+
+
 def test_a_foreign_no_op_write_changes_nothing_and_the_checkpoint_still_holds(data_dir, config, store, db,
                                                                              exact_clock):
     checkpointed(data_dir, config, store)
