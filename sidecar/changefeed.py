@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import bson
 import gridfs
@@ -28,6 +28,32 @@ from .store import LOAD_BATCH, Store
 class ChangesUnknown(Exception):
     """The server cannot say what changed since a point of its change stream (no change
     streams, a history it no longer keeps, a point it does not take): not an outage."""
+
+
+class Change(NamedTuple):
+    """One change event: its collection, operation type and document ``_id``, and what it
+    wrote (``_written``)."""
+
+    coll: str
+    op: str
+    key: Any
+    written: tuple[str, Any] | None = None
+
+
+def _written(op: str, event: dict) -> tuple[str, Any] | None:
+    """What a change wrote, in the terms a write the sidecar sent is compared in: ("doc",
+    the document without ``_id``) for an insert or replace, ("set", the fields) for an
+    update that only set fields; None for anything else (a delete, a drop, an unset)."""
+    if op in ("insert", "replace"):
+        doc = event.get("fullDocument")
+        return ("doc", {k: v for k, v in doc.items() if k != "_id"}) if isinstance(doc, dict) else None
+    if op == "update":
+        desc = event.get("updateDescription")
+        if not isinstance(desc, dict) or desc.get("removedFields") or desc.get("truncatedArrays"):
+            return None
+        fields = desc.get("updatedFields")
+        return ("set", fields) if isinstance(fields, dict) else None
+    return None
 
 
 def _describe(coll: str, op: str) -> str:
@@ -71,10 +97,10 @@ class ChangeFeed:
         if since is None:
             with self._stream(None) as stream:
                 return None, stream.resume_token
-        for coll, op, _key in self.changes_until_fence(since):
-            if op == "fence":
-                return None, _key
-            return _describe(coll, op), None
+        for change in self.changes_until_fence(since):
+            if change.op == "fence":
+                return None, change.key
+            return _describe(change.coll, change.op), None
         raise AssertionError("unreachable: changes_until_fence ends with the fence")
 
     @contextmanager
@@ -89,10 +115,10 @@ class ChangeFeed:
             except (NotImplementedError, pymongo.errors.InvalidOperation) as exc:
                 raise ChangesUnknown(f"no change streams ({type(exc).__name__})") from None
 
-    def changes_until_fence(self, since: Any) -> Iterator[tuple[str, str, Any]]:
-        """Every counted change after ``since``, as (collection, operation, the document's
-        ``_id``: the caller's to compare, never to log), ending with ("", "fence", the
-        point just after the fence). ``ChangesUnknown`` when the server cannot tell.
+    def changes_until_fence(self, since: Any) -> Iterator[Change]:
+        """Every counted change after ``since`` (``Change``: its key and what it wrote are
+        the caller's to compare, never to log), ending with ``Change("", "fence", the
+        point just after the fence)``. ``ChangesUnknown`` when the server cannot tell.
 
         "No more" is proven, not inferred from an empty batch: a fence document
         (``FENCE_ID``, a fresh nonce) is written once the stream is open, and the stream
@@ -108,7 +134,7 @@ class ChangeFeed:
                     continue
                 deadline = time.monotonic() + self.FENCE_WAIT_S  # still coming: not stuck
                 if not isinstance(event, dict):
-                    yield "", "an event of another shape", None
+                    yield Change("", "an event of another shape", None)
                     continue
                 ns = event.get("ns") if isinstance(event.get("ns"), dict) else {}
                 coll = ns.get("coll") if isinstance(ns.get("coll"), str) else ""
@@ -118,10 +144,10 @@ class ChangeFeed:
                 if coll == META and key == self.FENCE_ID and op in ("insert", "replace"):
                     full = event.get("fullDocument")
                     if isinstance(full, dict) and full.get("nonce") == nonce:
-                        yield "", "fence", event.get("_id")
+                        yield Change("", "fence", event.get("_id"))
                         return
                     continue  # an earlier reader's fence: bookkeeping, not a change
-                yield coll, op, key
+                yield Change(coll, op, key, _written(op, event))
         raise ChangesUnknown(f"the fence did not come back within {self.FENCE_WAIT_S:.0f} s")
 
     def server_clock(self) -> tuple[str | None, Any]:
@@ -160,11 +186,13 @@ class ChangeFeed:
             return self.listings.upload_from_stream("sync_checkpoint_listing", data)
 
     def get_listing(self, listing_id: Any) -> bytes | None:
-        """The listing's bytes, or None when there is none by that id."""
-        with self.store._mongo_errors(also=(gridfs.errors.GridFSError,), keep=(gridfs.errors.NoFile,)):
+        """The listing's bytes, or None when there is none by that id or it cannot be read
+        whole (a chunk missing or of another size: someone else's, or a kill mid-upload)."""
+        unusable = (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile)
+        with self.store._mongo_errors(also=(gridfs.errors.GridFSError,), keep=unusable):
             try:
                 return self.listings.open_download_stream(listing_id).read()
-            except gridfs.errors.NoFile:
+            except unusable:
                 return None
 
     def drop_listings(self, keep: Any) -> None:

@@ -45,7 +45,6 @@ import hashlib
 import json
 import logging
 import zlib
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -93,6 +92,7 @@ def settings_fingerprint(config: Config) -> str:
     fields = {name: value for name, value in config.model_dump(mode="json").items()
               if name not in _NOT_FINGERPRINTED}
     fields["_data_dir"] = str(Path(config.data_dir).resolve())
+    fields["_ignore"] = list(config.ignore_globs)  # the built-in globs too, not only SIDECAR_IGNORE
     text = json.dumps([FORMAT, __version__, quick.fingerprint(config.sidecar_redact_keys), quick.RACY_NS, fields],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -274,28 +274,56 @@ def clean(report: dict[str, Any], result: Any, held: list, view: Any, store: Sto
 def accounted(store: Store, point: Point, applied: list) -> tuple[Point | None, str]:
     """After a full sync: whether every change MongoDB's stream shows after ``point`` is
     one of the sync's own acknowledged writes, and then the point after them (a fence's),
-    else (None, why). Each write the sidecar sends is exactly one event on its document
-    (every one changes it: a new version, a record's new moment), so a document with
-    more events than writes, or an event on one it did not write (a tombstone, a blob,
-    anyone else's write), means someone else changed MongoDB meanwhile."""
+    else (None, why). A change is the sync's own only when it is on a document the sync
+    wrote and wrote exactly what the sync sent (the whole document of an insert or a
+    replace, the fields of an update): a write MongoDB acknowledged without changing
+    anything (a guard that matched nothing, a duplicate taken as already there) makes no
+    event, and someone else's change to that document must not pass for it. An event on
+    a document it did not write (a tombstone, a blob, anyone else's) or one it cannot
+    match means someone else changed MongoDB meanwhile; a delete is never accounted."""
     sent = [op for op in applied if op.action != "track"]  # a track is the state's only
     if not sent:
         return point, ""
     if len(sent) > ACCOUNT_MAX:
         return None, f"more than {ACCOUNT_MAX} writes to account for"
     names = {logical: store.coll[logical].name for logical in (HUBS, EPISODES, SNAPSHOTS, FILES)}
-    ours = Counter(f"{names[op.coll]}\0{op.id}" for op in sent)  # "<collection>\0<_id>" -> writes not yet seen
+    ours: dict[str, list[tuple[str, Any]]] = {}  # "<collection>\0<_id>" -> what each write wrote
+    for op in sent:
+        wrote = _sent(op)
+        if wrote is None:
+            return None, f"a {op.action} cannot be accounted for"
+        ours.setdefault(f"{names[op.coll]}\0{op.id}", []).append(wrote)
     try:
-        for coll, op, key in ChangeFeed(store).changes_until_fence(point.token):
-            if op == "fence":
-                return Point(key, point.set_name, point.op_time), ""
-            mine = f"{coll}\0{key}" if isinstance(key, str) else None
-            if mine is None or ours[mine] <= 0:
-                return None, f"a change the sync did not make ({op[:40]} on {coll[:120] or 'the database'})"
-            ours[mine] -= 1
+        for change in ChangeFeed(store).changes_until_fence(point.token):
+            if change.op == "fence":
+                return Point(change.key, point.set_name, point.op_time), ""
+            mine = ours.get(f"{change.coll}\0{change.key}") if isinstance(change.key, str) else None
+            if not mine or change.written not in mine:
+                return None, (f"a change the sync did not make ({change.op[:40]} on "
+                              f"{change.coll[:120] or 'the database'})")
+            mine.remove(change.written)
     except ChangesUnknown as exc:
         return None, f"changes unknown: {exc}"
     raise AssertionError("unreachable: the feed ends with the fence")
+
+
+def _sent(op: Any) -> tuple[str, Any] | None:
+    """What a write the sidecar sent leaves in its change event (``changefeed._written``),
+    through BSON as the server keeps it (datetimes to the millisecond, tuples as lists)."""
+    if op.action in ("insert", "update") and isinstance(op.doc, dict):
+        return "doc", _bson({k: v for k, v in op.doc.items() if k != "_id"})
+    if op.action == "setpos":
+        return "set", _bson({"_sidecar.pos": op.pos})
+    if op.action == "stat" and isinstance(op.doc, dict):
+        return "set", _bson({"_sidecar.stat": op.doc})
+    return None  # a delete, a deletion mark: not accounted (the next sync checks in full)
+
+
+_OPTIONS = bson.CodecOptions(tz_aware=True)
+
+
+def _bson(doc: dict[str, Any]) -> dict[str, Any]:
+    return bson.decode(bson.encode(doc), codec_options=_OPTIONS)
 
 
 def _listing(feed: ChangeFeed, config: Config) -> tuple[bytes | None, str, int, int]:

@@ -313,3 +313,32 @@ def test_the_fence_not_coming_back_is_a_full_sync(data_dir, config, store, db, e
     monkeypatch.setattr(ChangeFeed, "FENCE_WAIT_S", 0.3)
     report, code = run_sync(config, store)
     assert code == 0 and not used(report) and "fence did not come back" in report["checkpoint"]["reason"]
+
+
+@pytest.mark.parametrize("edit", ["entry_changed", "entries_reordered", "episode_rewritten", "file_touched",
+                                  "file_added", "snapshot_written"])
+def test_a_sync_that_writes_a_little_accounts_for_its_own_writes_and_leaves_the_checkpoint(
+        data_dir, config, store, db, exact_clock, edit):
+    """Each kind of write a sync sends (a replace, an insert, a position, a record's
+    refresh) is matched to its own change event, so the sync after it reads nothing."""
+    checkpointed(data_dir, config, store)
+    if edit == "entry_changed":
+        write_in_place(data_dir, HUB, {"l0": {"score": 0}, "l1": {"score": 100}, "l2": {"score": 2}})
+    elif edit == "entries_reordered":
+        write_in_place(data_dir, HUB, {"l2": {"score": 2}, "l0": {"score": 0}, "l1": {"score": 1}})
+    elif edit == "episode_rewritten":
+        write_in_place(data_dir, EPISODE, {"run_id": "r1", "status": "done", "steps": [1, 2.5, None]})
+    elif edit == "file_touched":
+        st = os.stat(data_dir / OTHER)
+        os.utime(data_dir / OTHER, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+    elif edit == "file_added":
+        write_in_place(data_dir, "runs/run_new.json", {"run_id": "new", "when": "2026-12-02T10:00:00"})
+    else:
+        write_in_place(data_dir, "snapshot.json", {"active_runs": [], "timestamp": "2026-12-02T10:00:00"})
+    wrote, code = run_sync(config, store)
+    assert code == 0 and not used(wrote)
+    assert wrote["checkpoint"]["saved"], wrote["checkpoint"]
+    after, code = run_sync(config, store)
+    assert code == 0 and used(after)
+    for part in checkpoint.PARITY_KEYS:
+        assert after[part] == wrote[part], part

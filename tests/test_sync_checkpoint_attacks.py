@@ -2,7 +2,8 @@
 another way, or breaks a sync at an awkward moment, and checks the next sync never
 reports the checkpoint's parity when something changed, and loses nothing.
 
-A test marked xfail(strict=True) demonstrates a hole: the product is wrong there.
+The holes these attacks found (a write acknowledged without an event passing a foreign change off as
+the sync's own; a corrupt listing chunk failing every sync) are fixed; the tests guard them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sidecar.store import Store
 from sidecar.sync import run_sync
 from test_sync_checkpoint import EPISODE, FILES, OTHER, RUN, checkpointed, seed, used
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("change_streams")]
 
 
 class Crash(BaseException):
@@ -36,10 +37,6 @@ def truth(config, store) -> dict:
 
 # --- MongoDB side ---------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BROKEN: a setpos UpdateOne that matches nothing is acknowledged "
-                                       "without an event, so accounted() counts a foreign delete (or a "
-                                       "version-bumping update) of that hub entry as the sync's own write; "
-                                       "the checkpoint then hides the change")
 @pytest.mark.parametrize("foreign", ["delete", "update_newer"])
 def test_a_foreign_write_to_a_hub_entry_the_sync_only_repositions_is_not_hidden(data_dir, config, store, db,
                                                                                 exact_clock, monkeypatch,
@@ -47,9 +44,8 @@ def test_a_foreign_write_to_a_hub_entry_the_sync_only_repositions_is_not_hidden(
     """A sync that only moves a hub entry (``setpos``, an UpdateOne) sends a write that
     MongoDB acknowledges without an event when its guard matches nothing (the document
     gone, or newer). Someone deleting or rewriting that entry while the sync runs makes
-    exactly one event on it: ``accounted`` counts it as the sync's own, the checkpoint
-    moves past it, and every later sync reports parity from the checkpoint while
-    MongoDB lost (or holds another) entry."""
+    exactly one event on it, which must not pass for the sync's own (it did not write
+    what the sync sent): no checkpoint moves past it, the next sync checks in full."""
     checkpointed(data_dir, config, store)
     write_in_place(data_dir, HUB, {"l1": {"score": 1}, "l0": {"score": 0}, "l2": {"score": 2}})  # reordered
     apply = Store.apply
@@ -72,9 +68,6 @@ def test_a_foreign_write_to_a_hub_entry_the_sync_only_repositions_is_not_hidden(
     assert not used(after), (after["checkpoint"], keys_in_mongo(db))
 
 
-@pytest.mark.xfail(strict=True, reason="BROKEN: a snapshot insert refused as a duplicate _id is taken as "
-                                       "applied (no event); a foreign insert of that _id with other content "
-                                       "is accounted as the sync's own and the checkpoint vouches for it")
 def test_a_foreign_snapshot_under_the_syncs_id_is_not_hidden(data_dir, config, store, db, exact_clock,
                                                             monkeypatch):
     checkpointed(data_dir, config, store)
@@ -433,14 +426,7 @@ def test_files_removed_or_emptied_after_a_checkpoint_are_seen(data_dir, config, 
 
 # --- the checkpoint's own data -----------------------------------------------------------
 
-CORRUPT = pytest.mark.xfail(strict=True, raises=Exception,
-                            reason="BROKEN: a listing chunk of another length raises gridfs CorruptGridFile, "
-                                   "which Store._mongo_errors turns into MongoUnavailable: every sync fails "
-                                   "('MongoDB unavailable') instead of 'checkpoint unusable' and a full sync")
-
-
-@pytest.mark.parametrize("forged", [pytest.param("chunk_garbage", marks=CORRUPT),
-                                    pytest.param("chunk_truncated", marks=CORRUPT), "chunk_same_length_garbage",
+@pytest.mark.parametrize("forged", ["chunk_garbage", "chunk_truncated", "chunk_same_length_garbage",
                                     "files_count_lies",
                                     "listing_swapped_with_consistent_sha", "listing_of_another_length"])
 def test_a_listing_corrupted_or_replaced_is_a_full_sync(data_dir, config, store, db, exact_clock, forged):
