@@ -20,6 +20,7 @@ import json
 import os
 from pathlib import Path
 
+import pymongo
 import pytest
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
@@ -55,7 +56,10 @@ def restore_dump(db, snapshot: dict[str, dict]) -> None:
     for name in db.list_collection_names():
         db.drop_collection(name)
     for name, part in snapshot.items():
-        db.create_collection(name)
+        try:
+            db.create_collection(name)
+        except pymongo.errors.CollectionInvalid:
+            pass  # a running daemon's write re-created it between the drop and here: it exists
         if part["indexes"]:
             db.command({"createIndexes": name, "indexes": part["indexes"]})
         if part["docs"]:
