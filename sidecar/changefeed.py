@@ -56,7 +56,7 @@ def _written(op: str, event: dict) -> tuple[str, Any] | None:
     return None
 
 
-def _describe(coll: str, op: str) -> str:
+def describe(coll: str, op: str) -> str:
     """A change event as "<operation> on <collection>": never a document key or value."""
     return f"{op[:40]} on {coll[:120] or 'the database'}"
 
@@ -100,7 +100,7 @@ class ChangeFeed:
         for change in self.changes_until_fence(since):
             if change.op == "fence":
                 return None, change.key
-            return _describe(change.coll, change.op), None
+            return describe(change.coll, change.op), None
         raise AssertionError("unreachable: changes_until_fence ends with the fence")
 
     @contextmanager

@@ -59,7 +59,7 @@ from .config import Config
 from .localindex import BATCH, LocalIndex, drop_tables, put_many
 from .model import utcnow
 from .names import EPISODES, FILES, HUBS, SNAPSHOTS
-from .changefeed import ChangeFeed, ChangesUnknown
+from .changefeed import ChangeFeed, ChangesUnknown, describe
 from .source import Prober, Skipped, SourceError, walk
 from .store import Store
 
@@ -287,24 +287,36 @@ def accounted(store: Store, point: Point, applied: list) -> tuple[Point | None, 
     if len(sent) > ACCOUNT_MAX:
         return None, f"more than {ACCOUNT_MAX} writes to account for"
     names = {logical: store.coll[logical].name for logical in (HUBS, EPISODES, SNAPSHOTS, FILES)}
-    ours: dict[str, list[tuple[str, Any]]] = {}  # "<collection>\0<_id>" -> what each write wrote
+    ours: dict[str, list[Any]] = {}  # "<collection>\0<_id>" -> what each write wrote (``_strict``)
     for op in sent:
         wrote = _sent(op)
         if wrote is None:
             return None, f"a {op.action} cannot be accounted for"
-        ours.setdefault(f"{names[op.coll]}\0{op.id}", []).append(wrote)
+        ours.setdefault(f"{names[op.coll]}\0{op.id}", []).append(_strict(wrote))
     try:
-        for change in ChangeFeed(store).changes_until_fence(point.token):
-            if change.op == "fence":
-                return Point(change.key, point.set_name, point.op_time), ""
-            mine = ours.get(f"{change.coll}\0{change.key}") if isinstance(change.key, str) else None
-            if not mine or change.written not in mine:
-                return None, (f"a change the sync did not make ({change.op[:40]} on "
-                              f"{change.coll[:120] or 'the database'})")
-            mine.remove(change.written)
+        with closing(ChangeFeed(store).changes_until_fence(point.token)) as changes:
+            for change in changes:
+                if change.op == "fence":
+                    return Point(change.key, point.set_name, point.op_time), ""
+                mine = ours.get(f"{change.coll}\0{change.key}") if isinstance(change.key, str) else None
+                written = _strict(change.written)
+                if not mine or written not in mine:
+                    return None, f"a change the sync did not make ({describe(change.coll, change.op)})"
+                mine.remove(written)
     except ChangesUnknown as exc:
         return None, f"changes unknown: {exc}"
     raise AssertionError("unreachable: the feed ends with the fence")
+
+
+def _strict(value: Any) -> Any:
+    """``value`` in a form that compares equal only where the BSON does: each value
+    tagged with its type (in Python ``True == 1 == 1.0``, and ``{"n": True}`` would pass
+    for ``{"n": 1}``), a document's fields in name order."""
+    if isinstance(value, dict):
+        return "dict", tuple(sorted((str(k), _strict(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return "list", tuple(_strict(v) for v in value)
+    return type(value).__name__, value
 
 
 def _sent(op: Any) -> tuple[str, Any] | None:

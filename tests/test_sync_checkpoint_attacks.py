@@ -542,3 +542,40 @@ def test_the_daemon_in_mongo_mode_healing_a_file_is_never_hidden(data_dir, make_
     report, code = run_sync(config, store)
     assert code == 0 and report["parity"] == truth(config, store)["parity"]
     assert (data_dir / RUN).exists() and db.memory_files.find_one({"_id": RUN, "deleted_at": None})
+
+
+def _as_bool(value):
+    """``value`` with every 1 under the key "n" as True: equal in Python, another BSON type."""
+    if isinstance(value, dict):
+        return {k: (True if k == "n" and value[k] == 1 else _as_bool(value[k])) for k in value}
+    if isinstance(value, list):
+        return [_as_bool(v) for v in value]
+    return value
+
+
+def test_a_foreign_write_equal_only_in_python_is_not_passed_off_as_the_syncs(data_dir, config, store, db,
+                                                                              exact_clock, monkeypatch):
+    """A snapshot insert taken as "already there" makes no event; someone else's
+    snapshot under that id with ``true`` where the file says ``1`` compares equal to
+    what the sync sent in Python (``True == 1``), not in BSON nor in the file: it is a
+    change the sync did not make, and the next sync must check in full."""
+    checkpointed(data_dir, config, store)
+    write_in_place(data_dir, "snapshot.json", {"learner": "x", "state": "new", "n": 1})
+    apply = Store.apply
+    forged = []
+
+    def foreign_first(self, ops):
+        for op in ops:
+            if op.coll == "runtime_snapshots" and op.action == "insert" and not forged:
+                forged.append(db.runtime_snapshots.insert_one({"_id": op.id, **_as_bool(
+                    {k: v for k, v in op.doc.items() if k != "_id"})}).inserted_id)
+        return apply(self, ops)
+
+    monkeypatch.setattr(Store, "apply", foreign_first)
+    during, _ = run_sync(config, store)
+    monkeypatch.setattr(Store, "apply", apply)
+    assert forged and during["writes"]["snapshots_upserted"] == 1
+    stored = db.runtime_snapshots.find_one({"_id": forged[0]})
+    assert stored == _as_bool(stored) and "True" in repr(stored)  # the forged one stands
+    after, _ = run_sync(config, store)
+    assert not used(after), after["checkpoint"]
