@@ -162,42 +162,59 @@ class ChangeFeed:
         return (set_name if isinstance(set_name, str) else None,
                 op_time if isinstance(op_time, bson.Timestamp) else None)
 
+    @contextmanager
+    def _bookkeeping(self, what: str, keep: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+        """A read or write of the checkpoint's own documents: MongoDB away is
+        ``MongoUnavailable``; MongoDB answering "no" (a refused write, a foreign index or
+        validator, a GridFS error) is ``ChangesUnknown``: no checkpoint, never an outage."""
+        with self.store._mongo_errors(keep=keep):
+            try:
+                yield
+            except keep:
+                raise
+            except (OperationFailure, gridfs.errors.GridFSError) as exc:
+                code = getattr(exc, "code", None)
+                raise ChangesUnknown(f"{what} refused ({type(exc).__name__}"
+                                     f"{f', code {code}' if code is not None else ''})") from None
+
     def records(self) -> Iterator[tuple[Any, bool, Any]]:
         """Every manifest's ``_id``, whether it is marked deleted, and its quick-check
-        record (sidecar/quick.py); types not trusted."""
-        with self.store._mongo_errors():
-            cursor = self.store.coll[FILES].find({}, {"deleted_at": 1, "_sidecar.stat": 1}).batch_size(LOAD_BATCH)
-            for doc in cursor:
-                meta = doc.get("_sidecar")
-                yield doc.get("_id"), doc.get("deleted_at") is not None, (
-                    meta.get("stat") if isinstance(meta, dict) else None)
+        record (sidecar/quick.py); types not trusted. The cursor is closed when the
+        caller stops early."""
+        with self._bookkeeping("reading the manifests' records"):
+            with self.store.coll[FILES].find({}, {"deleted_at": 1, "_sidecar.stat": 1}).batch_size(
+                    LOAD_BATCH) as cursor:
+                for doc in cursor:
+                    meta = doc.get("_sidecar")
+                    yield doc.get("_id"), doc.get("deleted_at") is not None, (
+                        meta.get("stat") if isinstance(meta, dict) else None)
 
     def read_checkpoint(self) -> Any:
-        with self.store._mongo_errors():
+        with self._bookkeeping("reading the checkpoint"):
             return self.store.meta.find_one({"_id": self.CHECKPOINT_ID})
 
     def write_checkpoint(self, doc: dict) -> None:
-        with self.store._mongo_errors():
+        with self._bookkeeping("writing the checkpoint"):
             self.store.meta.replace_one({"_id": self.CHECKPOINT_ID}, doc, upsert=True)
 
-
     def put_listing(self, data: bytes) -> Any:
-        with self.store._mongo_errors(also=(gridfs.errors.GridFSError,)):
+        with self._bookkeeping("writing the listing"):
             return self.listings.upload_from_stream("sync_checkpoint_listing", data)
 
     def get_listing(self, listing_id: Any) -> bytes | None:
         """The listing's bytes, or None when there is none by that id or it cannot be read
         whole (a chunk missing or of another size: someone else's, or a kill mid-upload)."""
         unusable = (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile)
-        with self.store._mongo_errors(also=(gridfs.errors.GridFSError,), keep=unusable):
+        with self._bookkeeping("reading the listing", keep=unusable):
             try:
-                return self.listings.open_download_stream(listing_id).read()
+                with self.listings.open_download_stream(listing_id) as out:
+                    return out.read()
             except unusable:
                 return None
 
     def drop_listings(self, keep: Any) -> None:
         """Every listing but ``keep`` (the one the checkpoint names now)."""
-        with self.store._mongo_errors(also=(gridfs.errors.GridFSError,)):
+        with self._bookkeeping("dropping old listings"):
             for old in self.listings.find({"_id": {"$ne": keep}}):
                 try:
                     self.listings.delete(old._id)

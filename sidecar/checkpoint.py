@@ -166,7 +166,10 @@ def _parse(doc: Any) -> dict[str, Any] | None:
 def check(config: Config, store: Store, root: Path, index: LocalIndex) -> Outcome:
     """Whether nothing changed on either side since the checkpoint (see the module)."""
     feed = ChangeFeed(store)
-    doc = feed.read_checkpoint()
+    try:
+        doc = feed.read_checkpoint()
+    except ChangesUnknown as exc:
+        return Outcome(None, f"checkpoint unusable ({exc})")
     cp = _parse(doc)
     if cp is None:
         return Outcome(None, "no checkpoint" if doc is None else "checkpoint unusable")
@@ -223,7 +226,10 @@ def _disk_unchanged(config: Config, feed: ChangeFeed, cp: dict[str, Any], root: 
     """None when every file is the one the checkpoint's listing names, with that stat
     data, and there is no other; else the reason. No file is read, no manifest either:
     they are what they were at the checkpoint's point (no event since)."""
-    data = feed.get_listing(cp["listing_id"])
+    try:
+        data = feed.get_listing(cp["listing_id"])
+    except ChangesUnknown as exc:
+        return f"checkpoint unusable ({exc})"
     if data is None or hashlib.sha256(data).hexdigest() != cp["listing_sha256"]:
         return "checkpoint unusable (its listing is missing or not its own)"
     records = index.map("checkpoint_records")  # rel -> stat key: out of the heap at 500k files
@@ -364,25 +370,37 @@ def save(config: Config, store: Store, point: Point, report: dict[str, Any]) -> 
     read now: a change to one after ``point`` is an event the next check sees.
     Returns "" when saved, else why not."""
     feed = ChangeFeed(store)
-    data, why, files, latest = _listing(feed, config)
-    if data is None:
-        return why
-    listing_id = feed.put_listing(data)
-    _write(config, feed, point, {"report": {key: report[key] for key in PARITY_KEYS}, "files": files,
-                                 "latest_at": latest, "listing_id": listing_id,
-                                 "listing_sha256": hashlib.sha256(data).hexdigest()})
-    feed.drop_listings(keep=listing_id)
+    try:
+        data, why, files, latest = _listing(feed, config)
+        if data is None:
+            return why
+        listing_id = feed.put_listing(data)
+        _write(config, feed, point, {"report": {key: report[key] for key in PARITY_KEYS}, "files": files,
+                                     "latest_at": latest, "listing_id": listing_id,
+                                     "listing_sha256": hashlib.sha256(data).hexdigest()})
+    except ChangesUnknown as exc:
+        return str(exc)
+    try:
+        feed.drop_listings(keep=listing_id)
+    except ChangesUnknown as exc:  # saved; the old listings wait for the next save
+        log.warning("sync checkpoint: %s", exc)
     return ""
 
 
-def move_on(config: Config, store: Store, outcome: Outcome) -> None:
+def move_on(config: Config, store: Store, outcome: Outcome) -> bool:
     """A check that found nothing changed: the same checkpoint (report, listing), at
-    the point it asked, so the history the server keeps need only reach back to it."""
+    the point it asked, so the history the server keeps need only reach back to it.
+    Whether it was moved (MongoDB may refuse the write: then it stays where it was)."""
     carried = outcome.carried or {}
     if outcome.point is None or not carried:
-        return
-    _write(config, ChangeFeed(store), outcome.point,
-           {key: carried[key] for key in ("report", "files", "latest_at", "listing_id", "listing_sha256")})
+        return False
+    try:
+        _write(config, ChangeFeed(store), outcome.point,
+               {key: carried[key] for key in ("report", "files", "latest_at", "listing_id", "listing_sha256")})
+    except ChangesUnknown as exc:
+        log.warning("sync checkpoint not moved on: %s", exc)
+        return False
+    return True
 
 
 def _write(config: Config, feed: ChangeFeed, point: Point, fields: dict[str, Any]) -> None:

@@ -208,9 +208,9 @@ def _unchanged(config: Config, store: Store, outcome: checkpoint.Outcome, starte
     book.counts[quick.CLEAN] = outcome.files
     report["quick_check"] = book.report(0, outcome.files, 0)
     report["blobs_collected"] = 0
-    checkpoint.move_on(config, store, outcome)
+    moved = checkpoint.move_on(config, store, outcome)
     report["checkpoint"] = {"used": True, "since": outcome.since.isoformat() if outcome.since else None,
-                            "reason": None, "saved": outcome.point is not None}
+                            "reason": None, "saved": moved}
     report["stages"] = timers.snapshot()
     report["duration_s"] = round(time.monotonic() - started, 3)
     path = report_path or Path(config.data_dir) / REPORT_REL

@@ -16,10 +16,10 @@ import pytest
 
 from deletion_helpers import HUB, keys_in_mongo, write_in_place
 from sidecar import checkpoint
-from sidecar.changefeed import ChangeFeed
+from sidecar.changefeed import LISTING_BUCKET, ChangeFeed
 from sidecar.store import Store
 from sidecar.sync import run_sync
-from test_sync_checkpoint import EPISODE, FILES, OTHER, RUN, checkpointed, seed, used
+from test_sync_checkpoint import EPISODE, OTHER, RUN, checkpointed, seed, used
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("change_streams")]
 
@@ -579,3 +579,15 @@ def test_a_foreign_write_equal_only_in_python_is_not_passed_off_as_the_syncs(dat
     assert stored == _as_bool(stored) and "True" in repr(stored)  # the forged one stands
     after, _ = run_sync(config, store)
     assert not used(after), after["checkpoint"]
+
+
+def test_mongodb_refusing_the_checkpoints_bookkeeping_is_no_outage(data_dir, config, store, db, exact_clock):
+    """Someone else's unique index on the listing bucket: MongoDB answers, and refuses
+    the next listing (E11000, an ``OperationFailure``). The sync did its work: its report
+    says so, the checkpoint is not saved (with the reason), never "MongoDB unreachable"."""
+    checkpointed(data_dir, config, store)
+    db[f"{LISTING_BUCKET}.files"].create_index("filename", unique=True)
+    write_in_place(data_dir, RUN, {"run_id": "a", "status": "bbbb"})
+    report, code = run_sync(config, store)
+    assert code == 0 and report["parity"]["all_match"] and not used(report)
+    assert not report["checkpoint"]["saved"] and "refused" in report["checkpoint"]["not_saved"]
