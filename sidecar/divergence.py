@@ -98,6 +98,11 @@ class DivergenceBook:
         with self._lock:
             return sorted(self._items.values(), key=lambda d: d.path)
 
+    def gauges(self) -> tuple[int, int]:
+        """(files held missing, hub entries held): the divergence gauges."""
+        items = self.items()
+        return sum(1 for d in items if d.missing_file), sum(d.count for d in items if not d.missing_file)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)

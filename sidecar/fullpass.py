@@ -51,6 +51,7 @@ from .store import MongoUnavailable
 SERVE_EVERY_S = 0.05
 CHUNK = 1000  # the scan's ops written together (the reconcile's memory peak stays bounded)
 LOAD_CHUNK = 1000
+PAUSE_STEP_S = 0.1
 
 Answers = dict[int, tuple[str | None, BaseException | None]]
 
@@ -126,6 +127,18 @@ class FullPass:
     def check_stop(self) -> None:
         if self._stopping():
             raise ReconcileInterrupted("stopping")
+
+    def pause(self, seconds: float) -> None:
+        """A wait before the load (``Incarnation.settle``): the stop signal ends it
+        (``ReconcileInterrupted``) within ``PAUSE_STEP_S``; the lease is kept meanwhile."""
+        end = time.monotonic() + seconds
+        while True:
+            self.check_stop()
+            self._keep_lease()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, PAUSE_STEP_S))
 
     def write(self, force: bool = False) -> None:
         ops, self.ops = self.ops, []

@@ -21,6 +21,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pymongo
+
 from .store import Store
 
 log = logging.getLogger("sidecar.lease")
@@ -57,6 +59,31 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
+LEASE_ID = "writer_lease"
+
+
+def try_lease(store: Store, me: dict, now: datetime, until: datetime, steal_from: Any = None) -> dict | None:
+    """Take the lease if it is free, expired, ours (or ``steal_from``'s). None when
+    taken; else the holder's document (types not trusted). I/O only."""
+    free = [{"owner": me["owner"]}, {"expires_at": {"$lt": now}}, {"expires_at": {"$exists": False}}]
+    if steal_from is not None:
+        free.append({"owner": steal_from})
+    with store._mongo_errors():
+        try:
+            store.meta.find_one_and_update(
+                {"_id": LEASE_ID, "$or": free},
+                {"$set": {**me, "expires_at": until, "renewed_at": now}}, upsert=True)
+            return None
+        except pymongo.errors.DuplicateKeyError:
+            doc = store.meta.find_one({"_id": LEASE_ID})
+            return doc if isinstance(doc, dict) else {}
+
+
+def release_lease(store: Store, owner: str) -> None:
+    with store._mongo_errors():
+        store.meta.delete_one({"_id": LEASE_ID, "owner": owner})
+
+
 class Lease:
     def __init__(self, store: Store, kind: str, ttl_s: float, host: str | None = None) -> None:
         self.store = store
@@ -81,11 +108,11 @@ class Lease:
     def acquire(self) -> None:
         """Take or renew the lease; raises LeaseHeld (MongoUnavailable passes through)."""
         now = datetime.now(timezone.utc)
-        holder = self.store.try_lease(self._me(), now, now + timedelta(seconds=self.ttl))
+        holder = try_lease(self.store, self._me(), now, now + timedelta(seconds=self.ttl))
         if holder is not None and self._gone(holder):
             log.warning("taking over the writer lease of a %s that is gone (pid %s)", holder.get("kind"),
                         holder.get("pid"))
-            holder = self.store.try_lease(self._me(), now, now + timedelta(seconds=self.ttl),
+            holder = try_lease(self.store, self._me(), now, now + timedelta(seconds=self.ttl),
                                           steal_from=holder.get("owner"))
         if holder is not None:
             self.held = False
@@ -101,4 +128,4 @@ class Lease:
     def release(self) -> None:
         if self.held:
             self.held = False
-            self.store.release_lease(self.owner)
+            release_lease(self.store, self.owner)

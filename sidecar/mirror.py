@@ -38,9 +38,8 @@ from .writer import Writer
 
 log = logging.getLogger("sidecar.mirror")
 
-# A reader can catch a legacy write between truncate and write: these reasons
-# usually heal with the writer's next close event, so they are re-checked
-# before being reported.
+# A reader can catch a legacy write between truncate and write: these reasons usually heal
+# with the writer's next close event, so they are re-checked before being reported.
 TRANSIENT = {"empty", "invalid_json", "invalid_utf8", "unstable"}
 TRANSIENT_RETRIES = 3
 TRANSIENT_DELAY = 0.3
@@ -81,7 +80,8 @@ class Mirror:
         self._transient: dict[str, int] = {}
         self._last_error_log = 0.0
         self._last_ping = 0.0
-        self.incarnation = Incarnation(store, status)  # a dump restored into the running server shows there
+        # A dump restored into the running server shows there (what was seen of the files then ends).
+        self.incarnation = Incarnation(store, status, forget=lambda: self.root_replaced(full=False))
         self._last_gc = time.monotonic()
         self._last_verify, self._verify = time.monotonic(), False  # SIDECAR_VERIFY_INTERVAL
         self.last_scan: dict | None = None  # the last full reconcile's quick check (sidecar/quick.py)
@@ -106,8 +106,7 @@ class Mirror:
             self._flush_events()
         except MongoUnavailable:
             log.warning("shutdown: %d events not recorded (MongoDB unavailable)", len(self.writer.outbox))
-        left = len(self.pending)
-        if left:
+        if left := len(self.pending):
             log.warning("shutdown: %d changed paths not mirrored (the next start reconciles them)", left)
         self.pending.answer_all(RuntimeError("stopping"))  # sync frames not covered: not durable
         self.healer.close()
@@ -120,10 +119,9 @@ class Mirror:
             if self._stop.is_set():
                 self.pending.requeue(taken, 0.0, full)
                 break
-            if taken:
-                now = time.monotonic()
-                for first in taken.values():
-                    self.status.timers.observe("queue_wait", now - first)
+            now = time.monotonic()
+            for first in taken.values():
+                self.status.timers.observe("queue_wait", now - first)
             if full is None and not taken:
                 self._idle()
                 continue
@@ -289,10 +287,9 @@ class Mirror:
         ops.extend(self._settle_removals(vanished, taken))
         removes = any(op.action in ("delete", "mark_deleted") for op in ops)
         if (removes or self.incarnation.age() >= PING_EVERY) and self.incarnation.replaced():
-            # MongoDB is not what the state says (a dump restored into the running
-            # server): a removal now would tombstone the dump's older value, and the
-            # newer files would stay unmirrored. Compare every file again instead
-            # (after the one running, when this batch is served during it).
+            # MongoDB is not what the state says (a dump restored into the running server): a removal
+            # now would tombstone the dump's older value, and the newer files would stay unmirrored.
+            # Compare every file again instead (after the one running, when this batch is served in it).
             if self._touched is not None:
                 self.pending.mark_full()
             else:
@@ -311,12 +308,14 @@ class Mirror:
             self.rec.resolved.append((rel, None))
         return ops
 
-    def root_replaced(self) -> None:
-        """The data dir was replaced: whatever it holds now is a new lineage; look at all of it."""
+    def root_replaced(self, full: bool = True) -> None:
+        """The data dir was replaced (or, ``full=False``, MongoDB's collections: its reconcile follows
+        anyway): what it holds now is a new lineage, a removal is held until the file is read again."""
         with self.lock:
             self.rec.lineage.forget_all()
             self.removals.root_replaced()
-        self.pending.mark_full()
+        if full:
+            self.pending.mark_full()
 
     def reconcile(self, checksum: bool = False) -> None:
         """Full pass over the data dir (start-up, overflow, on request). Every removal
@@ -334,11 +333,14 @@ class Mirror:
         run.check_stop()
         self.status.reconcile.begin()
         try:
+            self.incarnation.settle(run.pause)  # after a dump restored into the running server: once it is done
             with self.pending.writing():  # the writer waits on it as on a write
                 self.incarnation.load()  # before the state: a restore after it shows
             book = quick.Book(self.rec.cfg, read_all=checksum, entries=self.index.map("quick"))  # this reconcile's
             self.state.replace(build_state(book.collect(timed_load(self.store.iter_state(), self.pending.writing,
                                                                    run.check_stop)), self.index))
+            if self.incarnation.moved_since_load():  # loaded while a restore still ran: again once done
+                self.pending.mark_full()
             for item in self.store.foreign_skipped:  # written by others, in a shape it cannot use
                 self.status.problem(f"mongodb:{item['collection']}:{item['_id']}", "foreign_document", item["reason"])
             self.removals.note_root()
@@ -446,9 +448,7 @@ class Mirror:
         return events
 
     def _update_divergence_gauges(self) -> None:
-        items = self.book.items()
-        self.status.set_divergences(sum(1 for d in items if d.missing_file),
-                                    sum(d.count for d in items if not d.missing_file))
+        self.status.set_divergences(*self.book.gauges())
 
     def _fmt(self, rel: str) -> dict | None:
         prev = self.state.files.get(rel)

@@ -164,24 +164,28 @@ class Store:
         with self._mongo_errors():
             self.client.admin.command("ping")
 
-    def identity(self) -> tuple[tuple[str, str], ...]:
-        """Which incarnation of the mirrored collections this is: (name, uuid) of each
-        that exists. ``mongorestore --drop`` (or any drop and re-create) gives them new
-        UUIDs, so a restore from a dump into a running server shows here. Empty where
-        the server does not report UUIDs (then nothing can be told)."""
-        names = [FILES, HUBS, EPISODES, SNAPSHOTS]
+    def shape(self, counts: bool = False) -> tuple[tuple[str, str, int], ...]:
+        """(name, uuid, count) of each mirrored collection that exists: ``mongorestore --drop``
+        (any drop and re-create) gives new UUIDs, so a restore into a running server shows.
+        ``counts``: also the tombstones and GridFS, with the server's estimated counts (no scan;
+        -1 otherwise), what a restore still running keeps changing (``Incarnation.settle``).
+        Empty where the server does not tell (then nothing can be told: not an outage)."""
+        names = [self.files_name, HUBS, EPISODES, SNAPSHOTS]
+        names += [TOMBSTONES, f"{self.blobs_name}.files", f"{self.blobs_name}.chunks"] if counts else []
         with self._mongo_errors():
             try:
-                infos = list(self.db.list_collections(filter={"name": {"$in": names}}))
+                infos = [i for i in self.db.list_collections(filter={"name": {"$in": names}}) if isinstance(i, dict)]
+                return tuple(sorted((i["name"], str(i["info"]["uuid"]), self._estimate(i["name"]) if counts else -1)
+                                    for i in infos if isinstance(i.get("name"), str)
+                                    and isinstance(i.get("info"), dict) and i["info"].get("uuid") is not None))
             except OperationFailure:
-                return ()  # refused (e.g. a role without listCollections): cannot be told, not an outage
-        out = []
-        for info in infos:
-            uuid = (info.get("info") or {}).get("uuid") if isinstance(info, dict) else None
-            name = info.get("name") if isinstance(info, dict) else None
-            if isinstance(name, str) and uuid is not None:
-                out.append((name, str(uuid)))
-        return tuple(sorted(out))
+                return ()  # refused (e.g. a role without listCollections)
+
+    def _estimate(self, name: str) -> int:
+        try:
+            return int(self.db[name].estimated_document_count())
+        except (OperationFailure, TypeError, ValueError):
+            return -1  # dropped between the listing and here, or refused: the next look tells
 
     def close(self) -> None:
         self.client.close()
@@ -467,29 +471,6 @@ class Store:
                 coll.bulk_write([UpdateOne(version_guard(op, natural=True), {"$set": {"_sidecar.pos": op.pos}})
                                  for op in missing], ordered=False)
         result.applied.extend(ops)
-
-    # --- the writer lease (sidecar/lease.py) -------------------------------------------
-    LEASE_ID = "writer_lease"
-
-    def try_lease(self, me: dict, now: datetime, until: datetime, steal_from: Any = None) -> dict | None:
-        """Take the lease if it is free, expired, ours (or ``steal_from``'s). None when
-        taken; else the holder's document (types not trusted)."""
-        free = [{"owner": me["owner"]}, {"expires_at": {"$lt": now}}, {"expires_at": {"$exists": False}}]
-        if steal_from is not None:
-            free.append({"owner": steal_from})
-        with self._mongo_errors():
-            try:
-                self.meta.find_one_and_update(
-                    {"_id": self.LEASE_ID, "$or": free},
-                    {"$set": {**me, "expires_at": until, "renewed_at": now}}, upsert=True)
-                return None
-            except pymongo.errors.DuplicateKeyError:
-                doc = self.meta.find_one({"_id": self.LEASE_ID})
-                return doc if isinstance(doc, dict) else {}
-
-    def release_lease(self, owner: str) -> None:
-        with self._mongo_errors():
-            self.meta.delete_one({"_id": self.LEASE_ID, "owner": owner})
 
     def record_events(self, events: list[dict]) -> None:
         if not events:

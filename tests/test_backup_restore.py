@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pymongo
@@ -50,16 +51,19 @@ def dump(db) -> dict[str, dict]:
     return out
 
 
-def restore_dump(db, snapshot: dict[str, dict]) -> None:
+def restore_dump(db, snapshot: dict[str, dict], pause: float = 0.0) -> None:
     """`mongorestore --drop`: collections created since the dump are dropped too (a restore
-    into a fresh database has none of them)."""
+    into a fresh database has none of them). ``pause``: the time a large restore takes
+    between its steps (the restore's own pace, not synchronisation)."""
     for name in db.list_collection_names():
         db.drop_collection(name)
     for name, part in snapshot.items():
+        time.sleep(pause)
         try:
             db.create_collection(name)
         except pymongo.errors.CollectionInvalid:
             pass  # a running daemon's write re-created it between the drop and here: it exists
+        time.sleep(pause)
         if part["indexes"]:
             db.command({"createIndexes": name, "indexes": part["indexes"]})
         if part["docs"]:
@@ -300,3 +304,38 @@ def test_removal_right_after_a_live_restore_never_tombstones_the_older_value_sil
     else:
         hub = db.memory_hubs.find_one({"hub_type": "learner_preferences", "item_key": "learner-old"})
         assert hub is not None and db.memory_tombstones.find_one(query) is None
+
+
+def test_a_restore_still_running_when_the_daemon_sees_it_is_not_loaded_half_done(
+        running, legacy_dir, store, db):
+    """The daemon notices a live restore by its drops, while the restore is still re-creating
+    and filling one collection after another (a large dump takes minutes: here longer than
+    the daemon's look every 2 s). Its full reconcile waits until MongoDB stops changing: it
+    writes nothing into a half-restored database (the restore's own inserts would collide
+    with it) and its state then holds all the dump brought, so the API's removal right after
+    is tombstoned with the newer value or held, never lost from view. (The CI caught the
+    fast restore's version of this once: the look landed inside the restore.)"""
+    w = _seed(legacy_dir)
+    d = running()
+    _wait_mirrored(d, legacy_dir, store)
+    snapshot = dump(db)
+    w.learner_signal("learner-old", 2)
+    _wait_mirrored(d, legacy_dir, store)
+    v2 = json.loads((legacy_dir / PREFS).read_text())["learner-old"]
+
+    restore_dump(db, snapshot, pause=0.3)  # no duplicate key: the daemon did not write into it meanwhile
+    prefs = json.loads((legacy_dir / PREFS).read_text())
+    del prefs["learner-old"]
+    write_json(legacy_dir / PREFS, prefs)
+    query = {"coll": "memory_hubs", "doc_id": "learner_preferences/learner-old"}
+
+    def settled():
+        held = [i for i in d.get("/divergences").json()["items"] if "learner-old" in json.dumps(i)]
+        tomb = db.memory_tombstones.find_one(query)
+        return ("held", held) if held else ("tombstoned", tomb) if tomb else None
+    outcome, what = wait_for(settled, 30, 0.05, "the removal to be mirrored or held")
+    if outcome == "tombstoned":
+        assert what["doc"]["payload"] == v2
+    else:
+        assert db.memory_hubs.count_documents({"hub_type": "learner_preferences", "item_key": "learner-old"}) == 1
+    assert d.daemon.status.error_counts.get("collections_replaced")

@@ -1,0 +1,131 @@
+"""The settle before a reconcile that follows a restore seen in the running server
+(sidecar/incarnation.py): pure logic with a fake store and a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar import incarnation
+from sidecar.incarnation import Incarnation
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeStore:
+    """``shapes``: what each look at MongoDB's collections answers, in turn (the last one stays)."""
+
+    def __init__(self, shapes: list[tuple]) -> None:
+        self.shapes = list(shapes)
+        self.looks = 0
+
+    def shape(self, counts: bool = True):
+        self.looks += 1
+        return self.shapes.pop(0) if len(self.shapes) > 1 else self.shapes[0]
+
+
+class FakeStatus:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, kind: str) -> None:
+        self.errors.append(kind)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(incarnation.time, "monotonic", c)
+    return c
+
+
+class Stopped(Exception):
+    pass
+
+
+def _waiter(clock, stop_after: float | None = None):
+    def pause(seconds: float) -> None:
+        clock.now += seconds
+        if stop_after is not None and clock.now >= stop_after:
+            raise Stopped
+    return pause
+
+
+A = ("memory_hubs", "u1", 3)
+B = ("memory_hubs", "u1", 7)
+C = ("episodic_memory", "u2", 2)
+
+
+def test_nothing_suspect_costs_no_look(clock):
+    store = FakeStore([(A,)])
+    inc = Incarnation(store, FakeStatus())
+    assert inc.settle(_waiter(clock)) is True
+    assert store.looks == 0
+
+
+def test_waits_until_the_collections_stop_changing(clock):
+    # A restore filling memory_hubs, then creating episodic_memory, then done.
+    store = FakeStore([(), (A,), (A,), (B,), (B, C), (B, C)])
+    inc = Incarnation(store, FakeStatus())
+    inc.suspect = True
+    start = clock.now
+    assert inc.settle(_waiter(clock)) is True
+    # The last change was seen at the 5th look (4 waits in); then QUIET_S unchanged.
+    assert clock.now - start >= 4 * incarnation.LOOK_S + incarnation.QUIET_S - 1e-9
+    assert store.looks >= 5
+
+
+def test_a_restore_that_never_ends_is_loaded_as_it_is_and_said(clock):
+    counter = iter(range(10**6))
+
+    class Growing(FakeStore):
+        def shape(self, counts=True):
+            self.looks += 1
+            return (("memory_hubs", "u1", next(counter)),)
+    status = FakeStatus()
+    inc = Incarnation(Growing([]), status)
+    inc.suspect = True
+    start = clock.now
+    assert inc.settle(_waiter(clock)) is False
+    assert clock.now - start >= incarnation.SETTLE_MAX_S
+    assert status.errors == ["collections_still_changing"]
+
+
+def test_a_stop_ends_the_wait(clock):
+    counter = iter(range(10**6))
+
+    class Growing(FakeStore):
+        def shape(self, counts=True):
+            return (("memory_hubs", "u1", next(counter)),)
+    inc = Incarnation(Growing([]), FakeStatus())
+    inc.suspect = True
+    with pytest.raises(Stopped):
+        inc.settle(_waiter(clock, stop_after=clock.now + 1.0))
+
+
+def test_a_load_during_which_a_collection_moved_stays_suspect(clock):
+    store = FakeStore([(A,)])
+    status = FakeStatus()
+    inc = Incarnation(store, status)
+    inc.suspect = True
+    inc.load()
+    store.shapes = [(B,)]  # filled while it loaded
+    assert inc.moved_since_load() is True
+    assert inc.suspect and status.errors == ["collections_replaced"]
+    inc.load()
+    assert inc.moved_since_load() is False
+    assert not inc.suspect  # a load of a quiet database ends the suspicion
+
+
+def test_a_replacement_makes_the_next_reconcile_suspect(clock):
+    store = FakeStore([(A,)])
+    inc = Incarnation(store, FakeStatus())
+    inc.load()
+    assert not inc.replaced() and not inc.suspect
+    store.shapes = [(("memory_hubs", "u9", 3),)]  # dropped and re-created
+    assert inc.replaced() and inc.suspect
