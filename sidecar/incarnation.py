@@ -13,8 +13,10 @@ to the state: a removal the API makes next would find nothing to tombstone and n
 to hold. So the reconcile after a replacement first ``settle``s: it waits until the
 mirrored collections (names, UUIDs, document counts) have not changed for ``QUIET_S``
 (at most ``SETTLE_MAX_S``, then it goes on and says so), and after its load it looks
-again (``moved_since_load``): any collection re-created or created meanwhile means
-another full reconcile after this one.
+again (``moved_since_load``): any collection re-created, created or filled meanwhile
+means another full reconcile after this one, at most ``RELOADS`` times in a row (a
+writer that never stops, e.g. Mentorix's own store beside the sidecar, DESIGN §8, must
+not keep it reconciling forever: then it goes on with what it loaded, and says so).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger("sidecar.mirror")
 QUIET_S = 1.0  # the mirrored collections unchanged this long: the restore is done
 LOOK_S = 0.2  # how often ``settle`` looks
 SETTLE_MAX_S = 120.0  # then the reconcile goes on (and says so): it never waits forever
+RELOADS = 3  # full reconciles in a row after a load that MongoDB moved under
 
 
 class Incarnation:
@@ -40,6 +43,8 @@ class Incarnation:
         self._shape: tuple[tuple[str, str, int], ...] = ()  # and with the counts, when suspect
         self._checked = 0.0  # monotonic time of the last look
         self.suspect = False  # a replacement was seen and no reconcile has settled since
+        self._reloads = 0  # reconciles asked in a row by ``moved_since_load``
+        self._waited_out = False  # a settle ran to SETTLE_MAX_S since the replacement: not again
 
     def load(self) -> None:
         """Taken just before the state is loaded: a restore after it shows."""
@@ -64,7 +69,7 @@ class Incarnation:
                         "a dump?): a full reconcile compares every file with it again", ", ".join(gone),
                         "was" if len(gone) == 1 else "were")
             self.status.error("collections_replaced")
-            self.suspect = True
+            self.suspect, self._reloads, self._waited_out = True, 0, False
             self._forget()
             return True
         self._identity = ident  # collections created since (the first writes) join it
@@ -73,9 +78,9 @@ class Incarnation:
     def settle(self, pause: Callable[[float], None]) -> bool:
         """After a replacement (``suspect``): wait until MongoDB's mirrored collections stop
         changing. ``pause(seconds)`` waits (it raises to end the wait: the daemon stops).
-        True once quiet (or nothing suspect), False after ``SETTLE_MAX_S`` (said). Raises
-        MongoUnavailable."""
-        if not self.suspect:
+        True once quiet (or nothing suspect), False after ``SETTLE_MAX_S`` (said; the later
+        reconciles of the same replacement do not wait again). Raises MongoUnavailable."""
+        if not self.suspect or self._waited_out:
             return True
         start = time.monotonic()
         look, since = self.store.shape(counts=True), start
@@ -88,6 +93,7 @@ class Incarnation:
                             "re-created (a restore still running?): the full reconcile loads them as they are now",
                             now - start)
                 self.status.error("collections_still_changing")
+                self._waited_out = True
                 return False
             pause(LOOK_S)
             again = self.store.shape(counts=True)
@@ -101,11 +107,18 @@ class Incarnation:
         restore. Clears ``suspect`` otherwise. Raises MongoUnavailable."""
         if not self.suspect:
             return False
-        if self.store.shape(counts=True) != self._shape:
-            log.warning("MongoDB's mirrored collections changed while the sidecar loaded them (a restore still "
-                        "running?): another full reconcile follows this one")
-            self.status.error("collections_replaced")
-            self._forget()
-            return True
-        self.suspect = False
-        return False
+        if self.store.shape(counts=True) == self._shape:
+            self.suspect = False
+            return False
+        if self._reloads >= RELOADS:
+            log.warning("MongoDB's mirrored collections kept changing through %d full reconciles after they were "
+                        "re-created (another writer?): the sidecar goes on with what it loaded", self._reloads + 1)
+            self.status.error("collections_still_changing")
+            self.suspect = False
+            return False
+        self._reloads += 1
+        log.warning("MongoDB's mirrored collections changed while the sidecar loaded them (a restore still "
+                    "running?): another full reconcile follows this one")
+        self.status.error("collections_replaced")
+        self._forget()
+        return True

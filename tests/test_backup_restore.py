@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -26,8 +27,10 @@ import pytest
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
+from mentorix_double import MongoMemoryStore
 from testkit.measure import wait_for
 from testkit.corpus import LegacyWriter, write_json
+from sidecar import incarnation
 from sidecar.model import INLINE_MAX_BYTES
 from sidecar.restore import restore
 
@@ -313,3 +316,40 @@ def test_removal_right_after_a_live_restore_never_tombstones_the_older_value_sil
         hub = db.memory_hubs.find_one({"hub_type": "learner_preferences", "item_key": "learner-old"})
         assert hub is not None and db.memory_tombstones.find_one(query) is None
     assert d.daemon.status.error_counts.get("collections_replaced")
+
+
+def test_a_writer_that_never_stops_beside_a_live_restore_does_not_keep_the_mirror_reconciling(
+        running, legacy_dir, store, db, monkeypatch):
+    """Mentorix's own store writing the same collections all the time (DESIGN §8): after a
+    restore into the running server they never stop changing. The reconcile waits at most
+    SETTLE_MAX_S (once per replacement), reloads at most RELOADS times, says so, and the
+    mirror goes on watching: the suspicion ends, and a file written then is mirrored."""
+    monkeypatch.setattr(incarnation, "SETTLE_MAX_S", 1.5)
+    w = _seed(legacy_dir)
+    d = running()
+    _wait_mirrored(d, legacy_dir, store)
+    snapshot = dump(db)
+    mentorix, stop = MongoMemoryStore(db), threading.Event()
+
+    def write():
+        for i in range(20_000):  # bounded: it ends by itself (its pace is the other writer's)
+            if stop.wait(0.02):
+                return
+            mentorix.set_hub("operating_context", f"mx-{i}", {"n": i})
+    writer = threading.Thread(target=write, name="test-mentorix-store", daemon=True)
+    restore_dump(db, snapshot)
+    writer.start()
+    try:
+        inc = d.daemon.mirror.incarnation
+        wait_for(lambda: d.daemon.status.error_counts.get("collections_still_changing"), 60, 0.05,
+                 "the reconcile to stop waiting for a database that never stops changing")
+        wait_for(lambda: not inc.suspect and not d.daemon.status.reconcile.running, 120, 0.05,
+                 "the reconciles after the restore to end while the other writer still writes")
+        assert writer.is_alive()
+        run = w.save_episode("run-after")
+        wait_for(lambda: db.episodic_memory.find_one({"run_id": run}), 30, 0.05, "the new episode mirrored")
+        calls = d.daemon.status.timers.snapshot()["reconcile"]["calls"]
+        assert calls <= 2 + incarnation.RELOADS + 1  # the start-up one, the restore's, its reloads (+1 racing)
+    finally:
+        stop.set()
+        writer.join(10)

@@ -94,6 +94,8 @@ def test_a_restore_that_never_ends_is_loaded_as_it_is_and_said(clock):
     assert inc.settle(_waiter(clock)) is False
     assert clock.now - start >= incarnation.SETTLE_MAX_S
     assert status.errors == ["collections_still_changing"]
+    start = clock.now
+    assert inc.settle(_waiter(clock)) is True and clock.now == start  # the next reconcile does not wait again
 
 
 def test_a_stop_ends_the_wait(clock):
@@ -129,3 +131,24 @@ def test_a_replacement_makes_the_next_reconcile_suspect(clock):
     assert not inc.replaced() and not inc.suspect
     store.shapes = [(("memory_hubs", "u9", 3),)]  # dropped and re-created
     assert inc.replaced() and inc.suspect
+
+
+def test_a_writer_that_never_stops_does_not_keep_it_reconciling(clock):
+    """Mentorix's own store writing the same collections (DESIGN §8): every load moves
+    under it; after RELOADS reconciles in a row the sidecar goes on and says so."""
+    counter = iter(range(10**6))
+
+    class Growing(FakeStore):
+        def shape(self, counts=False):
+            return (("memory_hubs", "u1", next(counter) if counts else -1),)
+    status = FakeStatus()
+    inc = Incarnation(Growing([]), status)
+    inc.suspect = True
+    asked = 0
+    for _ in range(incarnation.RELOADS + 5):
+        inc.load()
+        if not inc.moved_since_load():
+            break
+        asked += 1
+    assert asked == incarnation.RELOADS
+    assert not inc.suspect and status.errors[-1] == "collections_still_changing"
