@@ -113,7 +113,7 @@ class Lease:
             log.warning("taking over the writer lease of a %s that is gone (pid %s)", holder.get("kind"),
                         holder.get("pid"))
             holder = try_lease(self.store, self._me(), now, now + timedelta(seconds=self.ttl),
-                                          steal_from=holder.get("owner"))
+                               steal_from=holder.get("owner"))
         if holder is not None:
             self.held = False
             raise LeaseHeld(holder)
