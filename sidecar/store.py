@@ -176,7 +176,7 @@ class Store:
             try:
                 infos = [i for i in self.db.list_collections(filter={"name": {"$in": names}}) if isinstance(i, dict)]
                 return tuple(sorted((i["name"], str(i["info"]["uuid"]), self._estimate(i["name"]) if counts else -1)
-                                    for i in infos if isinstance(i.get("name"), str)
+                                    for i in infos if i.get("name") in names  # a server may ignore the filter
                                     and isinstance(i.get("info"), dict) and i["info"].get("uuid") is not None))
             except OperationFailure:
                 return ()  # refused (e.g. a role without listCollections)
@@ -184,8 +184,8 @@ class Store:
     def _estimate(self, name: str) -> int:
         try:
             return int(self.db[name].estimated_document_count())
-        except (OperationFailure, TypeError, ValueError):
-            return -1  # dropped between the listing and here, or refused: the next look tells
+        except (OperationFailure, LookupError, TypeError, ValueError, ArithmeticError):
+            return -1  # dropped between the listing and here, refused, or an ``n`` pymongo cannot read
 
     def close(self) -> None:
         self.client.close()

@@ -152,3 +152,52 @@ def test_a_writer_that_never_stops_does_not_keep_it_reconciling(clock):
         asked += 1
     assert asked == incarnation.RELOADS
     assert not inc.suspect and status.errors[-1] == "collections_still_changing"
+
+
+# --------------------------------------------------------------------------- Store.shape and odd servers
+@pytest.mark.integration
+@pytest.mark.parametrize("reply", [{"ok": 1.0}, {"ok": 1.0, "n": float("inf")}], ids=["no_n", "inf_n"])
+def test_a_count_reply_the_driver_cannot_read_is_an_unknown_count_not_a_crash(store, monkeypatch, reply):
+    """A MongoDB-wire server whose ``count`` answers ok without a usable ``n``: pymongo's
+    ``int(res["n"])`` raises KeyError / OverflowError, neither a PyMongoError. ``shape``
+    says "count unknown" (-1) as for a refused count; it must not escape (in the writer's
+    idle look or a settle it would stop the writer)."""
+    from pymongo.synchronous.collection import Collection
+
+    store.db["memory_hubs"].insert_one({"_id": "x"})
+    real = Collection._command
+
+    def odd(self, conn, command, *args, **kwargs):
+        if "count" in command:
+            return dict(reply)
+        return real(self, conn, command, *args, **kwargs)
+    monkeypatch.setattr(Collection, "_command", odd)
+    shape = store.shape(counts=True)
+    assert [(name, count) for name, _, count in shape] == [("memory_hubs", -1)]
+
+
+class _Listing:
+    """A ``db`` whose listCollections ignores its filter (a server that does not take one)."""
+
+    def __init__(self, db, extra: list) -> None:
+        self._db, self._extra = db, extra
+
+    def list_collections(self, filter=None):
+        return list(self._db.list_collections()) + list(self._extra)
+
+    def __getitem__(self, name):
+        return self._db[name]
+
+
+@pytest.mark.integration
+def test_shape_holds_only_the_mirrored_collections_whatever_the_server_lists(store, monkeypatch):
+    """A server that ignores the listCollections filter, or odd entries (not a dict, no
+    name, a view without uuid, a foreign collection): ``shape`` holds the mirrored
+    collections only, so a foreign collection dropped or filled is no replacement."""
+    store.db["memory_hubs"].insert_one({"_id": "x"})
+    store.db["mentorix_scratch"].insert_one({"_id": "y"})  # not mirrored
+    monkeypatch.setattr(store, "db", _Listing(store.db, [
+        "junk", {"name": 7, "info": {"uuid": "u"}}, {"name": "memory_hubs_view", "type": "view", "info": {}},
+        {"name": "", "info": {"uuid": "u-empty"}}]))
+    assert [name for name, _, _ in store.shape()] == ["memory_hubs"]
+    assert [name for name, _, _ in store.shape(counts=True)] == ["memory_hubs"]
