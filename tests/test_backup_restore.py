@@ -353,3 +353,48 @@ def test_a_writer_that_never_stops_beside_a_live_restore_does_not_keep_the_mirro
     finally:
         stop.set()
         writer.join(10)
+
+
+def test_a_stop_during_the_settle_after_a_live_restore_ends_it(running, legacy_dir, store, db, monkeypatch):
+    """The reconcile after a restore seen in the running server waits for MongoDB to stop
+    changing: a stop meanwhile ends the wait (and the daemon) at once, whatever is left of it."""
+    monkeypatch.setattr(incarnation, "QUIET_S", 1e6)  # never quiet: the wait is only ended by the stop
+    monkeypatch.setattr(incarnation, "SETTLE_MAX_S", 1e6)
+    _seed(legacy_dir)
+    d = running()
+    _wait_mirrored(d, legacy_dir, store)
+    snapshot = dump(db)
+    restore_dump(db, snapshot)
+    inc = d.daemon.mirror.incarnation
+    wait_for(lambda: inc.suspect and d.daemon.status.reconcile.running, 30, 0.05,
+             "the reconcile after the restore to wait for MongoDB to settle")
+    d.stop()
+    assert not d.daemon.mirror._thread.is_alive()
+
+
+def test_the_lease_taken_during_the_settle_after_a_live_restore_is_waited_for(
+        running, legacy_dir, store, db, monkeypatch):
+    """Another writer takes the lease while the reconcile after a restore waits for MongoDB to
+    settle: the wait ends with the lease (not writing, said), and once the lease is free again
+    the reconcile runs, settles and the mirror goes on."""
+    from datetime import datetime, timedelta, timezone
+
+    monkeypatch.setattr(incarnation, "QUIET_S", 1e6)  # the settle waits until the test says
+    w = _seed(legacy_dir)
+    d = running(sidecar_lease_ttl_s=1.5)
+    _wait_mirrored(d, legacy_dir, store)
+    snapshot = dump(db)
+    restore_dump(db, snapshot)
+    inc, status = d.daemon.mirror.incarnation, d.daemon.status
+    wait_for(lambda: inc.suspect and status.reconcile.running, 30, 0.05, "the settle after the restore")
+    until = datetime.now(timezone.utc) + timedelta(hours=1)
+    db.memory_sidecar_meta.update_one({"_id": "writer_lease"}, {"$set": {
+        "owner": "someone-else", "kind": "sync", "host": "elsewhere", "pid": 1, "expires_at": until}}, upsert=True)
+    wait_for(lambda: status.lease_problem, 30, 0.05, "the lease taken away to be seen during the settle")
+    db.memory_sidecar_meta.delete_one({"_id": "writer_lease", "owner": "someone-else"})
+    monkeypatch.setattr(incarnation, "QUIET_S", 0.5)
+    wait_for(lambda: status.lease_problem is None and not inc.suspect and not status.reconcile.running,
+             60, 0.05, "the reconcile after the restore to run once the lease is free")
+    run = w.save_episode("run-after-lease")
+    wait_for(lambda: db.episodic_memory.find_one({"run_id": run}), 30, 0.05, "the new episode mirrored")
+    assert d.daemon.mirror._thread.is_alive()
