@@ -21,10 +21,11 @@ not keep it reconciling forever: then it goes on with what it loaded, and says s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ContextManager
 
 log = logging.getLogger("sidecar.mirror")
 
@@ -35,8 +36,10 @@ RELOADS = 3  # full reconciles in a row after a load that MongoDB moved under
 
 
 class Incarnation:
-    def __init__(self, store: Any, status: Any, forget: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: Any, status: Any, forget: Callable[[], None] = lambda: None,
+                 timed: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> None:
         self.store = store
+        self._timed = timed  # around each look (``Pending.writing``): a frozen server shows as a stalled write
         self.status = status
         self._forget = forget  # called with every replacement seen: what was seen of the files no longer holds
         self._identity: tuple[tuple[str, str, int], ...] | None = None  # (name, uuid, -1) when the state was loaded
@@ -48,9 +51,13 @@ class Incarnation:
 
     def load(self) -> None:
         """Taken just before the state is loaded: a restore after it shows."""
-        self._identity = self.store.shape()
-        self._shape = self.store.shape(counts=True) if self.suspect else ()
+        self._identity = self._look()
+        self._shape = self._look(counts=True) if self.suspect else ()
         self._checked = time.monotonic()
+
+    def _look(self, counts: bool = False) -> tuple[tuple[str, str, int], ...]:
+        with self._timed():
+            return self.store.shape(counts=counts)
 
     def age(self) -> float:
         """Seconds since the last look."""
@@ -59,7 +66,7 @@ class Incarnation:
     def replaced(self) -> bool:
         """True when a mirrored collection was dropped or re-created since the state was
         loaded (until the next full reconcile loads it again). Raises MongoUnavailable."""
-        ident = self.store.shape()
+        ident = self._look()
         self._checked = time.monotonic()
         old = {name: uuid for name, uuid, _ in self._identity or ()}
         new = {name: uuid for name, uuid, _ in ident}
@@ -83,7 +90,7 @@ class Incarnation:
         if not self.suspect or self._waited_out:
             return True
         start = time.monotonic()
-        look, since = self.store.shape(counts=True), start
+        look, since = self._look(counts=True), start
         while True:
             now = time.monotonic()
             if now - since >= QUIET_S:
@@ -96,7 +103,7 @@ class Incarnation:
                 self._waited_out = True
                 return False
             pause(LOOK_S)
-            again = self.store.shape(counts=True)
+            again = self._look(counts=True)
             if again != look:
                 look, since = again, time.monotonic()
 
@@ -107,7 +114,7 @@ class Incarnation:
         restore. Clears ``suspect`` otherwise. Raises MongoUnavailable."""
         if not self.suspect:
             return False
-        if self.store.shape(counts=True) == self._shape:
+        if self._look(counts=True) == self._shape:
             self.suspect = False
             return False
         if self._reloads >= RELOADS:

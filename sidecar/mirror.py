@@ -81,7 +81,7 @@ class Mirror:
         self._last_error_log = 0.0
         self._last_ping = 0.0
         # A dump restored into the running server shows there (what was seen of the files then ends).
-        self.incarnation = Incarnation(store, status, forget=lambda: self.root_replaced(full=False))
+        self.incarnation = Incarnation(store, status, forget=lambda: self.root_replaced(full=False), timed=pending.writing)
         self._last_gc = time.monotonic()
         self._last_verify, self._verify = time.monotonic(), False  # SIDECAR_VERIFY_INTERVAL
         self.last_scan: dict | None = None  # the last full reconcile's quick check (sidecar/quick.py)

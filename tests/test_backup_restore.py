@@ -398,3 +398,32 @@ def test_the_lease_taken_during_the_settle_after_a_live_restore_is_waited_for(
     run = w.save_episode("run-after-lease")
     wait_for(lambda: db.episodic_memory.find_one({"run_id": run}), 30, 0.05, "the new episode mirrored")
     assert d.daemon.mirror._thread.is_alive()
+
+
+def test_a_server_frozen_during_the_settle_after_a_live_restore_stalls_readyz(
+        restartable_server, running, legacy_dir, store, db, monkeypatch):
+    """The settle's looks at MongoDB are MongoDB calls of the writer like its writes: a server
+    frozen (SIGSTOP) while the reconcile after a restore waits for it to settle shows on
+    /readyz as a stalled write, as a frozen write does (the writer hangs in either)."""
+    import signal
+
+    monkeypatch.setattr(incarnation, "QUIET_S", 1e6)  # the settle keeps looking until the test ends it
+    _seed(legacy_dir)
+    d = running(sidecar_write_stall_s=0.5)
+    _wait_mirrored(d, legacy_dir, store)
+    restore_dump(db, dump(db))
+    inc = d.daemon.mirror.incarnation
+    wait_for(lambda: inc.suspect and d.daemon.status.reconcile.running, 30, 0.05, "the settle after the restore")
+    assert d.get("/readyz").status == 200
+    pid = restartable_server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        def stalled():
+            r = d.get("/readyz")
+            return r.status == 503 and r.json()["reason"].startswith("mongodb write stalled for ")
+        wait_for(stalled, 10, 0.05, "/readyz 503 while the settle's look hangs")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        monkeypatch.setattr(incarnation, "QUIET_S", 0.5)
+    wait_for(lambda: not inc.suspect and not d.daemon.status.reconcile.running, 60, 0.05, "the reconcile to end")
+    wait_for(lambda: d.get("/readyz").status == 200, 30, 0.05, "/readyz back to 200")
