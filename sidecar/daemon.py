@@ -380,9 +380,9 @@ class Daemon:
             self.pending.mark(event.path, 0.0)
             raise RuntimeError("not ready")
         if event.ack and (not self.status.mongo_connected or self.status.lease_problem
-                          or self.status.write_stalled()):
-            # The daemon knows MongoDB cannot acknowledge now (the last write or ping
-            # failed, a write is stalled, another writer holds the lease): say so at
+                          or self.status.write_stalled() or self.mirror.incarnation.settling):
+            # The daemon knows MongoDB cannot acknowledge now (the last write or ping failed, a
+            # write is stalled, another writer holds the lease, a restore is settling): say so at
             # once instead of holding the API until its timeout. The file is queued
             # and mirrored when MongoDB is back; the shim's breaker stops waiting.
             self.pending.mark(event.path, 0.0)

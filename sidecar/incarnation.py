@@ -48,6 +48,7 @@ class Incarnation:
         self.suspect = False  # a replacement was seen and no reconcile has settled since
         self._reloads = 0  # reconciles asked in a row by ``moved_since_load``
         self._waited_out = False  # a settle ran to SETTLE_MAX_S since the replacement: not again
+        self.settling = False  # a settle is waiting: nothing is written meanwhile (a sync frame is told at once)
 
     def load(self) -> None:
         """Taken just before the state is loaded: a restore after it shows."""
@@ -89,6 +90,13 @@ class Incarnation:
         reconciles of the same replacement do not wait again). Raises MongoUnavailable."""
         if not self.suspect or self._waited_out:
             return True
+        self.settling = True
+        try:
+            return self._settle(pause)
+        finally:
+            self.settling = False
+
+    def _settle(self, pause: Callable[[float], None]) -> bool:
         start = time.monotonic()
         look, since = self._look(counts=True), start
         while True:

@@ -427,3 +427,37 @@ def test_a_server_frozen_during_the_settle_after_a_live_restore_stalls_readyz(
         monkeypatch.setattr(incarnation, "QUIET_S", 0.5)
     wait_for(lambda: not inc.suspect and not d.daemon.status.reconcile.running, 60, 0.05, "the reconcile to end")
     wait_for(lambda: d.get("/readyz").status == 200, 30, 0.05, "/readyz back to 200")
+
+
+def test_a_sync_frame_during_the_settle_after_a_live_restore_is_answered_at_once(
+        running, legacy_dir, store, db, monkeypatch):
+    """While the reconcile after a restore waits for MongoDB to settle (up to SETTLE_MAX_S),
+    nothing is written: a sync writer (the shim, waiting on the API's write) is told "not
+    durable" at once, as when a write is stalled, instead of being held until its timeout;
+    the file is queued and mirrored once the reconcile has run."""
+    import asyncio
+    import hashlib
+
+    from sidecar.shimserver import ShimEvent
+
+    monkeypatch.setattr(incarnation, "QUIET_S", 1e6)  # the settle waits until the test says
+    _seed(legacy_dir)
+    d = running()
+    _wait_mirrored(d, legacy_dir, store)
+    restore_dump(db, dump(db))
+    inc = d.daemon.mirror.incarnation
+    wait_for(lambda: inc.suspect and d.daemon.status.reconcile.running, 30, 0.05, "the settle after the restore")
+    body = b'{"run_id": "during-settle"}'
+    rel = "runs/run_during_settle.json"
+    (legacy_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+    (legacy_dir / rel).write_bytes(body)
+    event = ShimEvent(op="write", path=rel, data=body, sha256=hashlib.sha256(body).hexdigest(),
+                      mtime_ns=None, seq=1, pid=os.getpid(), ack=True)
+    answer = asyncio.run_coroutine_threadsafe(d.daemon.on_shim(event), d._loop)
+    try:
+        wait_for(answer.done, 10, 0.05, "the sync frame answered while the settle waits")
+        assert answer.result() == "not_durable"
+        assert inc.suspect and d.daemon.status.reconcile.running  # still settling
+    finally:
+        monkeypatch.setattr(incarnation, "QUIET_S", 0.5)
+    wait_for(lambda: db.memory_files.find_one({"_id": rel}), 60, 0.05, "the file mirrored after the settle")
