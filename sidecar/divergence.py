@@ -56,6 +56,11 @@ class Divergence:
         }
 
 
+def _totals(items: list[Divergence]) -> tuple[int, int]:
+    """(files held missing, hub entries held) of ``items``."""
+    return sum(1 for d in items if d.missing_file), sum(d.count for d in items if not d.missing_file)
+
+
 class DivergenceBook:
     """The divergences held now, by path. Thread-safe; never holds a value."""
 
@@ -100,8 +105,7 @@ class DivergenceBook:
 
     def gauges(self) -> tuple[int, int]:
         """(files held missing, hub entries held): the divergence gauges."""
-        items = self.items()
-        return sum(1 for d in items if d.missing_file), sum(d.count for d in items if not d.missing_file)
+        return _totals(self.items())
 
     def __len__(self) -> int:
         with self._lock:
@@ -109,10 +113,11 @@ class DivergenceBook:
 
     def summary(self, limit: int = 200) -> dict[str, Any]:
         items = self.items()
+        files, entries = _totals(items)
         return {
             "count": len(items),
-            "entries": sum(d.count for d in items if not d.missing_file),
-            "files": sum(1 for d in items if d.missing_file),
+            "entries": entries,
+            "files": files,
             "items": [d.as_dict() for d in items[:limit]],
             "accept": "memory-sidecar divergences accept [PATH...] (or POST /divergences/accept with the token)",
         }
