@@ -334,8 +334,7 @@ class Mirror:
         self.status.reconcile.begin()
         try:
             self.incarnation.settle(run.pause)  # after a dump restored into the running server: once it is done
-            with self.pending.writing():  # the writer waits on it as on a write
-                self.incarnation.load()  # before the state: a restore after it shows
+            self.incarnation.load()  # before the state: a restore after it shows (timed as a write)
             book = quick.Book(self.rec.cfg, read_all=checksum, entries=self.index.map("quick"))  # this reconcile's
             self.state.replace(build_state(book.collect(timed_load(self.store.iter_state(), self.pending.writing,
                                                                    run.check_stop)), self.index))
