@@ -172,14 +172,19 @@ class Store:
         Empty where the server does not tell (then nothing can be told: not an outage)."""
         names = [self.files_name, HUBS, EPISODES, SNAPSHOTS]
         names += [TOMBSTONES, f"{self.blobs_name}.files", f"{self.blobs_name}.chunks"] if counts else []
+        out = []
         with self._mongo_errors():
             try:
-                infos = [i for i in self.db.list_collections(filter={"name": {"$in": names}}) if isinstance(i, dict)]
-                return tuple(sorted((i["name"], str(i["info"]["uuid"]), self._estimate(i["name"]) if counts else -1)
-                                    for i in infos if i.get("name") in names  # a server may ignore the filter
-                                    and isinstance(i.get("info"), dict) and i["info"].get("uuid") is not None))
+                infos = list(self.db.list_collections(filter={"name": {"$in": names}}))
             except OperationFailure:
                 return ()  # refused (e.g. a role without listCollections)
+            for info in infos:
+                if not isinstance(info, dict) or info.get("name") not in names:  # a server may ignore the filter
+                    continue
+                uuid = info["info"].get("uuid") if isinstance(info.get("info"), dict) else None
+                if uuid is not None:
+                    out.append((info["name"], str(uuid), self._estimate(info["name"]) if counts else -1))
+        return tuple(sorted(out))
 
     def _estimate(self, name: str) -> int:
         try:
