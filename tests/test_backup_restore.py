@@ -355,19 +355,24 @@ def test_a_writer_that_never_stops_beside_a_live_restore_does_not_keep_the_mirro
         writer.join(10)
 
 
+def _settling(running, legacy_dir, store, db, monkeypatch, **config):
+    """A running daemon whose reconcile after a live restore is waiting for MongoDB to settle,
+    and keeps waiting (QUIET_S never reached) until the test sets QUIET_S back."""
+    monkeypatch.setattr(incarnation, "QUIET_S", 1e6)
+    w = _seed(legacy_dir)
+    d = running(**config)
+    _wait_mirrored(d, legacy_dir, store)
+    restore_dump(db, dump(db))
+    inc = d.daemon.mirror.incarnation
+    wait_for(lambda: inc.suspect and d.daemon.status.reconcile.running, 30, 0.05, "the settle after the restore")
+    return w, d, inc
+
+
 def test_a_stop_during_the_settle_after_a_live_restore_ends_it(running, legacy_dir, store, db, monkeypatch):
     """The reconcile after a restore seen in the running server waits for MongoDB to stop
     changing: a stop meanwhile ends the wait (and the daemon) at once, whatever is left of it."""
-    monkeypatch.setattr(incarnation, "QUIET_S", 1e6)  # never quiet: the wait is only ended by the stop
-    monkeypatch.setattr(incarnation, "SETTLE_MAX_S", 1e6)
-    _seed(legacy_dir)
-    d = running()
-    _wait_mirrored(d, legacy_dir, store)
-    snapshot = dump(db)
-    restore_dump(db, snapshot)
-    inc = d.daemon.mirror.incarnation
-    wait_for(lambda: inc.suspect and d.daemon.status.reconcile.running, 30, 0.05,
-             "the reconcile after the restore to wait for MongoDB to settle")
+    monkeypatch.setattr(incarnation, "SETTLE_MAX_S", 1e6)  # never quiet: the wait is only ended by the stop
+    _, d, _ = _settling(running, legacy_dir, store, db, monkeypatch)
     d.stop()
     assert not d.daemon.mirror._thread.is_alive()
 
@@ -379,14 +384,8 @@ def test_the_lease_taken_during_the_settle_after_a_live_restore_is_waited_for(
     the reconcile runs, settles and the mirror goes on."""
     from datetime import datetime, timedelta, timezone
 
-    monkeypatch.setattr(incarnation, "QUIET_S", 1e6)  # the settle waits until the test says
-    w = _seed(legacy_dir)
-    d = running(sidecar_lease_ttl_s=1.5)
-    _wait_mirrored(d, legacy_dir, store)
-    snapshot = dump(db)
-    restore_dump(db, snapshot)
-    inc, status = d.daemon.mirror.incarnation, d.daemon.status
-    wait_for(lambda: inc.suspect and status.reconcile.running, 30, 0.05, "the settle after the restore")
+    w, d, inc = _settling(running, legacy_dir, store, db, monkeypatch, sidecar_lease_ttl_s=1.5)
+    status = d.daemon.status
     until = datetime.now(timezone.utc) + timedelta(hours=1)
     db.memory_sidecar_meta.update_one({"_id": "writer_lease"}, {"$set": {
         "owner": "someone-else", "kind": "sync", "host": "elsewhere", "pid": 1, "expires_at": until}}, upsert=True)
@@ -407,13 +406,7 @@ def test_a_server_frozen_during_the_settle_after_a_live_restore_stalls_readyz(
     /readyz as a stalled write, as a frozen write does (the writer hangs in either)."""
     import signal
 
-    monkeypatch.setattr(incarnation, "QUIET_S", 1e6)  # the settle keeps looking until the test ends it
-    _seed(legacy_dir)
-    d = running(sidecar_write_stall_s=0.5)
-    _wait_mirrored(d, legacy_dir, store)
-    restore_dump(db, dump(db))
-    inc = d.daemon.mirror.incarnation
-    wait_for(lambda: inc.suspect and d.daemon.status.reconcile.running, 30, 0.05, "the settle after the restore")
+    _, d, inc = _settling(running, legacy_dir, store, db, monkeypatch, sidecar_write_stall_s=0.5)
     assert d.get("/readyz").status == 200
     pid = restartable_server.proc.pid
     os.kill(pid, signal.SIGSTOP)
@@ -440,13 +433,7 @@ def test_a_sync_frame_during_the_settle_after_a_live_restore_is_answered_at_once
 
     from sidecar.shimserver import ShimEvent
 
-    monkeypatch.setattr(incarnation, "QUIET_S", 1e6)  # the settle waits until the test says
-    _seed(legacy_dir)
-    d = running()
-    _wait_mirrored(d, legacy_dir, store)
-    restore_dump(db, dump(db))
-    inc = d.daemon.mirror.incarnation
-    wait_for(lambda: inc.suspect and d.daemon.status.reconcile.running, 30, 0.05, "the settle after the restore")
+    _, d, inc = _settling(running, legacy_dir, store, db, monkeypatch)
     body = b'{"run_id": "during-settle"}'
     rel = "runs/run_during_settle.json"
     (legacy_dir / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,19 @@ class FakeStore:
         return self.shapes.pop(0) if len(self.shapes) > 1 else self.shapes[0]
 
 
+class GrowingStore(FakeStore):
+    """A database that never stops changing: each counted look finds one more document."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self._n = 0
+
+    def shape(self, counts: bool = False):
+        self.looks += 1
+        self._n += 1
+        return (("memory_hubs", "u1", self._n if counts else -1),)
+
+
 class FakeStatus:
     def __init__(self) -> None:
         self.errors: list[str] = []
@@ -81,14 +94,8 @@ def test_waits_until_the_collections_stop_changing(clock):
 
 
 def test_a_restore_that_never_ends_is_loaded_as_it_is_and_said(clock):
-    counter = iter(range(10**6))
-
-    class Growing(FakeStore):
-        def shape(self, counts=True):
-            self.looks += 1
-            return (("memory_hubs", "u1", next(counter)),)
     status = FakeStatus()
-    inc = Incarnation(Growing([]), status)
+    inc = Incarnation(GrowingStore(), status)
     inc.suspect = True
     start = clock.now
     assert inc.settle(_waiter(clock)) is False
@@ -99,12 +106,7 @@ def test_a_restore_that_never_ends_is_loaded_as_it_is_and_said(clock):
 
 
 def test_a_stop_ends_the_wait(clock):
-    counter = iter(range(10**6))
-
-    class Growing(FakeStore):
-        def shape(self, counts=True):
-            return (("memory_hubs", "u1", next(counter)),)
-    inc = Incarnation(Growing([]), FakeStatus())
+    inc = Incarnation(GrowingStore(), FakeStatus())
     inc.suspect = True
     with pytest.raises(Stopped):
         inc.settle(_waiter(clock, stop_after=clock.now + 1.0))
@@ -136,13 +138,8 @@ def test_a_replacement_makes_the_next_reconcile_suspect(clock):
 def test_a_writer_that_never_stops_does_not_keep_it_reconciling(clock):
     """Mentorix's own store writing the same collections (DESIGN §8): every load moves
     under it; after RELOADS reconciles in a row the sidecar goes on and says so."""
-    counter = iter(range(10**6))
-
-    class Growing(FakeStore):
-        def shape(self, counts=False):
-            return (("memory_hubs", "u1", next(counter) if counts else -1),)
     status = FakeStatus()
-    inc = Incarnation(Growing([]), status)
+    inc = Incarnation(GrowingStore(), status)
     inc.suspect = True
     asked = 0
     for _ in range(incarnation.RELOADS + 5):
